@@ -1,0 +1,228 @@
+"""Creating models and reading/writing checkpoints in the official IdleViT layout.
+
+Official files are ``torch.save({"model": state_dict, "optimizer": ..., "epoch": ..., "args":
+argparse.Namespace})``. They are pickles, so they are read with ``weights_only=True``; the one
+non-tensor class official files carry (``argparse.Namespace``) is let through by an explicit
+allow-list, and anything else that asks to run code is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configs import ArchConfig, get_arch, list_archs
+from .errors import CheckpointError, UnsafeCheckpointError
+from .fileio import atomic_write
+from .model import IdleViT
+from .schedule import resolve_schedule
+
+#: Classes a checkpoint pickle may construct besides tensors and containers.
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+#: The bundled demo: deit_tiny-like IdleViT (keep rate 0.7) finetuned on scikit-learn's digits.
+DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "idlevit_deit_tiny_digits_ratio0.7.pth"
+DEMO_TEACHER = Path(__file__).parent / "assets" / "deit_tiny_digits_dense.pth"
+
+
+def resolve_checkpoint_path(ckpt: str | os.PathLike[str] | None) -> Path:
+    """``None`` or ``"demo"`` -> the bundled demo checkpoint; anything else is a path."""
+    if ckpt is None or str(ckpt) == "demo":
+        if not DEMO_CHECKPOINT.is_file():
+            raise CheckpointError(
+                f"the bundled demo checkpoint is missing ({DEMO_CHECKPOINT.name}); reinstall the package "
+                "or rebuild it with `python -m idlevit.finetune --dataset digits`"
+            )
+        return DEMO_CHECKPOINT
+    return Path(ckpt)
+
+
+#: Keys under which a checkpoint may hold its state dict, most specific first.
+STATE_DICT_KEYS = ("model", "state_dict", "model_ema")
+
+
+def create_model(
+    arch: str | ArchConfig,
+    keep_rate: float | None = None,
+    idle_layers: Sequence[int] | None = None,
+    keep_ratios: Sequence[float] | None = None,
+    **overrides: Any,
+) -> IdleViT:
+    """Build a randomly initialised IdleViT (timm's ``create_model`` for this package).
+
+    ``overrides`` change config fields such as ``img_size``, ``patch_size``, ``num_classes``,
+    ``mean``/``std``; the schedule comes from ``keep_rate`` or the explicit lists.
+    """
+    cfg = get_arch(arch) if isinstance(arch, str) else arch
+    cfg = cfg.with_overrides(**overrides)
+    return IdleViT(cfg, resolve_schedule(cfg, keep_rate, idle_layers, keep_ratios))
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint file safely; return its state dict (``module.`` stripped) and the rest."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass --ckpt PATH to a .pth file")
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refused to load {path.name}: it asks to run code outside the allow-list "
+            f"({_first_line(err)}); only tensors, containers and argparse.Namespace are accepted"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read {path.name} as a PyTorch checkpoint ({_first_line(err)}); "
+            "the file is truncated or not a torch.save file: download it again"
+        ) from None
+    return split_checkpoint(obj, path.name)
+
+
+def split_checkpoint(obj: Any, name: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Separate the state dict from the extras of an official, wrapped or bare checkpoint."""
+    extras: dict[str, Any] = {}
+    state: Any = obj
+    if isinstance(obj, Mapping):
+        for key in STATE_DICT_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                state = obj[key]
+                extras = {k: v for k, v in obj.items() if k != key}
+                break
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{name} holds no state dict (expected {{'model': state_dict}} or a bare state dict of tensors)"
+        )
+    prefix = "module."
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}, extras
+
+
+def infer_arch(state: Mapping[str, torch.Tensor]) -> ArchConfig:
+    """Identify the registered arch of a state dict from its tensor shapes, with its geometry.
+
+    Embedding width, depth and stem kind pick the config; image size, patch size and class
+    count are read off ``pos_embed``, the patch projection and ``head``.
+    """
+    if "cls_token" not in state or "pos_embed" not in state:
+        raise CheckpointError("state dict has no cls_token/pos_embed; it is not a ViT checkpoint")
+    embed = state["cls_token"].shape[-1]
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    stem = "conv4" if "patch_embed.conv1.weight" in state else "patch"
+    matches = [
+        get_arch(n)
+        for n in list_archs()
+        if (get_arch(n).embed_dim, get_arch(n).depth, get_arch(n).stem) == (embed, depth, stem)
+    ]
+    if not matches:
+        raise CheckpointError(
+            f"no registered arch has width {embed}, depth {depth} and a {stem!r} stem; "
+            f"known archs: {', '.join(list_archs())}"
+        )
+    return geometry_from_state(matches[0], state)
+
+
+def geometry_from_state(cfg: ArchConfig, state: Mapping[str, torch.Tensor]) -> ArchConfig:
+    """Override image size, patch size and class count with what the tensors say."""
+    changes: dict[str, Any] = {}
+    proj = state.get("patch_embed.proj.weight")
+    if proj is not None:
+        changes["patch_size"] = proj.shape[-1] * (2 if cfg.stem == "conv4" else 1)
+    pos = state.get("pos_embed")
+    if pos is not None:
+        grid = math.isqrt(pos.shape[1] - 1)
+        changes["img_size"] = grid * changes.get("patch_size", cfg.patch_size)
+    head = state.get("head.weight")
+    if head is not None:
+        changes["num_classes"] = head.shape[0]
+    return cfg.with_overrides(**changes)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str] | None,
+    arch: str | None = None,
+    keep_rate: float | None = None,
+    idle_layers: Sequence[int] | None = None,
+    keep_ratios: Sequence[float] | None = None,
+) -> IdleViT:
+    """Load an IdleViT from a checkpoint, strictly, in eval mode.
+
+    ``path`` may be ``"demo"`` (or ``None``) for the bundled demo. The arch comes from
+    ``arch``, else from the file's own ``arch`` entry, else from tensor shapes.
+    Missing or unexpected keys raise one error that names them and the likely arch.
+    """
+    path = resolve_checkpoint_path(path)
+    state, extras = read_checkpoint(path)
+    cfg = _config_for(state, extras, arch)
+    model = create_model(cfg, keep_rate, idle_layers, keep_ratios)
+    _load_strict(model, state, Path(path).name)
+    return model.eval()
+
+
+def _config_for(state: Mapping[str, torch.Tensor], extras: Mapping[str, Any], arch: str | None) -> ArchConfig:
+    data = extras.get("data_config") if isinstance(extras.get("data_config"), Mapping) else {}
+    data_changes = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in data.items()
+        if k in ("mean", "std", "crop_pct", "interpolation")
+    }
+    name = arch or (extras.get("arch") if isinstance(extras.get("arch"), str) else None)
+    cfg = geometry_from_state(get_arch(name), state) if name else infer_arch(state)
+    return cfg.with_overrides(**data_changes)
+
+
+def _load_strict(model: IdleViT, state: Mapping[str, torch.Tensor], name: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        try:
+            likely = infer_arch(state).name
+        except CheckpointError:
+            likely = "none of the registered archs"
+        parts = [
+            f"{label} {_few(keys)}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched))
+            if keys
+        ]
+        raise CheckpointError(
+            f"{name} does not fit arch {model.cfg.name!r} ({'; '.join(parts)}); "
+            f"the checkpoint looks like {likely}: pass --arch {likely} or omit --arch"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def save_checkpoint(model: IdleViT, path: str | os.PathLike[str], **extras: Any) -> Path:
+    """Write ``{"model": state_dict, "arch": name, "data_config": ..., **extras}`` atomically."""
+    cfg = model.cfg
+    payload = {
+        "model": model.state_dict(),
+        "arch": cfg.name,
+        "data_config": {
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+            "crop_pct": cfg.crop_pct,
+            "interpolation": cfg.interpolation,
+        },
+        **extras,
+    }
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
+    return Path(path)
+
+
+def _few(keys: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__

@@ -1,0 +1,92 @@
+"""Architecture configs and their registry (timm style: one entry per named model).
+
+A config says everything the model code needs to build a backbone and its default idle
+schedule; nothing outside this package branches on architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def published_keep_ratios(keep_rate: float, count: int) -> tuple[float, ...]:
+    """The published pattern: ``count`` idle layers in three equal groups kept at r, r², r³."""
+    group = max(1, count // 3)
+    return tuple(keep_rate ** (1 + i // group) for i in range(count))
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Backbone hyper-parameters plus the published default idle schedule."""
+
+    name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    idle_layers: tuple[int, ...]
+    stem: str = "patch"  # "patch": one strided conv (DeiT); "conv4": LV-ViT's 3-conv + BN stem
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    skip_lam: float = 1.0  # residual branches are divided by this (LV-ViT: 2.0)
+    aux_head: bool = False  # LV-ViT's token-labelling head, max-pooled over image tokens
+    img_size: int = 224
+    patch_size: int = 16
+    num_classes: int = 1000
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 224 / 256
+    interpolation: str = "bicubic"
+    stem_channels: int = 64
+
+    @property
+    def num_tokens(self) -> int:
+        """Image tokens (CLS excluded) at this config's image and patch size."""
+        return (self.img_size // self.patch_size) ** 2
+
+    def default_keep_ratios(self, keep_rate: float) -> tuple[float, ...]:
+        """The published ratios over this config's default idle layers."""
+        return published_keep_ratios(keep_rate, len(self.idle_layers))
+
+    def with_overrides(self, **changes: object) -> ArchConfig:
+        """Copy with image size, patch size, classes or data config changed (e.g. from a checkpoint)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_ARCHS: dict[str, ArchConfig] = {}
+
+
+def register_arch(cfg: ArchConfig) -> ArchConfig:
+    """Add a config to the registry; names are unique."""
+    if cfg.name in _ARCHS:
+        raise ValueError(f"arch {cfg.name!r} is already registered")
+    _ARCHS[cfg.name] = cfg
+    return cfg
+
+
+def list_archs() -> list[str]:
+    """Registered architecture names, in registration order."""
+    return list(_ARCHS)
+
+
+def get_arch(name: str) -> ArchConfig:
+    """Look up a config by name; unknown names raise a one-line error listing the known ones."""
+    from .errors import ToolkitError
+
+    try:
+        return _ARCHS[name]
+    except KeyError:
+        raise ToolkitError(f"unknown arch {name!r}; choose one of: {', '.join(_ARCHS)}") from None
+
+
+_DEIT_IDLE = tuple(range(3, 12))
+
+register_arch(ArchConfig("deit_tiny", 192, 12, 3, 4.0, _DEIT_IDLE))
+register_arch(ArchConfig("deit_small", 384, 12, 6, 4.0, _DEIT_IDLE))
+register_arch(ArchConfig("deit_base", 768, 12, 12, 4.0, _DEIT_IDLE))
+_LVVIT = dict(stem="conv4", qkv_bias=False, norm_eps=1e-5, skip_lam=2.0, aux_head=True)
+register_arch(ArchConfig("lvvit_s", 384, 16, 6, 3.0, tuple(range(4, 16)), **_LVVIT))  # type: ignore[arg-type]
+register_arch(ArchConfig("lvvit_m", 512, 20, 8, 3.0, tuple(range(5, 20)), **_LVVIT))  # type: ignore[arg-type]

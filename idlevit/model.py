@@ -1,0 +1,232 @@
+"""IdleViT: a ViT whose idle layers update only the top-k tokens by CLS attention.
+
+One module, two forwards over the same weights:
+
+* :meth:`IdleViT.forward` is the **reference**: eager PyTorch, the inference semantics of the
+  published model (advanced indexing, in-place write-back). It is the ground truth.
+* :meth:`IdleViT.forward_export` is the **export** forward: the same maths written with
+  ops that trace to a clean, batch-dynamic ONNX graph: TopK with a static k, GatherElements
+  and ScatterElements over one int64 index tensor per idle layer, no in-place writes.
+
+The backbone is made of timm's ``Block`` (so checkpoint keys are timm's) and timm's
+``PatchEmbed`` or LV-ViT's convolution stem (:mod:`idlevit.stem`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from .configs import ArchConfig
+from .schedule import Schedule
+from .stem import ConvStem
+
+LOGITS = "logits"
+IMAGES = "images"
+
+
+def kept_indices_name(layer: int) -> str:
+    """Name of the graph output carrying the kept token positions of idle block ``layer``."""
+    return f"kept_indices_{layer}"
+
+
+def cls_token_scores(block: Block, xn: Tensor) -> tuple[Tensor, Tensor]:
+    """Score every image token by the CLS query, averaged over heads; also return all keys.
+
+    The head-mean of per-head dot products equals the full-width dot product divided by the
+    head count, so one (B, 1, C) x (B, C, N) product gives the (B, N) scores. The CLS column is
+    excluded. Keys are computed once for all tokens and reused by the attention.
+    """
+    dim = block.attn.qkv.in_features  # a Python int: weight slices fold to constants on export
+    weight, bias = block.attn.qkv.weight, block.attn.qkv.bias
+    q_cls = F.linear(xn[:, :1], weight[:dim], None if bias is None else bias[:dim])
+    keys = F.linear(xn, weight[dim : 2 * dim], None if bias is None else bias[dim : 2 * dim])
+    scores = torch.matmul(q_cls, keys[:, 1:].transpose(1, 2)).flatten(1) / block.attn.num_heads
+    return scores, keys
+
+
+def select_tokens(scores: Tensor, k: int) -> Tensor:
+    """Kept token positions (B, k+1), int64: CLS (0) first, then the top-k image tokens (+1)."""
+    top = torch.topk(scores, k, dim=1, largest=True, sorted=True).indices + 1
+    return torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)
+
+
+def kept_attention(block: Block, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Softmax attention among the kept tokens; q, k, v are (B, K+1, C); returns proj output."""
+    heads, head_dim = block.attn.num_heads, block.attn.head_dim
+    q, k, v = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (q, k, v))
+    attn = torch.softmax(torch.matmul(q * block.attn.scale, k.transpose(-2, -1)), dim=-1)
+    out = torch.matmul(attn, v).transpose(1, 2).flatten(2)
+    return block.attn.proj(out)
+
+
+class IdleViT(nn.Module):
+    """Vision Transformer with token-idle layers (IdleViT), DeiT or LV-ViT backbone."""
+
+    def __init__(self, cfg: ArchConfig, schedule: Schedule) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.schedule = schedule.validate(cfg.depth, cfg.num_tokens)
+        dim = cfg.embed_dim
+        norm = functools.partial(nn.LayerNorm, eps=cfg.norm_eps)
+        if cfg.stem == "conv4":
+            self.patch_embed: nn.Module = ConvStem(cfg.img_size, cfg.patch_size, dim, cfg.stem_channels)
+        else:
+            self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, 3, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens + 1, dim))
+        self.blocks = nn.ModuleList(
+            Block(dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, norm_layer=norm) for _ in range(cfg.depth)
+        )
+        self.norm = norm(dim)
+        self.head = nn.Linear(dim, cfg.num_classes)
+        self.aux_head = nn.Linear(dim, cfg.num_classes) if cfg.aux_head else None
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Truncated-normal init as timm's ViT does (tests and ``--random-init`` rely on it)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # ---- pieces shared by both forwards -------------------------------------------------
+    @property
+    def idle_plan(self) -> dict[int, int]:
+        """Block index -> static k (image tokens kept) for every idle layer."""
+        ks = self.schedule.keep_tokens(self.cfg.num_tokens)
+        return dict(zip(self.schedule.idle_layers, ks))
+
+    def _residual(self, x: Tensor, branch: Tensor) -> Tensor:
+        return x + (branch if self.cfg.skip_lam == 1.0 else branch / self.cfg.skip_lam)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Patch tokens with CLS prepended and position embedding added: (B, N+1, C)."""
+        x = self.patch_embed(images)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.pos_embed
+
+    def dense_block(self, block: Block, x: Tensor) -> Tensor:
+        """An ordinary ViT block (with LV-ViT's residual scaling where configured)."""
+        x = self._residual(x, block.attn(block.norm1(x)))
+        return self._residual(x, block.mlp(block.norm2(x)))
+
+    def head_logits(self, x: Tensor) -> Tensor:
+        """Classifier on the final norm; LV-ViT adds half the max-pooled aux head over image tokens."""
+        x = self.norm(x)
+        logits = self.head(x[:, 0])
+        if self.aux_head is not None:
+            logits = logits + 0.5 * self.aux_head(x[:, 1:]).max(dim=1).values
+        return logits
+
+    # ---- reference forward --------------------------------------------------------------
+    def idle_block_reference(self, block: Block, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """One idle layer, as the published inference code computes it (eager, in-place)."""
+        xn = block.norm1(x)
+        scores, _ = cls_token_scores(block, xn)
+        kept = select_tokens(scores, k)
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]
+        q, keys, v = block.attn.qkv(xn[rows, kept]).chunk(3, dim=-1)
+        y = self._residual(x[rows, kept], kept_attention(block, q, keys, v))
+        y = self._residual(y, block.mlp(block.norm2(y)))
+        out = x.clone()
+        out[rows, kept] = y
+        return out, kept
+
+    def forward_with_indices(self, images: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """Reference logits and the kept token positions (B, k+1) of every idle layer."""
+        plan = self.idle_plan
+        x = self.embed(images)
+        kept_by_layer: dict[int, Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            if i in plan:
+                x, kept_by_layer[i] = self.idle_block_reference(block, x, plan[i])
+            else:
+                x = self.dense_block(block, x)
+        return self.head_logits(x), kept_by_layer
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Reference logits (B, num_classes)."""
+        return self.forward_with_indices(images)[0]
+
+    # ---- export forward -----------------------------------------------------------------
+    def idle_block_export(self, block: Block, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """One idle layer with TopK + GatherElements + ScatterElements and one int64 index.
+
+        Keys are computed once for all tokens (the score needs them) and gathered; q and v
+        are computed for the kept tokens only.
+        """
+        dim = self.cfg.embed_dim
+        xn = block.norm1(x)
+        scores, keys = cls_token_scores(block, xn)
+        kept = select_tokens(scores, k)
+        index = kept.unsqueeze(-1).expand(-1, -1, dim)
+        xn_kept = torch.gather(xn, 1, index)
+        weight, bias = block.attn.qkv.weight, block.attn.qkv.bias
+        q = F.linear(xn_kept, weight[:dim], None if bias is None else bias[:dim])
+        v = F.linear(xn_kept, weight[2 * dim :], None if bias is None else bias[2 * dim :])
+        attn_out = kept_attention(block, q, torch.gather(keys, 1, index), v)
+        y = self._residual(torch.gather(x, 1, index), attn_out)
+        y = self._residual(y, block.mlp(block.norm2(y)))
+        return torch.scatter(x, 1, index, y), kept
+
+    def forward_export(self, images: Tensor, with_indices: bool = False) -> tuple[Tensor, ...]:
+        """Export forward: ``(logits,)`` or ``(logits, kept_3, kept_4, ...)`` in idle-layer order."""
+        plan = self.idle_plan
+        x = self.embed(images)
+        kept_all: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            if i in plan:
+                x, kept = self.idle_block_export(block, x, plan[i])
+                kept_all.append(kept)
+            else:
+                x = self.dense_block(block, x)
+        logits = self.head_logits(x)
+        return (logits, *kept_all) if with_indices else (logits,)
+
+    def output_names(self, with_indices: bool = False) -> list[str]:
+        """Graph output names matching :meth:`forward_export`."""
+        names = [LOGITS]
+        if with_indices:
+            names += [kept_indices_name(layer) for layer in self.schedule.idle_layers]
+        return names
+
+    def export_module(self, with_indices: bool = False) -> nn.Module:
+        """A copy ready to trace: eval mode, BatchNorm folded, forward = :meth:`forward_export`."""
+        model = copy.deepcopy(self).eval()
+        if isinstance(model.patch_embed, ConvStem):
+            model.patch_embed.fold_batchnorm()
+        return _ExportForward(model, with_indices)
+
+    @property
+    def data_config(self) -> dict[str, object]:
+        """Preprocessing the model expects (timm's data-config keys)."""
+        cfg = self.cfg
+        return {
+            "input_size": (3, cfg.img_size, cfg.img_size),
+            "mean": cfg.mean,
+            "std": cfg.std,
+            "crop_pct": cfg.crop_pct,
+            "interpolation": cfg.interpolation,
+        }
+
+
+class _ExportForward(nn.Module):
+    """Wraps a model so that ``forward`` is its export forward (what the tracer records)."""
+
+    def __init__(self, model: IdleViT, with_indices: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_indices = with_indices
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        return self.model.forward_export(images, self.with_indices)
