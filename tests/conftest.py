@@ -1,0 +1,44 @@
+"""Shared fixtures: deterministic random-init models and their exports (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import idlevit
+from export.exporter import export_onnx
+
+
+def make_model(arch: str = "deit_small", seed: int = 0, **kwargs) -> idlevit.IdleViT:
+    """A deterministic random-init model whose CLS token and positions are far from zero.
+
+    timm's init gives a CLS token of std 0.02, which makes CLS attention nearly uniform; a
+    larger CLS token and position embedding give token scores with real spread, as a trained
+    model has, so selection checks are meaningful.
+    """
+    torch.manual_seed(seed)
+    model = idlevit.create_model(arch, **kwargs).eval()
+    with torch.no_grad():
+        model.cls_token.normal_(0, 1.0)
+        model.pos_embed.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def deit_small() -> idlevit.IdleViT:
+    return make_model("deit_small")
+
+
+@pytest.fixture(scope="session")
+def deit_small_onnx(deit_small: idlevit.IdleViT, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deit_small (random init, keep rate 0.7) exported with index outputs, dynamic batch, opset 17."""
+    path = tmp_path_factory.mktemp("onnx") / "deit_small.onnx"
+    export_onnx(deit_small, path, with_indices=True, verify_batch=0, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def deit_tiny() -> idlevit.IdleViT:
+    return make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)
