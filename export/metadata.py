@@ -48,6 +48,17 @@ class ExportMetadata:
     def schedule(self) -> Schedule:
         return Schedule(tuple(self.idle_layers), tuple(self.keep_ratios))
 
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """Preprocessing the graph expects, in timm's data-config keys (as ``IdleViT.data_config``)."""
+        return {
+            "input_size": (3, self.img_size, self.img_size),
+            "mean": tuple(self.mean),
+            "std": tuple(self.std),
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+        }
+
     def to_props(self) -> dict[str, str]:
         """``metadata_props`` entries: ``idlevit.<field>`` -> JSON text."""
         return {PREFIX + key: json.dumps(value) for key, value in asdict(self).items()}
