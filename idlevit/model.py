@@ -58,7 +58,11 @@ def select_tokens(scores: Tensor, k: int) -> Tensor:
 
 
 def kept_attention(block: Block, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Softmax attention among the kept tokens; q, k, v are (B, K+1, C); returns proj output."""
+    """Softmax attention among the kept tokens; q, k, v are (B, K+1, C); returns proj output.
+
+    Written with plain MatMul/Softmax (not ``scaled_dot_product_attention``) so it exports at
+    every opset from 13 on.
+    """
     heads, head_dim = block.attn.num_heads, block.attn.head_dim
     q, k, v = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (q, k, v))
     attn = torch.softmax(torch.matmul(q * block.attn.scale, k.transpose(-2, -1)), dim=-1)
@@ -159,6 +163,12 @@ class IdleViT(nn.Module):
         return self.forward_with_indices(images)[0]
 
     # ---- export forward -----------------------------------------------------------------
+    def dense_block_export(self, block: Block, x: Tensor) -> Tensor:
+        """:meth:`dense_block` with the attention written out, so every opset can express it."""
+        q, keys, v = block.attn.qkv(block.norm1(x)).chunk(3, dim=-1)
+        x = self._residual(x, kept_attention(block, q, keys, v))
+        return self._residual(x, block.mlp(block.norm2(x)))
+
     def idle_block_export(self, block: Block, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """One idle layer with TopK + GatherElements + ScatterElements and one int64 index.
 
@@ -189,7 +199,7 @@ class IdleViT(nn.Module):
                 x, kept = self.idle_block_export(block, x, plan[i])
                 kept_all.append(kept)
             else:
-                x = self.dense_block(block, x)
+                x = self.dense_block_export(block, x)
         logits = self.head_logits(x)
         return (logits, *kept_all) if with_indices else (logits,)
 
