@@ -1,0 +1,53 @@
+"""Schedules: the published defaults (numbers from the paper's facts) and validation errors."""
+
+from __future__ import annotations
+
+import pytest
+
+import idlevit
+from idlevit.schedule import parse_layers, parse_ratios, resolve_schedule
+
+
+def test_deit_small_default_keeps_published_token_counts() -> None:
+    # IDLEVIT.md: r = 0.7 at 224 px gives 137, 137, 137, 96, 96, 96, 67, 67, 67 on layers 3..11.
+    schedule = resolve_schedule(idlevit.get_arch("deit_small"), keep_rate=0.7)
+    assert schedule.idle_layers == tuple(range(3, 12))
+    assert schedule.keep_tokens(196) == (137, 137, 137, 96, 96, 96, 67, 67, 67)
+
+
+@pytest.mark.parametrize(("arch", "layers", "group"), [("lvvit_s", range(4, 16), 4), ("lvvit_m", range(5, 20), 5)])
+def test_lvvit_default_schedules(arch: str, layers: range, group: int) -> None:
+    schedule = resolve_schedule(idlevit.get_arch(arch), keep_rate=0.7)
+    assert schedule.idle_layers == tuple(layers)
+    expected = [0.7] * group + [0.7**2] * group + [0.7**3] * group
+    assert schedule.keep_ratios == pytest.approx(expected)
+
+
+def test_explicit_lists_override_the_default() -> None:
+    cfg = idlevit.get_arch("deit_small")
+    schedule = resolve_schedule(cfg, idle_layers=[2, 5], keep_ratios=[0.5, 0.25])
+    assert schedule.keep_tokens(cfg.num_tokens) == (98, 49)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"keep_rate": 0.0}, "outside (0, 1]"),
+        ({"keep_rate": 1.5}, "outside (0, 1]"),
+        ({"keep_ratios": [0.7, 1.2]}, "idle layers but 2 keep ratios"),
+        ({"idle_layers": [3, 4], "keep_ratios": [0.7, 1.2]}, "outside (0, 1]"),
+        ({"idle_layers": [3, 12], "keep_ratios": [0.7, 0.7]}, "outside the model's blocks 0..11"),
+        ({"idle_layers": [5, 4], "keep_ratios": [0.7, 0.7]}, "strictly increasing"),
+        ({"idle_layers": [3], "keep_ratios": [0.001]}, "keeps 0 of 196 tokens"),
+    ],
+)
+def test_invalid_schedules_raise_a_clear_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(idlevit.ScheduleError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_schedule(idlevit.get_arch("deit_small"), **kwargs)
+
+
+def test_parsers() -> None:
+    assert parse_layers("3..5,8") == [3, 4, 5, 8]
+    assert parse_ratios("0.7, 0.49") == [0.7, 0.49]
+    with pytest.raises(idlevit.ScheduleError, match="cannot read idle layers"):
+        parse_layers("three")
