@@ -15,8 +15,6 @@ import torch
 import idlevit
 from idlevit.errors import EXIT_BAD_INPUT
 
-from ..conftest import make_model
-
 
 def write_official(model: idlevit.IdleViT, path: Path, prefix: str = "") -> None:
     """The layout the published files use: model, optimizer, epoch and an argparse Namespace."""
