@@ -1,0 +1,183 @@
+"""The precision plan: which nodes of an exported IdleViT stay FP32, and how a target is told.
+
+IdleViT's trap: if reduced-precision rounding reorders the CLS-attention scores, TopK keeps
+other tokens and the output drifts. The plan keeps every idle layer's **scoring path** in FP32:
+the nodes between the residual stream and TopK (norm1, the CLS query and the keys of all
+tokens, their product, the head-mean division, TopK itself). Everything else goes to the
+reduced precision as the converter judges it (ModelOpt AutoCast keeps nodes whose values
+overflow FP16 in FP32); graph inputs and outputs stay FP32.
+
+How the plan reaches TensorRT depends on the target (:class:`engines.target.Target`):
+
+* strongly typed targets (TensorRT 11.x, 10.12+, TensorRT-RTX) get a **mixed-precision ONNX**
+  whose tensor types say it all (``--fp16``: AutoCast with the scoring path excluded);
+* older TensorRT 10.x gets the FP32 ONNX plus ``BuilderFlag.FP16``, FP32 precision on the
+  scoring-path layers and ``OBEY_PRECISION_CONSTRAINTS``.
+
+Everything here is pure Python (onnx, onnx-graphsurgeon, ModelOpt, ONNX Runtime): it runs and is
+tested without TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from export.metadata import read_metadata, write_metadata
+from idlevit.errors import MissingDependencyError, ToolkitError
+from idlevit.fileio import atomic_write
+
+from .target import Target
+
+FP32, FP16 = "fp32", "fp16"
+#: Precisions the plan knows today (bf16 / int8 / fp8 slot in here: one entry and one converter each).
+PRECISIONS = (FP32, FP16)
+#: Ops whose first input is the residual stream an idle layer reads and writes back.
+_WRITE_BACK_OPS = ("ScatterElements", "IdleScatter")
+MODELOPT_INSTALL = "pip install nvidia-modelopt onnxslim lief cppimport (not the [onnx] extra, which downgrades onnx)"
+
+
+@dataclass
+class PrecisionPlan:
+    """A decision, recorded in the engine's sidecar."""
+
+    precision: str  # what the user asked for: "fp32" or "fp16"
+    target: str  # e.g. "tensorrt-rtx 1.7.1.116"
+    strongly_typed: bool
+    method: str  # "fp32", "mixed-onnx" (types in the graph) or "builder-flags" (FP16 flag + per-layer FP32)
+    fp32_nodes: list[str] = field(default_factory=list)  # the scoring path, kept FP32 by the plan
+    converter: str = ""  # what produced the mixed graph, e.g. "modelopt.onnx.autocast 0.47.0"
+    keep_io_types: bool = True
+    tf32: bool = False  # FP32 layers are IEEE FP32 (TF32 would round the scores like FP16 does)
+
+    @property
+    def needs_mixed_onnx(self) -> bool:
+        return self.method == "mixed-onnx"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.method == FP32:
+            return f"FP32 everywhere ({'strongly typed' if self.strongly_typed else 'weakly typed'} network, no TF32)"
+        how = "mixed-precision ONNX" if self.needs_mixed_onnx else "FP16 builder flag + per-layer FP32 constraints"
+        return f"FP16 with {len(self.fp32_nodes)} scoring-path nodes kept FP32 ({how}, I/O FP32, no TF32)"
+
+
+def scoring_path_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that compute each idle layer's token scores, TopK included.
+
+    Walks back from every TopK through non-constant inputs and stops at the residual stream
+    (the tensor the layer writes back into with ScatterElements / IdleScatter), so norm1 is
+    included whether it is one LayerNormalization node or its decomposition (opset < 17).
+    """
+    graph = gs.import_onnx(model)
+    stream = {node.inputs[0].name for node in graph.nodes if node.op in _WRITE_BACK_OPS and node.inputs}
+    top_ks = [node for node in graph.nodes if node.op == "TopK"]
+    if not top_ks:
+        raise ToolkitError(
+            "the graph has no TopK node, so no idle layer; export an IdleViT with `python -m export.onnx`"
+        )
+    if not stream:
+        raise ToolkitError(
+            "the graph writes no tokens back (no ScatterElements / IdleScatter); is it an IdleViT export?"
+        )
+    names: dict[str, None] = {}
+    pending = list(top_ks)
+    while pending:
+        node = pending.pop()
+        if node.name in names:
+            continue
+        if not node.name:
+            raise ToolkitError("a scoring-path node has no name; re-export the graph with `python -m export.onnx`")
+        names[node.name] = None
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Constant) or tensor.name in stream:
+                continue
+            pending.extend(tensor.inputs)
+    order = {node.name: i for i, node in enumerate(graph.nodes)}
+    return sorted(names, key=order.__getitem__)
+
+
+def plan_precision(model: onnx.ModelProto, precision: str, target: Target) -> PrecisionPlan:
+    """Decide how ``model`` is built for ``target`` at ``precision`` (no TensorRT needed)."""
+    if precision not in PRECISIONS:
+        raise ToolkitError(f"precision {precision!r} is not supported yet; choose one of: {', '.join(PRECISIONS)}")
+    if precision == FP32:
+        return PrecisionPlan(FP32, target.label, target.strongly_typed, FP32)
+    fp32_nodes = scoring_path_nodes(model)
+    if target.strongly_typed:
+        return PrecisionPlan(precision, target.label, True, "mixed-onnx", fp32_nodes, converter=_autocast_label())
+    return PrecisionPlan(precision, target.label, False, "builder-flags", fp32_nodes)
+
+
+def mixed_onnx_path(onnx_path: str | os.PathLike[str], precision: str = FP16, out_dir: Path | None = None) -> Path:
+    """``model.onnx`` -> ``model_fp16_mixed.onnx`` beside it (or in ``out_dir``)."""
+    source = Path(onnx_path)
+    return (out_dir or source.parent) / f"{source.stem}_{precision}_mixed.onnx"
+
+
+def convert_mixed(onnx_path: str | os.PathLike[str], fp32_nodes: list[str], precision: str = FP16) -> onnx.ModelProto:
+    """The mixed-precision graph: ModelOpt AutoCast with ``fp32_nodes`` excluded, I/O kept FP32.
+
+    The IdleViT metadata is carried over with ``precision`` set and the graph's real opset.
+    """
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+        from modelopt.onnx.autocast.logging_config import configure_logging
+    except ImportError as err:
+        raise MissingDependencyError(f"ModelOpt AutoCast is not importable ({err}); {MODELOPT_INSTALL}") from None
+    meta = read_metadata(onnx_path)
+    configure_logging(logging.ERROR)  # AutoCast logs every node it skips at INFO
+    mixed = convert_to_mixed_precision(
+        os.fspath(onnx_path),
+        low_precision_type=precision,
+        nodes_to_exclude=[f"^{re.escape(name)}$" for name in fp32_nodes],
+        keep_io_types=True,
+    )
+    meta.precision = precision
+    meta.opset = next(op.version for op in mixed.opset_import if op.domain in ("", "ai.onnx"))
+    meta.extra = {**meta.extra, "fp32_nodes": len(fp32_nodes), "converter": _autocast_label()}
+    write_metadata(mixed, meta)
+    return mixed
+
+
+def write_mixed_onnx(onnx_path: str | os.PathLike[str], plan: PrecisionPlan, out: str | os.PathLike[str]) -> Path:
+    """Convert and write the plan's mixed-precision ONNX atomically; returns its path."""
+    if not plan.needs_mixed_onnx:
+        raise ToolkitError(f"the {plan.method} plan builds from the FP32 ONNX; no mixed-precision graph to write")
+    mixed = convert_mixed(onnx_path, plan.fp32_nodes, plan.precision)
+    with atomic_write(out) as handle:
+        handle.write(mixed.SerializeToString())
+    return Path(out)
+
+
+def node_precisions(model: onnx.ModelProto) -> dict[str, int]:
+    """Count of float nodes by the element type of their first float output (after shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    counts: dict[str, int] = {}
+    for node in inferred.graph.node:
+        elem = next((types[o] for o in node.output if types.get(o) in _FLOAT_TYPES), None)
+        if elem is not None:
+            key = onnx.TensorProto.DataType.Name(elem).lower()
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _autocast_label() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"modelopt.onnx.autocast {version('nvidia-modelopt')}"
+    except Exception:  # noqa: BLE001 - a label only
+        return "modelopt.onnx.autocast"

@@ -1,0 +1,90 @@
+"""What a TensorRT target line can do, as plain facts (no TensorRT import).
+
+The precision plan, the static checks and the builder all branch on these facts, never on a
+version number directly, so adding a TensorRT line is one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from idlevit.errors import ToolkitError
+
+TENSORRT = "tensorrt"
+TENSORRT_RTX = "tensorrt-rtx"
+RUNTIMES = (TENSORRT, TENSORRT_RTX)
+
+#: TopK's largest K in TensorRT (onnx-tensorrt operators.md: K must be at most 3840).
+TOPK_MAX_K = 3840
+#: Newest ONNX opset each parser line documents (oldest supported: 9), newest line first.
+_MAX_OPSET = (((11, 5), 25), ((11, 0), 24), ((10, 8), 22), ((10, 0), 20), ((8, 6), 17))
+_RTX_MAX_OPSET = 22
+MIN_OPSET = 9
+#: Compute capabilities a TensorRT-RTX engine built with no explicit target runs on (its docs).
+RTX_DEFAULT_COMPUTE_CAPABILITIES = ("8.0", "8.6", "8.9", "12.0")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A TensorRT runtime line and version, e.g. ``Target("tensorrt", (10, 3))``."""
+
+    runtime: str
+    version: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ToolkitError(f"unknown TensorRT runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """``"tensorrt-rtx"``, ``"tensorrt-10.3"``, ``"tensorrt-rtx-1.7"``: runtime with an optional version."""
+        for runtime in sorted(RUNTIMES, key=len, reverse=True):
+            if text == runtime or text.startswith(runtime + "-"):
+                rest = text[len(runtime) + 1 :]
+                default = (1, 7) if runtime == TENSORRT_RTX else (10, 13)
+                try:
+                    version = tuple(int(p) for p in rest.split(".")) if rest else default
+                except ValueError:
+                    break
+                return cls(runtime, version)
+        raise ToolkitError(f"cannot read target {text!r}; write e.g. tensorrt-10.3, tensorrt-11.0 or tensorrt-rtx")
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {'.'.join(map(str, self.version))}"
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.runtime == TENSORRT_RTX
+
+    @property
+    def strongly_typed(self) -> bool:
+        """Reduced precision is expressed in the graph's types (TensorRT 10.12+, 11.x, RTX).
+
+        TensorRT 11 removed the FP16 builder flag and precision constraints; 10.12 onwards
+        builds strongly typed networks well enough to prefer them; RTX knows nothing else.
+        """
+        return self.is_rtx or self.version[:2] >= (10, 12)
+
+    @property
+    def max_opset(self) -> int:
+        if self.is_rtx:
+            return _RTX_MAX_OPSET
+        for since, opset in _MAX_OPSET:
+            if self.version[:2] >= since:
+                return opset
+        return 13
+
+    @property
+    def takes_plugins(self) -> bool:
+        """TensorRT-RTX has no plugin layers (and its parser aborts the process on a plugin node)."""
+        return not self.is_rtx
+
+    @property
+    def needs_plugin_namespace_attr(self) -> bool:
+        """Before 10.10 the parser finds a custom op's plugin only through a ``plugin_namespace`` attribute."""
+        return not self.is_rtx and self.version[:2] < (10, 10)
+
+    @property
+    def has_timing_cache(self) -> bool:
+        return not self.is_rtx

@@ -1,0 +1,257 @@
+"""``python -m export.trt``: an exported IdleViT ONNX to a TensorRT engine that keeps its token selection.
+
+Examples::
+
+    python -m export.trt                              # the ONNX export.onnx wrote last, FP32
+    python -m export.trt --fp16                       # mixed precision, scoring path kept FP32
+    python -m export.trt --onnx model.onnx --fp16 --runtime tensorrt-rtx --max-batch 64
+    python -m export.trt --fp16 --runtime tensorrt --trt-version 10.3   # plan for JetPack 6, no TensorRT here
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import onnx
+
+from engines import lint
+from engines.builder import BuildOptions, build_engine, command_line
+from engines.precision import FP16, FP32, mixed_onnx_path, plan_precision, write_mixed_onnx
+from engines.sidecar import sidecar_path
+from engines.target import RUNTIMES, TENSORRT, TENSORRT_RTX, Target
+from export.metadata import read_metadata
+from idlevit.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BUILD_FAILED,
+    EXIT_CHECK_FAILED,
+    EXIT_MISSING_DEPENDENCY,
+    EXIT_OK,
+    CheckFailed,
+    MissingDependencyError,
+    ToolkitError,
+    run_cli,
+)
+
+from .state import last_export, state_file
+
+#: Version planned for when a runtime is named but not installed (override with --trt-version).
+PLAN_VERSIONS = {TENSORRT: "10.13", TENSORRT_RTX: "1.7"}
+PLUGIN_DOMAIN = "idlevit"
+
+EPILOG = f"""
+which ONNX: --onnx, else the file `python -m export.onnx` wrote last, as recorded in
+{state_file()} (relative to the working directory; set IDLEVIT_STATE_DIR to move it): run both
+commands from the same folder.
+
+precision: --fp32 builds FP32 everywhere (TF32 off). --fp16 keeps every idle layer's scoring
+path (norm1 -> CLS query / keys -> head-mean score -> TopK) in FP32 so FP16 rounding cannot
+reorder the kept tokens. Strongly typed targets (TensorRT 10.12+, 11.x, TensorRT-RTX) get a
+mixed-precision ONNX, always written (<onnx>_fp16_mixed.onnx beside the input, or beside --out)
+and checked in ONNX Runtime against the FP32 graph; TensorRT < 10.12 gets the FP32 ONNX with
+the FP16 builder flag and per-layer FP32 constraints.
+
+outputs: the engine (default <onnx stem>_<precision>.engine, _rtx for TensorRT-RTX, beside the
+ONNX) and its JSON sidecar <engine>.json (runtime and version, GPU or compute capabilities,
+precision plan, profiles, IdleViT schedule, ONNX sha256). The equivalent trtexec /
+tensorrt_rtx command line is printed. Without TensorRT the static checks and the mixed ONNX
+still run, the command is printed, and no engine is written.
+
+exit codes: {EXIT_OK} engine built; {EXIT_CHECK_FAILED} a static check or the mixed-precision check failed;
+{EXIT_BAD_INPUT} bad file or flag (a plugin graph for TensorRT-RTX included); {EXIT_MISSING_DEPENDENCY} TensorRT
+(or ModelOpt for --fp16) is not installed; {EXIT_BUILD_FAILED} TensorRT's parser or builder failed.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.trt",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--onnx", default=None, help="exported ONNX (default: the one export.onnx wrote last, see below)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="engine file to write (default: beside the ONNX); the mixed ONNX goes beside it"
+    )
+    prec = parser.add_argument_group("precision").add_mutually_exclusive_group()
+    prec.add_argument("--fp32", dest="precision", action="store_const", const=FP32, help="FP32 everywhere (default)")
+    prec.add_argument(
+        "--fp16", dest="precision", action="store_const", const=FP16, help="FP16 with the scoring path kept FP32"
+    )
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=None,
+        help="TensorRT flavour (default: whichever is installed, tensorrt first; tensorrt when none is)",
+    )
+    target.add_argument(
+        "--trt-version",
+        default=None,
+        metavar="X.Y",
+        help="version to plan and check for when that runtime is not installed here "
+        f"(default: {PLAN_VERSIONS[TENSORRT]} for tensorrt, {PLAN_VERSIONS[TENSORRT_RTX]} for tensorrt-rtx); "
+        "an installed runtime always uses its own",
+    )
+    target.add_argument(
+        "--compute-capabilities",
+        default=None,
+        metavar="CC,...",
+        help="TensorRT-RTX: GPUs to build for, e.g. 8.6,8.9 (default: TensorRT-RTX's own, 8.0/8.6/8.9/12.0; "
+        "7.5 must be named)",
+    )
+    build = parser.add_argument_group("builder")
+    build.add_argument("--min-batch", type=int, default=1, help="smallest batch of the optimization profile (1)")
+    build.add_argument("--opt-batch", type=int, default=8, help="batch TensorRT tunes for (8)")
+    build.add_argument("--max-batch", type=int, default=32, help="largest batch of the optimization profile (32)")
+    build.add_argument("--workspace", type=int, default=None, metavar="MiB", help="workspace memory limit in MiB")
+    build.add_argument(
+        "--opt-level", type=int, default=None, metavar="0-5", help="builder optimization level (TensorRT's default: 3)"
+    )
+    build.add_argument(
+        "--timing-cache", default=None, help="timing cache file, read and updated (TensorRT; TensorRT-RTX has none)"
+    )
+    build.add_argument(
+        "--plugins", action="append", default=[], metavar="LIB.so", help="plugin library to load (repeatable)"
+    )
+    check = parser.add_argument_group("mixed-precision check (ONNX Runtime, CPU, against the FP32 graph)")
+    check.add_argument(
+        "--check-data", default=None, help="real images too: 'digits' or an ImageFolder root (default: random only)"
+    )
+    check.add_argument("--check-images", type=int, default=16, help="real images to check (16)")
+    check.add_argument("--check-batches", type=int, default=2, help="seeded random batches of 8 to check (2)")
+    check.add_argument("--no-check", action="store_true", help="skip the check")
+    parser.add_argument("--no-trtcheck", action="store_true", help="skip trtcheck (the toolkit's own lint still runs)")
+    parser.add_argument("--verbose", action="store_true", help="show info findings and TensorRT errors as they come")
+    return parser
+
+
+def resolve_onnx(path: str | None) -> Path:
+    if path:
+        return Path(path)
+    found = last_export()
+    if found is None:
+        raise ToolkitError(
+            f"no --onnx given and no ONNX recorded in {state_file()}; run `python -m export.onnx` here first "
+            "or pass --onnx"
+        )
+    return found
+
+
+def uses_plugin(model: onnx.ModelProto, plugin: str) -> bool:
+    return bool(plugin) or any(node.domain == PLUGIN_DOMAIN for node in model.graph.node)
+
+
+def resolve_target(runtime: str | None, trt_version: str | None) -> tuple[Target, bool]:
+    """The target and whether its runtime is installed here (an installed one reports its version)."""
+    from engines import tensorrt_api as api
+
+    installed = api.installed_runtimes()
+    name = runtime or (installed[0] if installed else TENSORRT)
+    if name in installed:
+        info = api.use_runtime(name)
+        return Target(name, info.version_tuple), True
+    return Target.parse(f"{name}-{trt_version or PLAN_VERSIONS[name]}"), False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    precision = args.precision or FP32
+    source = resolve_onnx(args.onnx)
+    meta = read_metadata(source)
+    model = onnx.load(os.fspath(source), load_external_data=False)
+    target, installed = resolve_target(args.runtime, args.trt_version)
+    if target.is_rtx and uses_plugin(model, meta.plugin):
+        raise ToolkitError(
+            f"{source} uses the fused {meta.plugin or 'idlevit::IdleScatter'} plugin op and TensorRT-RTX takes no "
+            "plugins; export without --plugin for TensorRT-RTX (or use --runtime tensorrt)"
+        )
+    options = BuildOptions(
+        args.min_batch,
+        args.opt_batch,
+        args.max_batch,
+        args.workspace,
+        args.opt_level,
+        args.timing_cache,
+        list(args.plugins),
+        [cc.strip() for cc in args.compute_capabilities.split(",")] if args.compute_capabilities else [],
+    )
+    options.validate(meta)
+    if options.compute_capabilities and not target.is_rtx:
+        raise ToolkitError("--compute-capabilities is for --runtime tensorrt-rtx; TensorRT builds for its own GPU")
+    print(
+        f"{source} ({meta.arch}, {meta.img_size} px, idle layers {meta.idle_layers}) -> {target.label}"
+        + ("" if installed else " (not installed here: checks and plan only)")
+    )
+
+    _report_findings(lint.static_checks(model, target, not args.no_trtcheck), args.verbose)
+    plan = plan_precision(model, precision, target)
+    print(f"precision plan: {plan.summary()}")
+
+    out_dir = Path(args.out).parent if args.out else None
+    build_onnx = source
+    if plan.needs_mixed_onnx:
+        started = time.perf_counter()
+        build_onnx = write_mixed_onnx(source, plan, mixed_onnx_path(source, precision, out_dir))
+        print(f"wrote {build_onnx} (mixed precision) in {time.perf_counter() - started:.1f} s")
+        _report_findings(lint.static_checks(onnx.load(os.fspath(build_onnx)), target, False), args.verbose)
+        if not args.no_check:
+            _check_mixed(source, build_onnx, args)
+
+    engine = Path(args.out) if args.out else _default_engine(source, precision, target)
+    print("equivalent command: " + command_line(target, build_onnx, engine, plan, options, meta))
+    if not installed:
+        from engines.tensorrt_api import INSTALL_HINTS, MISSING_TENSORRT
+
+        if args.runtime is None:
+            raise MissingDependencyError(MISSING_TENSORRT)
+        raise MissingDependencyError(
+            f"{target.runtime} is not installed, so no engine was built; {INSTALL_HINTS[target.runtime]}"
+        )
+    started = time.perf_counter()
+    sidecar = build_engine(build_onnx, source, plan, options, engine)
+    size = engine.stat().st_size / 2**20
+    print(
+        f"wrote {engine} ({size:.1f} MiB, {sidecar.runtime} {sidecar.runtime_version}, runs on compute capability "
+        f"{', '.join(sidecar.compute_capabilities) or 'of this GPU'}) and {sidecar_path(engine).name} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    return EXIT_OK
+
+
+def _default_engine(source: Path, precision: str, target: Target) -> Path:
+    return source.with_name(f"{source.stem}_{precision}{'_rtx' if target.is_rtx else ''}.engine")
+
+
+def _report_findings(findings: list[lint.Finding], verbose: bool) -> None:
+    for finding in findings:
+        if verbose or finding.severity != lint.INFO:
+            print(f"  {finding}")
+    lint.raise_on_errors(findings)
+
+
+def _check_mixed(source: Path, mixed: Path, args: argparse.Namespace) -> None:
+    from engines.mixed_check import check_mixed_onnx, per_layer_lines
+
+    started = time.perf_counter()
+    report = check_mixed_onnx(
+        source, mixed, data=args.check_data, num_images=args.check_images, random_batches=args.check_batches
+    )
+    print(f"mixed-precision ONNX vs FP32 ONNX (ONNX Runtime, CPU, {time.perf_counter() - started:.1f} s):")
+    print(report.markdown().rstrip())
+    print("kept-token agreement per idle layer:")
+    for line in per_layer_lines(report):
+        print(f"  {line}")
+    if not report.passed:
+        raise CheckFailed(
+            f"the mixed-precision ONNX drifts from the FP32 graph: {report.failures[0]}; {mixed} is kept for inspection"
+        )
+
+
+if __name__ == "__main__":
+    run_cli(main)
