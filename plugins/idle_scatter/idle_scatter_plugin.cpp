@@ -40,7 +40,7 @@ nvinfer1::IPluginCapability* IdleScatterPlugin::getCapabilityInterface(nvinfer1:
     switch (type)
     {
     case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
-    case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuildV2*>(this);
+    case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<IdleScatterBuildBase*>(this);
     case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
     }
     return nullptr;
@@ -133,12 +133,14 @@ int32_t IdleScatterPlugin::getNbOutputs() const noexcept
     return kNB_OUTPUTS;
 }
 
+#if IDLEVIT_TRT_ALIASED_IO
 int32_t IdleScatterPlugin::getAliasedInput(int32_t outputIndex) noexcept
 {
     // Output 0 may live in the tokens buffer (read-modify-write); only used when TensorRT's
     // PreviewFeature::kALIASED_PLUGIN_IO_10_03 is on. enqueue() then skips the copy.
     return outputIndex == 0 ? kTOKENS : -1;
 }
+#endif
 
 // ---- IPluginV3OneRuntime ----
 

@@ -5,8 +5,21 @@
 
 #include <NvInferRuntime.h>
 
+// IPluginV3OneBuildV2 (output aliased to an input, read-modify-write) exists from TensorRT 10.3 on.
+#if NV_TENSORRT_MAJOR > 10 || (NV_TENSORRT_MAJOR == 10 && NV_TENSORRT_MINOR >= 3)
+#define IDLEVIT_TRT_ALIASED_IO 1
+#else
+#define IDLEVIT_TRT_ALIASED_IO 0
+#endif
+
 namespace idlevit::plugin
 {
+
+#if IDLEVIT_TRT_ALIASED_IO
+using IdleScatterBuildBase = nvinfer1::IPluginV3OneBuildV2;
+#else
+using IdleScatterBuildBase = nvinfer1::IPluginV3OneBuild;
+#endif
 
 constexpr char const* kIDLE_SCATTER_NAME{"IdleScatter"};
 constexpr char const* kIDLE_SCATTER_VERSION{"1"};
@@ -15,7 +28,7 @@ constexpr char const* kIDLE_SCATTER_NAMESPACE{"idlevit"};
 //! The plugin object: stateless apart from its layer name; shapes and types come with every call.
 class IdleScatterPlugin final : public nvinfer1::IPluginV3,
                                 public nvinfer1::IPluginV3OneCore,
-                                public nvinfer1::IPluginV3OneBuildV2,
+                                public IdleScatterBuildBase,
                                 public nvinfer1::IPluginV3OneRuntime
 {
 public:
@@ -31,7 +44,7 @@ public:
     char const* getPluginVersion() const noexcept override;
     char const* getPluginNamespace() const noexcept override;
 
-    // IPluginV3OneBuild(V2)
+    // IPluginV3OneBuild (V2 from TensorRT 10.3)
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
@@ -42,7 +55,9 @@ public:
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override;
     int32_t getNbOutputs() const noexcept override;
+#if IDLEVIT_TRT_ALIASED_IO
     int32_t getAliasedInput(int32_t outputIndex) noexcept override;
+#endif
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
