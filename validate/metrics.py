@@ -22,3 +22,47 @@ def kept_token_agreement(reference_kept: np.ndarray, other_kept: np.ndarray) -> 
     ref, oth = np.sort(reference_kept, axis=-1), np.sort(other_kept, axis=-1)
     shared = [np.intersect1d(r, o, assume_unique=True).size for r, o in zip(ref, oth, strict=True)]
     return float(np.mean(shared) / reference_kept.shape[-1])
+
+
+#: Per-row verdicts of :func:`selection_status`; CASCADE (set by callers that follow a sample
+#: through the idle layers) marks a flip downstream of an earlier flip of the same sample.
+MATCH, NEAR_TIE, MISMATCH, CASCADE = 0, 1, 2, 3
+
+
+def selection_status(
+    reference_kept: np.ndarray, other_kept: np.ndarray, reference_scores: np.ndarray, tie_rtol: float
+) -> np.ndarray:
+    """Per-row verdict (MATCH, NEAR_TIE or MISMATCH) of a backend's kept tokens against the reference.
+
+    Rows are kept token positions (CLS 0 plus k image tokens), compared as sets. A row whose set
+    differs is a NEAR_TIE when the flip is explained by rounding: the backend kept the same number
+    of distinct tokens, CLS included, and every token it swapped in scores, by the reference's own
+    scores (B, N image tokens), within ``tie_rtol * max|score|`` of every token it swapped out.
+    Anything else (a token swapped in far below the k-th boundary, a wrong k, a duplicate, a
+    missing CLS) is a MISMATCH.
+    """
+    status = np.full(reference_kept.shape[0], MISMATCH, dtype=np.int64)
+    if other_kept.ndim != 2 or other_kept.shape[0] != reference_kept.shape[0]:
+        return status
+    for row, (ref, oth, scores) in enumerate(zip(reference_kept, other_kept, reference_scores, strict=True)):
+        ref_set, oth_set = set(ref.tolist()), set(oth.tolist())
+        if ref_set == oth_set and len(oth) == len(ref):
+            status[row] = MATCH
+            continue
+        if len(oth_set) != len(oth) or len(oth) != len(ref) or 0 not in oth_set:
+            continue
+        swapped_out = [pos - 1 for pos in ref_set - oth_set]
+        swapped_in = [pos - 1 for pos in oth_set - ref_set]
+        if not all(0 <= pos < scores.shape[0] for pos in swapped_in):
+            continue
+        margin = scores[swapped_out].max() - scores[swapped_in].min()
+        if margin <= tie_rtol * np.abs(scores).max():
+            status[row] = NEAR_TIE
+    return status
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """Samples whose label is among the ``k`` highest logits (``k`` capped at the class count)."""
+    k = min(k, logits.shape[-1])
+    top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
+    return int(np.sum(np.any(top == labels[:, None], axis=-1)))

@@ -6,8 +6,14 @@ import os
 from collections.abc import Sequence
 
 import onnxruntime as ort
+from polygraphy.backend.onnxrt import OnnxrtRunner
 
-from idlevit.errors import MissingDependencyError
+from idlevit.errors import MissingDependencyError, ToolkitError
+
+#: Execution provider of each device an ONNX Runtime runner can use.
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+#: ``--ort`` choices: one device, both, the best one here ("auto"), or no ONNX Runtime runner.
+ORT_CHOICES = ("auto", "cpu", "cuda", "both", "none")
 
 
 def available_providers() -> list[str]:
@@ -18,15 +24,19 @@ def create_session(
     onnx_path: str | os.PathLike[str],
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int = 0,
+    options: ort.SessionOptions | None = None,
 ) -> ort.InferenceSession:
-    """An inference session; graphs using the fused ``idlevit::IdleScatter`` op get its CPU reference."""
+    """An inference session; graphs using the fused ``idlevit::IdleScatter`` op get its CPU reference.
+
+    ``options`` are a caller's base session options (e.g. profiling, thread spinning), completed here.
+    """
     missing = [p for p in providers if p not in available_providers()]
     if missing:
         raise MissingDependencyError(
             f"ONNX Runtime provider(s) {missing} are not available here (have {available_providers()}); "
             "install onnxruntime-gpu (pip install -e '.[gpu]') on a machine with a CUDA GPU"
         )
-    options = ort.SessionOptions()
+    options = options or ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
@@ -41,3 +51,37 @@ def _register_custom_ops(options: ort.SessionOptions) -> None:
     except ImportError:
         return
     register_custom_ops(options)
+
+
+def cuda_usable() -> bool:
+    """onnxruntime-gpu is installed and a CUDA GPU is visible."""
+    if PROVIDERS["cuda"] not in available_providers():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_devices(choice: str) -> list[str]:
+    """Devices for an ``--ort`` choice: "auto" is CUDA when usable, else CPU."""
+    if choice not in ORT_CHOICES:
+        raise ToolkitError(f"unknown ONNX Runtime device {choice!r}; choose one of: {', '.join(ORT_CHOICES)}")
+    if choice == "none":
+        return []
+    if choice == "auto":
+        return ["cuda" if cuda_usable() else "cpu"]
+    devices = ["cpu", "cuda"] if choice == "both" else [choice]
+    if "cuda" in devices and not cuda_usable():
+        raise MissingDependencyError(
+            "ONNX Runtime on CUDA needs onnxruntime-gpu (pip install -e '.[gpu]') and a CUDA GPU; use --ort cpu here"
+        )
+    return devices
+
+
+def ort_runner(onnx_path: str | os.PathLike[str], device: str = "cpu", threads: int = 0) -> OnnxrtRunner:
+    """A Polygraphy runner over :func:`create_session` (so the plugin's custom op is registered).
+
+    Named ``onnxruntime-<device>``; the session is created when the runner is activated.
+    """
+    providers = [PROVIDERS[device]] + ([PROVIDERS["cpu"]] if device != "cpu" else [])
+    return OnnxrtRunner(lambda: create_session(onnx_path, providers, threads), name=f"onnxruntime-{device}")

@@ -1,0 +1,166 @@
+"""validate.parity end to end: a faithful export passes; a wrong weight or a wrong k fails, readably."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+import torch
+from polygraphy.comparator import IndicesCompareFunc, IterationResult
+
+from export.metadata import read_metadata
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, ToolkitError, run_cli
+from validate import parity
+from validate.ort import create_session
+
+#: Small, fast runs: 8 real digits and one random batch per size, at batch 1 and 4.
+FAST = ["--num-images", "8", "--random-batches", "1", "--batch-sizes", "1,4", "--threads", "1", "--quiet"]
+
+
+def run(ckpt: Path, onnx_path: Path, report: Path, *extra: str) -> tuple[int, dict]:
+    code = parity.main(["--ckpt", str(ckpt), "--onnx", str(onnx_path), "--report", str(report), *FAST, *extra])
+    return code, json.loads(report.read_text())
+
+
+def save_edited(graph: gs.Graph, source: Path, out: Path) -> Path:
+    """Write an edited graph, keeping the source's metadata (the exporter's record of the model)."""
+    model = gs.export_onnx(graph.cleanup().toposort())
+    model.metadata_props.extend(onnx.load(source, load_external_data=False).metadata_props)
+    for value in model.graph.value_info:  # stale shapes would contradict the edit
+        value.type.tensor_type.ClearField("shape")
+    onnx.save(model, out)
+    return out
+
+
+def kept_concat(graph: gs.Graph, layer: int) -> gs.Node:
+    """The Concat that prepends CLS to an idle layer's TopK positions (it outputs kept_indices_<layer>)."""
+    return graph.tensors()[f"kept_indices_{layer}"].inputs[0]
+
+
+def test_faithful_export_passes_with_every_metric(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path) -> None:
+    code, report = run(digits_ckpt, digits_onnx, tmp_path / "ok.json")
+    assert code == EXIT_OK, report["failures"]
+    rows = report["results"]
+    assert {(r["inputs"], r["batch"]) for r in rows} == {("real", 1), ("real", 4), ("random", 1), ("random", 4)}
+    for row in rows:
+        assert row["passed"] and row["images"] == (8 if row["inputs"] == "real" else row["batch"])
+        assert row["logits"]["max_abs_error"] < 1e-4 and row["logits"]["top1_agreement"] == 1.0
+        assert row["logits"]["min_cosine_similarity"] > 0.99999
+        assert set(row["kept_tokens"]) == {str(layer) for layer in range(3, 12)}
+        assert all(layer["agreement"] == 1.0 and layer["mismatch"] == 0 for layer in row["kept_tokens"].values())
+    markdown = (tmp_path / "ok.md").read_text()
+    assert markdown.count("| onnxruntime-cpu |") == 4 and "PASS" in markdown
+
+
+def test_perturbed_weight_fails_with_a_readable_explanation(
+    digits_ckpt: Path, digits_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = gs.import_onnx(onnx.load(digits_onnx))
+    # the first MLP expansion (192 -> 768) is block 0's fc1; one of its weights is moved by 1.0
+    fc1 = next(
+        t
+        for n in graph.nodes
+        if n.op == "MatMul"
+        for t in n.inputs
+        if isinstance(t, gs.Constant) and t.values.shape == (192, 768)
+    )
+    fc1.values = fc1.values.copy()
+    fc1.values[7, 11] += 1.0
+    broken = save_edited(graph, digits_onnx, tmp_path / "perturbed.onnx")
+
+    code, report = run(digits_ckpt, broken, tmp_path / "perturbed.json")
+    assert code == EXIT_CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "FAILED" in err
+    assert "onnxruntime-cpu | real inputs (digits:test) at batch size 1: logits differ beyond both atol" in err
+    assert not report["passed"]
+    assert all(row["logits"]["max_abs_error"] > 1e-3 for row in report["results"])
+
+
+def test_swapping_two_kept_tokens_order_passes(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path) -> None:
+    graph = gs.import_onnx(onnx.load(digits_onnx))
+    concat = kept_concat(graph, 3)
+    k1 = read_metadata(digits_onnx).keep_tokens[0] + 1
+    order = np.arange(k1, dtype=np.int64)
+    order[[1, 2]] = order[[2, 1]]  # the two highest-scoring image tokens trade places
+    kept = concat.outputs[0]
+    unordered = gs.Variable("kept_unswapped_3", dtype=np.int64)
+    concat.outputs = [unordered]
+    graph.nodes.append(
+        gs.Node("Gather", inputs=[unordered, gs.Constant("swap_order", order)], outputs=[kept], attrs={"axis": 1})
+    )
+    swapped = save_edited(graph, digits_onnx, tmp_path / "swapped.onnx")
+
+    # The edit really reorders the output (an order-sensitive check, Polygraphy's indices compare, fails it) ...
+    images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    original = create_session(digits_onnx).run(["kept_indices_3"], {"images": images})[0]
+    reordered = create_session(swapped).run(["kept_indices_3"], {"images": images})[0]
+    assert not np.array_equal(original, reordered)
+    assert np.array_equal(np.sort(original, axis=1), np.sort(reordered, axis=1))
+    as_result = lambda arr, name: IterationResult({"kept_indices_3": arr}, runner_name=name)  # noqa: E731
+    assert not IndicesCompareFunc()(as_result(original, "a"), as_result(reordered, "b"))["kept_indices_3"]
+
+    # ... and the set semantics of parity accept it.
+    code, report = run(digits_ckpt, swapped, tmp_path / "swapped.json")
+    assert code == EXIT_OK, report["failures"]
+    assert all(row["kept_tokens"]["3"]["matched"] == row["kept_tokens"]["3"]["rows"] for row in report["results"])
+
+
+def test_wrong_topk_k_fails_the_selection_check(
+    digits_ckpt: Path, digits_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = gs.import_onnx(onnx.load(digits_onnx))
+    topk = kept_concat(graph, 6).inputs[1].inputs[0].inputs[0].inputs[0]  # Concat <- Add 1 <- TopK.indices
+    assert topk.op == "TopK"
+    k = int(topk.inputs[1].values.reshape(-1)[0])
+    assert k == read_metadata(digits_onnx).keep_tokens[3]
+    topk.inputs[1] = gs.Constant("wrong_k", np.array([k - 1], dtype=np.int64))
+    broken = save_edited(graph, digits_onnx, tmp_path / "wrong_k.onnx")
+
+    code, report = run(digits_ckpt, broken, tmp_path / "wrong_k.json")
+    assert code == EXIT_CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "kept token sets differ beyond near-ties at idle layer(s) 6 (8/8) (mismatching/samples" in err
+    assert f"kept_indices_6 has shape (1, {k}), reference (1, {k + 1})" in err
+    for row in report["results"]:
+        layers = row["kept_tokens"]
+        assert all(layers[str(layer)]["mismatch"] == 0 for layer in (3, 4, 5))  # upstream layers are fine
+        assert layers["6"]["mismatch"] == layers["6"]["rows"]  # no wrong-k row passes as a near-tie
+
+
+def test_bad_inputs_exit_2(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(ToolkitError) as missing:
+        parity.main(["--ckpt", str(digits_ckpt), "--onnx", str(tmp_path / "absent.onnx")])
+    assert missing.value.exit_code == EXIT_BAD_INPUT and "does not exist" in str(missing.value)
+
+    bare = onnx.load(digits_onnx)
+    del bare.metadata_props[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    with pytest.raises(ToolkitError, match="no IdleViT metadata"):
+        parity.main(["--ckpt", str(digits_ckpt), "--onnx", str(tmp_path / "bare.onnx")])
+
+    other = torch.load(digits_ckpt, weights_only=True)
+    other["model"]["head.weight"] = other["model"]["head.weight"][:5]
+    other["model"]["head.bias"] = other["model"]["head.bias"][:5]
+    torch.save(other, tmp_path / "five_classes.pth")
+    with pytest.raises(ToolkitError, match="records") as wrong:
+        parity.main(["--ckpt", str(tmp_path / "five_classes.pth"), "--onnx", str(digits_onnx), *FAST])
+    assert wrong.value.exit_code == EXIT_BAD_INPUT
+
+    with pytest.raises(ToolkitError, match="batch sizes"):
+        parity.main(["--ckpt", str(digits_ckpt), "--onnx", str(digits_onnx), "--batch-sizes", "0,2"])
+
+
+def test_cli_exit_code_and_help(digits_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(parity.main, ["--ckpt", str(digits_ckpt), "--onnx", str(tmp_path / "x.onnx")])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
+    helped = parity.build_parser().format_help()
+    for flag in ("--ckpt", "--onnx", "--engine", "--batch-sizes", "--atol", "--tie-rtol", "--max-mismatch", "fp16"):
+        assert flag in helped

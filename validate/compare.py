@@ -1,0 +1,236 @@
+"""Polygraphy comparison functions for IdleViT outputs, and the thresholds they are judged by.
+
+Logit error and cosine similarity are Polygraphy's own ``SimpleCompareFunc`` (max statistic) and
+``CosineSimilarityCompareFunc``, restricted to ``logits``. Two things Polygraphy has no function
+for are added in its protocol (``BaseCompareFunc`` -> ``CompareResult`` checked by a
+``Threshold``): top-1 agreement of the logits, and the kept-token check of every idle layer,
+which compares index sets (TopK's order on ties is free, so Polygraphy's order-sensitive
+``IndicesCompareFunc`` would flag harmless reorderings) and counts rows apart as
+
+* ``near_tie``: the reference's own scores put the swapped tokens within the tie tolerance of
+  each other at the k-th boundary, so rounding explains the flip (see
+  :func:`validate.metrics.selection_status`);
+* ``cascade``: the sample already flipped at an earlier idle layer, so the backend ranks
+  different token states and the reference's scores no longer describe its input;
+* ``mismatch``: anything else, a real selection bug.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+from polygraphy.comparator import (
+    BaseCompareFunc,
+    CompareResult,
+    CosineSimilarityCompareFunc,
+    IterationResult,
+    SimpleCompareFunc,
+    Threshold,
+)
+
+from idlevit.errors import ToolkitError
+from idlevit.model import LOGITS, kept_indices_name
+
+from .metrics import CASCADE, MATCH, MISMATCH, NEAR_TIE, kept_token_agreement, selection_status, top1_agreement
+from .reference import token_scores_name
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a backend must reach against the reference, per group of inputs (kind x batch size)."""
+
+    atol: float  # max abs logit error; a batch fails only when it exceeds atol AND rtol (Polygraphy's rule)
+    rtol: float  # max relative logit error, |a - b| / |b|
+    min_cosine: float  # cosine similarity of the batch's logits
+    min_top1: float  # fraction of samples with the reference's arg-max class
+    max_mismatch: float  # fraction of samples, per idle layer, whose kept set differs beyond a near-tie
+    tie_rtol: float  # near-tie tolerance on reference scores, relative to the row's max |score|
+
+    def with_overrides(self, **changes: float | None) -> Thresholds:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+#: Defaults by the precision a graph or engine computes in (FP32 strict, reduced precisions looser).
+PRESETS: dict[str, Thresholds] = {
+    "fp32": Thresholds(atol=1e-3, rtol=1e-3, min_cosine=0.99999, min_top1=1.0, max_mismatch=0.0, tie_rtol=1e-4),
+    "tf32": Thresholds(atol=2e-2, rtol=2e-2, min_cosine=0.9995, min_top1=0.98, max_mismatch=0.02, tie_rtol=5e-3),
+    "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98, max_mismatch=0.02, tie_rtol=1e-2),
+    "bf16": Thresholds(atol=1e-1, rtol=1e-1, min_cosine=0.998, min_top1=0.97, max_mismatch=0.04, tie_rtol=2e-2),
+    "int8": Thresholds(atol=5e-1, rtol=5e-1, min_cosine=0.99, min_top1=0.9, max_mismatch=0.1, tie_rtol=5e-2),
+}
+THRESHOLD_FIELDS = tuple(f.name for f in fields(Thresholds))
+
+
+def preset(precision: str) -> Thresholds:
+    """The default thresholds of a precision name (as recorded in the ONNX metadata)."""
+    try:
+        return PRESETS[precision.lower()]
+    except KeyError:
+        raise ToolkitError(
+            f"no default thresholds for precision {precision!r}; pass --precision one of {', '.join(PRESETS)}"
+        ) from None
+
+
+def only(*names: str):
+    """A Polygraphy ``find_output_func`` that pairs outputs by exact name, and only ``names``.
+
+    Polygraphy's default falls back to substring and position matching, which would pair a
+    reference-only output with some other backend output.
+    """
+
+    def find(name: str, _index: int, iter_result: IterationResult) -> list[str] | None:
+        return [name] if name in names and name in iter_result else None
+
+    return find
+
+
+# ---- top-1 agreement -------------------------------------------------------------------
+class Top1Threshold(Threshold):
+    METRIC_FIELDS = ["top1_agreement"]
+
+    def __init__(self, min_agreement: float) -> None:
+        self.min_agreement = min_agreement
+
+    def passed(self, metric_values: dict[str, float]) -> bool:
+        return metric_values["top1_agreement"] >= self.min_agreement
+
+
+class Top1Result(CompareResult):
+    _THRESHOLD_CLASS = Top1Threshold
+
+    def __init__(self, top1_agreement: float, samples: int, thresholds: Top1Threshold | None = None) -> None:
+        super().__init__(thresholds)
+        self.top1_agreement = top1_agreement
+        self.samples = samples
+
+
+class Top1CompareFunc(BaseCompareFunc):
+    """Fraction of samples whose arg-max class the backend shares with the reference."""
+
+    _RESULT_CLASS = Top1Result
+
+    def __init__(self, min_agreement: float) -> None:
+        self.min_agreement = min_agreement
+
+    def thresholds_for(self, output_name: str) -> Top1Threshold:
+        return Top1Threshold(self.min_agreement)
+
+    def __call__(self, iter_result0: IterationResult, iter_result1: IterationResult) -> OrderedDict:
+        if LOGITS not in iter_result0 or LOGITS not in iter_result1:
+            return OrderedDict()
+        ref, got = np.asarray(iter_result0[LOGITS]), np.asarray(iter_result1[LOGITS])
+        agreement = top1_agreement(ref, got) if ref.shape == got.shape else 0.0
+        return OrderedDict([(LOGITS, Top1Result(agreement, ref.shape[0], self.thresholds_for(LOGITS)))])
+
+
+# ---- kept-token selection --------------------------------------------------------------
+class SelectionThreshold(Threshold):
+    METRIC_FIELDS = ["mismatch_rate"]
+
+    def __init__(self, max_mismatch: float) -> None:
+        self.max_mismatch = max_mismatch
+
+    def passed(self, metric_values: dict[str, float]) -> bool:
+        return metric_values["mismatch_rate"] <= self.max_mismatch
+
+
+class SelectionResult(CompareResult):
+    """Kept-token check of one idle layer on one batch: row counts by verdict, and examples."""
+
+    _THRESHOLD_CLASS = SelectionThreshold
+
+    def __init__(
+        self,
+        agreement: float,
+        status: np.ndarray,
+        shape_note: str = "",
+        example: str = "",
+        thresholds: SelectionThreshold | None = None,
+    ) -> None:
+        super().__init__(thresholds)
+        self.agreement = agreement  # mean fraction of the reference's kept tokens the backend kept
+        self.rows = int(status.size)
+        self.matched = int(np.sum(status == MATCH))
+        self.near_tie = int(np.sum(status == NEAR_TIE))
+        self.cascade = int(np.sum(status == CASCADE))
+        self.mismatch = int(np.sum(status == MISMATCH))
+        self.shape_note = shape_note  # set when the backend's index output has another shape
+        self.example = example  # the first mismatching row, described
+
+    @property
+    def mismatch_rate(self) -> float:
+        return self.mismatch / self.rows if self.rows else 0.0
+
+
+class SelectionCompareFunc(BaseCompareFunc):
+    """Per-idle-layer kept-token agreement (set semantics) with near-tie and cascade accounting.
+
+    Needs the reference's ``token_scores_<layer>`` (``TorchRunner(with_scores=True)``); layers the
+    backend does not export indices for are skipped.
+    """
+
+    _RESULT_CLASS = SelectionResult
+
+    def __init__(self, idle_layers: list[int], tie_rtol: float, max_mismatch: float) -> None:
+        self.idle_layers = list(idle_layers)
+        self.tie_rtol = tie_rtol
+        self.max_mismatch = max_mismatch
+
+    def thresholds_for(self, output_name: str) -> SelectionThreshold:
+        return SelectionThreshold(self.max_mismatch)
+
+    def __call__(self, iter_result0: IterationResult, iter_result1: IterationResult) -> OrderedDict:
+        results: OrderedDict[str, SelectionResult] = OrderedDict()
+        flipped_before: np.ndarray | None = None  # samples that flipped at an earlier idle layer
+        for layer in self.idle_layers:
+            name = kept_indices_name(layer)
+            if name not in iter_result0 or name not in iter_result1:
+                continue
+            ref, got = np.asarray(iter_result0[name]), np.asarray(iter_result1[name])
+            scores = np.asarray(iter_result0[token_scores_name(layer)])
+            status = selection_status(ref, got, scores, self.tie_rtol)
+            if flipped_before is None:
+                flipped_before = np.zeros(ref.shape[0], dtype=bool)
+            status = np.where((status != MATCH) & flipped_before, CASCADE, status)
+            flipped_before |= status != MATCH
+            shape_note = "" if got.shape == ref.shape else f"shape {tuple(got.shape)}, reference {tuple(ref.shape)}"
+            agreement = kept_token_agreement(ref, got) if got.ndim == 2 and got.shape[0] == ref.shape[0] else 0.0
+            results[name] = SelectionResult(
+                agreement, status, shape_note, _describe_first_mismatch(ref, got, status), self.thresholds_for(name)
+            )
+        return results
+
+
+def _describe_first_mismatch(ref: np.ndarray, got: np.ndarray, status: np.ndarray) -> str:
+    rows = np.flatnonzero(status == MISMATCH)
+    if not rows.size or got.ndim != 2 or got.shape[0] != ref.shape[0]:
+        return ""
+    row = int(rows[0])
+    ref_set, got_set = set(ref[row].tolist()), set(got[row].tolist())
+    dropped, added = sorted(ref_set - got_set), sorted(got_set - ref_set)
+    text = f"sample {row}: backend dropped positions {_few(dropped)} and kept {_few(added)} instead"
+    if len(got_set) != got.shape[1]:
+        text += f" (it repeats positions: {got.shape[1] - len(got_set)} duplicates)"
+    return text
+
+
+def _few(values: list[int], limit: int = 6) -> str:
+    shown = ", ".join(map(str, values[:limit]))
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+def compare_funcs(thresholds: Thresholds, idle_layers: list[int]) -> list[BaseCompareFunc]:
+    """The comparison functions a parity run applies, in report order."""
+    return [
+        SimpleCompareFunc(
+            check_error_stat="max", atol=thresholds.atol, rtol=thresholds.rtol, find_output_func=only(LOGITS)
+        ),
+        CosineSimilarityCompareFunc(cosine_similarity_threshold=thresholds.min_cosine, find_output_func=only(LOGITS)),
+        Top1CompareFunc(thresholds.min_top1),
+        SelectionCompareFunc(idle_layers, thresholds.tie_rtol, thresholds.max_mismatch),
+    ]

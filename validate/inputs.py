@@ -1,0 +1,122 @@
+"""Inputs of a parity run: real images and seeded random batches, at several batch sizes.
+
+Real images come from the bundled digits split or an ImageFolder (timm's eval transform with the
+mean/std the ONNX records, via :func:`idlevit.data.load_dataset`); random batches come from
+Polygraphy's seeded ``DataLoader`` over the range that pixels in [0, 1] take once normalised.
+Each group holds feed dicts for one (kind, batch size): bugs that appear only at batch > 1 exist.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import DataLoader
+from polygraphy.datatype import DataType
+
+from export.metadata import ExportMetadata
+from idlevit.data import DIGITS, load_dataset
+from idlevit.errors import ToolkitError
+from idlevit.model import IMAGES
+
+REAL, RANDOM = "real", "random"
+
+
+@dataclass
+class InputGroup:
+    """Feed dicts of one kind of input at one batch size."""
+
+    kind: str  # REAL or RANDOM
+    source: str  # where the images come from, for the report
+    batch: int
+    feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return sum(int(feed[IMAGES].shape[0]) for feed in self.feeds)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} inputs ({self.source}) at batch size {self.batch}"
+
+
+def sample_images(data: str | os.PathLike[str], split: str, meta: ExportMetadata, count: int) -> np.ndarray:
+    """``count`` normalised images spread evenly over a split (ImageFolders are sorted by class)."""
+    dataset = load_dataset(data, split, meta.data_config)
+    if len(dataset) == 0:
+        raise ToolkitError(f"dataset {os.fspath(data)!r} ({split}) holds no images; point --data at an ImageFolder")
+    picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int))
+    images = torch.stack([dataset[int(i)][0] for i in picks]).numpy().astype(np.float32)
+    if images.shape[1:] != (3, meta.img_size, meta.img_size):
+        raise ToolkitError(
+            f"images from {os.fspath(data)!r} have shape {images.shape[1:]} but the graph takes "
+            f"(3, {meta.img_size}, {meta.img_size})"
+        )
+    return images
+
+
+def real_groups(images: np.ndarray, source: str, batch_sizes: Sequence[int]) -> list[InputGroup]:
+    """The same real images, batched at every size (the last batch may be short)."""
+    groups = []
+    for batch in batch_sizes:
+        feeds = [{IMAGES: images[i : i + batch]} for i in range(0, len(images), batch)]
+        groups.append(InputGroup(REAL, source, batch, feeds))
+    return groups
+
+
+def random_range(meta: ExportMetadata) -> tuple[float, float]:
+    """Range of normalised values that pixels in [0, 1] can take under the recorded mean/std."""
+    low = min((0.0 - m) / s for m, s in zip(meta.mean, meta.std))
+    high = max((1.0 - m) / s for m, s in zip(meta.mean, meta.std))
+    return low, high
+
+
+def random_groups(meta: ExportMetadata, batch_sizes: Sequence[int], batches: int, seed: int) -> list[InputGroup]:
+    """``batches`` seeded uniform batches per size, from Polygraphy's ``DataLoader``."""
+    low, high = random_range(meta)
+    groups = []
+    for batch in batch_sizes:
+        shape = (batch, 3, meta.img_size, meta.img_size)
+        loader = DataLoader(
+            seed=seed + 1000 * batch,
+            iterations=batches,
+            input_metadata=TensorMetadata().add(IMAGES, DataType.FLOAT32, shape),
+            val_range=(low, high),
+        )
+        source = f"uniform [{low:.2f}, {high:.2f}], seed {loader.seed}"
+        groups.append(InputGroup(RANDOM, source, batch, [dict(feed) for feed in loader]))
+    return groups
+
+
+def parity_inputs(
+    meta: ExportMetadata,
+    data: str | os.PathLike[str] | None = DIGITS,
+    split: str = "test",
+    num_images: int = 16,
+    random_batches: int = 2,
+    batch_sizes: Sequence[int] = (1, 8),
+    seed: int = 0,
+) -> list[InputGroup]:
+    """Real groups (unless ``data`` is None or ``num_images`` is 0), then random groups."""
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ToolkitError(f"batch sizes {list(batch_sizes)} must be >= 1, e.g. --batch-sizes 1,8")
+    if meta.batch and any(b != meta.batch for b in batch_sizes):
+        raise ToolkitError(
+            f"the graph has a static batch of {meta.batch}; pass --batch-sizes {meta.batch} "
+            "or export with a dynamic batch"
+        )
+    groups: list[InputGroup] = []
+    if data is not None and num_images > 0:
+        # at least one full batch of the largest size, so every batch size is really exercised
+        images = sample_images(data, split, meta, max(num_images, max(batch_sizes)))
+        source = f"{DIGITS}:{split}" if str(data) == DIGITS else f"{os.fspath(data)}:{split}"
+        groups += real_groups(images, source, batch_sizes)
+    if random_batches > 0:
+        groups += random_groups(meta, batch_sizes, random_batches, seed)
+    if not groups:
+        raise ToolkitError("no inputs: give --num-images > 0 with --data, or --random-batches > 0")
+    return groups

@@ -1,0 +1,266 @@
+"""``python -m validate.parity``: is the deployed artefact still the model? A verdict against PyTorch.
+
+Runs the PyTorch reference (``--ckpt``, rebuilt with the schedule the ONNX records), ONNX Runtime
+(``--onnx``) and TensorRT (``--engine``) through Polygraphy's ``Comparator`` on real images and
+seeded random batches at several batch sizes, and checks logits (max abs / relative error,
+cosine similarity, top-1 agreement) and the kept tokens of every idle layer (set semantics,
+near-ties counted apart) against thresholds chosen by the graph's precision.
+
+Examples::
+
+    python -m validate.parity --ckpt demo --onnx idlevit_deit_tiny_digits_ratio0.7.onnx
+    python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --engine model.engine --data /data/imagenet
+    python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --batch-sizes 1,4,32 --atol 1e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import onnx
+from polygraphy.comparator import Comparator
+from polygraphy.exception import PolygraphyException
+from polygraphy.logger import G_LOGGER
+from tqdm import tqdm
+
+from export.metadata import read_metadata
+from idlevit.data import DIGITS
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, run_cli
+from idlevit.fileio import sha256_file
+from idlevit.model import LOGITS, kept_indices_name
+
+from .compare import PRESETS, THRESHOLD_FIELDS, Thresholds, compare_funcs, preset
+from .inputs import InputGroup, parity_inputs
+from .ort import ORT_CHOICES
+from .reference import REFERENCE, TorchRunner, load_reference
+from .report import ParityReport, aggregate
+from .runners import backend_runners
+
+
+@contextlib.contextmanager
+def polygraphy_quiet(verbose: bool) -> Iterator[None]:
+    """Polygraphy logs every comparison; keep its errors only unless asked (our report explains failures)."""
+    with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL):
+        yield
+
+
+def graph_outputs(onnx_path: str | os.PathLike[str]) -> list[str]:
+    return [o.name for o in onnx.load(os.fspath(onnx_path), load_external_data=False).graph.output]
+
+
+def run_parity(
+    onnx_path: str | os.PathLike[str],
+    ckpt: str | os.PathLike[str],
+    engine: str | os.PathLike[str] | None = None,
+    *,
+    data: str | os.PathLike[str] | None = DIGITS,
+    split: str = "test",
+    num_images: int = 16,
+    random_batches: int = 2,
+    batch_sizes: Sequence[int] = (1, 8),
+    seed: int = 0,
+    precision: str | None = None,
+    thresholds: Thresholds | None = None,
+    ort: str = "auto",
+    threads: int = 0,
+    progress: bool = True,
+    verbose: bool = False,
+) -> ParityReport:
+    """Compare every backend with the PyTorch reference; ``thresholds`` default to the precision's preset."""
+    meta = read_metadata(onnx_path)
+    outputs = graph_outputs(onnx_path)
+    if LOGITS not in outputs:
+        raise ToolkitError(f"{os.fspath(onnx_path)} has no '{LOGITS}' output; export it with `python -m export.onnx`")
+    precision = precision or meta.precision
+    thresholds = thresholds or preset(precision)
+    model = load_reference(ckpt, meta)
+    backends = backend_runners(onnx_path, engine, ort, threads)
+    runners = [TorchRunner(model, with_indices=True, with_scores=True, threads=threads), *backends]
+    funcs = compare_funcs(thresholds, list(meta.idle_layers))
+    with polygraphy_quiet(verbose):
+        groups = parity_inputs(meta, data, split, num_images, random_batches, batch_sizes, seed)
+        feeds = tqdm([feed for group in groups for feed in group.feeds], "parity", unit="batch", disable=not progress)
+        try:
+            stream = Comparator.run(runners, data_loader=feeds, streaming=True)
+            pairs = [(0, i) for i in range(1, len(runners))]
+            accuracy = Comparator.compare_accuracy(stream, comparisons=pairs, compare_func=funcs)
+        except PolygraphyException as err:
+            raise ToolkitError(
+                f"a backend failed to run ({_first_line(err)}); rerun with --verbose for details"
+            ) from None
+    names = [runner.name for runner in backends]
+    rows = aggregate(accuracy, REFERENCE, names, groups, thresholds)
+    setup = {
+        "onnx": os.fspath(onnx_path),
+        "onnx_sha256": sha256_file(onnx_path),
+        "checkpoint": os.fspath(ckpt),
+        "checkpoint_recorded": meta.checkpoint,
+        "engine": None if engine is None else os.fspath(engine),
+        "arch": meta.arch,
+        "precision": precision,
+        "reference": REFERENCE,
+        "backends": names,
+        "idle_layers": list(meta.idle_layers),
+        "keep_tokens": list(meta.keep_tokens),
+        "kept_indices_checked": [layer for layer in meta.idle_layers if kept_indices_name(layer) in outputs],
+        "inputs": [_group_setup(group) for group in groups],
+    }
+    return ParityReport(setup, thresholds, rows)
+
+
+def _group_setup(group: InputGroup) -> dict[str, object]:
+    return {
+        "kind": group.kind,
+        "source": group.source,
+        "batch": group.batch,
+        "batches": len(group.feeds),
+        "images": group.images,
+    }
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(err).__name__
+
+
+# ---- command line -----------------------------------------------------------------------
+EPILOG = f"""
+thresholds: defaults follow the precision (--precision, else the ONNX metadata 'precision'):
+{chr(10).join(f"  {name}: " + ", ".join(f"{k}={v:g}" for k, v in t.to_dict().items()) for name, t in PRESETS.items())}
+A batch's logits fail when the max abs error exceeds --atol AND the max relative error exceeds
+--rtol (Polygraphy's rule). Kept tokens are compared as sets per idle layer (needs an export
+with --with-indices); a flip whose swapped tokens score within --tie-rtol x max|score| of each
+other in the reference is a near-tie, and flips after an earlier flip of the same sample are a
+cascade; neither counts against --max-mismatch.
+
+exit codes: {EXIT_OK} every threshold holds; {EXIT_CHECK_FAILED} a threshold failed (the report says which
+metric, backend and batch); {EXIT_BAD_INPUT} bad file, checkpoint or flag; {EXIT_MISSING_DEPENDENCY} TensorRT or
+onnxruntime-gpu missing.
+"""
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ToolkitError(f"cannot read batch sizes {text!r}; write e.g. '1,8'") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise ToolkitError(f"batch sizes {text!r} must be integers >= 1, e.g. '1,8'")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m validate.parity",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = parser.add_argument_group("what to compare")
+    src.add_argument("--ckpt", required=True, help="checkpoint the ONNX was exported from ('demo': the bundled demo)")
+    src.add_argument(
+        "--onnx", required=True, help="exported ONNX file (its metadata gives the schedule and data config)"
+    )
+    src.add_argument("--engine", default=None, help="TensorRT engine built from the ONNX (needs TensorRT and a GPU)")
+    src.add_argument(
+        "--ort",
+        choices=ORT_CHOICES,
+        default="auto",
+        help="ONNX Runtime device: auto (CUDA when onnxruntime-gpu and a GPU exist, else CPU), cpu, cuda, "
+        "both, or none (engine only) (default auto)",
+    )
+    src.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: its own choice)")
+    data = parser.add_argument_group("inputs")
+    data.add_argument(
+        "--data",
+        default=DIGITS,
+        help="real images: 'digits' (bundled scikit-learn digits) or an ImageFolder root (ROOT/val is used "
+        "when present); 'none' for random inputs only (default digits)",
+    )
+    data.add_argument("--split", default="test", help="split of --data: digits 'test'/'train' (default test)")
+    data.add_argument(
+        "--num-images", type=int, default=16, help="real images, spread evenly over the split (default 16)"
+    )
+    data.add_argument("--random-batches", type=int, default=2, help="seeded random batches per batch size (default 2)")
+    data.add_argument(
+        "--batch-sizes", type=parse_batch_sizes, default=[1, 8], help="comma-separated batch sizes (default 1,8)"
+    )
+    data.add_argument("--seed", type=int, default=0, help="seed of the random batches (default 0)")
+    limits = parser.add_argument_group("thresholds (defaults: see below)")
+    limits.add_argument(
+        "--precision", choices=list(PRESETS), default=None, help="preset to start from (default: the ONNX metadata's)"
+    )
+    limits.add_argument("--atol", type=float, default=None, help="max abs logit error per batch")
+    limits.add_argument("--rtol", type=float, default=None, help="max relative logit error per batch, |a-b|/|b|")
+    limits.add_argument("--min-cosine", type=float, default=None, help="min cosine similarity of a batch's logits")
+    limits.add_argument("--min-top1", type=float, default=None, help="min fraction of samples sharing the top-1 class")
+    limits.add_argument(
+        "--max-mismatch",
+        type=float,
+        default=None,
+        help="max fraction of samples per idle layer whose kept token set differs beyond a near-tie",
+    )
+    limits.add_argument(
+        "--tie-rtol", type=float, default=None, help="near-tie tolerance on reference scores, relative to max |score|"
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--report", default=None, help="JSON report path (default: <onnx>.parity.json); Markdown beside it (.md)"
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    out.add_argument("--verbose", action="store_true", help="show Polygraphy's own comparison log")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("num_images", "random_batches", "threads"):
+        if getattr(args, flag) < 0:
+            raise ToolkitError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 0")
+    meta = read_metadata(args.onnx)
+    precision = args.precision or meta.precision
+    thresholds = preset(precision).with_overrides(**{name: getattr(args, name) for name in THRESHOLD_FIELDS})
+    report = run_parity(
+        args.onnx,
+        args.ckpt,
+        args.engine,
+        data=None if args.data == "none" else args.data,
+        split=args.split,
+        num_images=args.num_images,
+        random_batches=args.random_batches,
+        batch_sizes=args.batch_sizes,
+        seed=args.seed,
+        precision=precision,
+        thresholds=thresholds,
+        ort=args.ort,
+        threads=args.threads,
+        progress=not args.quiet,
+        verbose=args.verbose,
+    )
+    json_path = Path(args.report) if args.report else Path(args.onnx).with_suffix(".parity.json")
+    md_path = json_path.with_suffix(".md")
+    report.write(json_path, md_path)
+    checked = report.setup["kept_indices_checked"]
+    print(
+        f"parity of {', '.join(report.setup['backends'])} against PyTorch ({meta.arch}, {precision} thresholds); "
+        f"kept tokens checked at idle layers {checked or 'none (export with --with-indices to check them)'}"
+    )
+    print(report.markdown(), end="")
+    print(f"report: {json_path} and {md_path}")
+    if report.passed:
+        print("PASSED: every threshold holds")
+        return EXIT_OK
+    failures = report.failures
+    print(f"FAILED: {len(failures)} check(s) did not hold:", file=sys.stderr)
+    for failure in failures:
+        print(f"  - {failure}", file=sys.stderr)
+    return EXIT_CHECK_FAILED
+
+
+if __name__ == "__main__":
+    run_cli(main)

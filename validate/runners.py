@@ -1,0 +1,58 @@
+"""Every backend is a Polygraphy runner with one contract, shared by validate/ and benchmarks/.
+
+Contract: ``infer({"images": float32 (B, 3, H, W), normalised})`` returns an ordered dict with
+``"logits"`` (B, classes) and, when the graph exports them, ``"kept_indices_<layer>"`` (B, k+1)
+int64 with CLS (0) first; ``last_inference_time()`` is the seconds the backend itself took.
+
+Backends: the PyTorch reference (:mod:`validate.reference`), ONNX Runtime (:mod:`validate.ort`)
+and TensorRT (``engines.runtime.TrtEngineRunner``, imported only when an engine is given).
+Adding one is a file with a ``BaseRunner`` subclass and a line in :func:`backend_runners`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from polygraphy.backend.base import BaseRunner
+
+from idlevit.errors import MissingDependencyError, ToolkitError
+
+from .ort import ort_runner, resolve_devices
+
+TENSORRT = "tensorrt"
+
+
+def tensorrt_runner(engine_path: str | os.PathLike[str]) -> BaseRunner:
+    """``engines.runtime.TrtEngineRunner`` for a serialized engine, named ``tensorrt``."""
+    if not Path(engine_path).is_file():
+        raise ToolkitError(f"engine {os.fspath(engine_path)!r} does not exist; build one with `python -m export.trt`")
+    try:
+        from engines.runtime import TrtEngineRunner
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"the TensorRT runner cannot be loaded ({err}); install TensorRT (pip install -e '.[trt]') "
+            "on a machine with a CUDA GPU, or leave out --engine"
+        ) from None
+    runner = TrtEngineRunner(os.fspath(engine_path))
+    runner.name = TENSORRT
+    return runner
+
+
+def backend_runners(
+    onnx_path: str | os.PathLike[str] | None,
+    engine_path: str | os.PathLike[str] | None = None,
+    ort: str = "auto",
+    threads: int = 0,
+) -> list[BaseRunner]:
+    """The deployed backends to check: ONNX Runtime on the ``ort`` device(s), TensorRT when an engine is given."""
+    runners: list[BaseRunner] = []
+    if onnx_path is not None:
+        runners += [ort_runner(onnx_path, device, threads) for device in resolve_devices(ort)]
+    if engine_path is not None:
+        runners.append(tensorrt_runner(engine_path))
+    if not runners:
+        raise ToolkitError(
+            "no backend to run: give --onnx (ONNX Runtime) and/or --engine (TensorRT), not --ort none alone"
+        )
+    return runners
