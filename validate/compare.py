@@ -18,6 +18,7 @@ which compares index sets (TopK's order on ties is free, so Polygraphy's order-s
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -109,23 +110,32 @@ class Top1Result(CompareResult):
         self.samples = samples
 
 
-class Top1CompareFunc(BaseCompareFunc):
+class _PerBackend(BaseCompareFunc):
+    """A comparison whose thresholds depend on the backend (the second runner of the pair)."""
+
+    def __init__(self, thresholds: Thresholds | Mapping[str, Thresholds]) -> None:
+        self.by_backend = thresholds if isinstance(thresholds, Mapping) else {}
+        self.default = thresholds if isinstance(thresholds, Thresholds) else next(iter(thresholds.values()))
+
+    def _thresholds(self, runner_name: str) -> Thresholds:
+        return self.by_backend.get(runner_name, self.default)
+
+
+class Top1CompareFunc(_PerBackend):
     """Fraction of samples whose arg-max class the backend shares with the reference."""
 
     _RESULT_CLASS = Top1Result
 
-    def __init__(self, min_agreement: float) -> None:
-        self.min_agreement = min_agreement
-
-    def thresholds_for(self, output_name: str) -> Top1Threshold:
-        return Top1Threshold(self.min_agreement)
+    def thresholds_for(self, output_name: str, runner_name: str = "") -> Top1Threshold:
+        return Top1Threshold(self._thresholds(runner_name).min_top1)
 
     def __call__(self, iter_result0: IterationResult, iter_result1: IterationResult) -> OrderedDict:
         if LOGITS not in iter_result0 or LOGITS not in iter_result1:
             return OrderedDict()
         ref, got = np.asarray(iter_result0[LOGITS]), np.asarray(iter_result1[LOGITS])
         agreement = top1_agreement(ref, got) if ref.shape == got.shape else 0.0
-        return OrderedDict([(LOGITS, Top1Result(agreement, ref.shape[0], self.thresholds_for(LOGITS)))])
+        threshold = self.thresholds_for(LOGITS, iter_result1.runner_name)
+        return OrderedDict([(LOGITS, Top1Result(agreement, ref.shape[0], threshold))])
 
 
 # ---- kept-token selection --------------------------------------------------------------
@@ -167,24 +177,25 @@ class SelectionResult(CompareResult):
         return self.mismatch / self.rows if self.rows else 0.0
 
 
-class SelectionCompareFunc(BaseCompareFunc):
+class SelectionCompareFunc(_PerBackend):
     """Per-idle-layer kept-token agreement (set semantics) with near-tie and cascade accounting.
 
     Needs the reference's ``token_scores_<layer>`` (``TorchRunner(with_scores=True)``); layers the
-    backend does not export indices for are skipped.
+    backend does not export indices for are skipped. The tie tolerance is the backend's.
     """
 
     _RESULT_CLASS = SelectionResult
 
-    def __init__(self, idle_layers: list[int], tie_rtol: float, max_mismatch: float) -> None:
+    def __init__(self, idle_layers: list[int], thresholds: Thresholds | Mapping[str, Thresholds]) -> None:
+        super().__init__(thresholds)
         self.idle_layers = list(idle_layers)
-        self.tie_rtol = tie_rtol
-        self.max_mismatch = max_mismatch
 
-    def thresholds_for(self, output_name: str) -> SelectionThreshold:
-        return SelectionThreshold(self.max_mismatch)
+    def thresholds_for(self, output_name: str, runner_name: str = "") -> SelectionThreshold:
+        return SelectionThreshold(self._thresholds(runner_name).max_mismatch)
 
     def __call__(self, iter_result0: IterationResult, iter_result1: IterationResult) -> OrderedDict:
+        backend = iter_result1.runner_name
+        tie_rtol = self._thresholds(backend).tie_rtol
         results: OrderedDict[str, SelectionResult] = OrderedDict()
         flipped_before: np.ndarray | None = None  # samples that flipped at an earlier idle layer
         for layer in self.idle_layers:
@@ -193,16 +204,15 @@ class SelectionCompareFunc(BaseCompareFunc):
                 continue
             ref, got = np.asarray(iter_result0[name]), np.asarray(iter_result1[name])
             scores = np.asarray(iter_result0[token_scores_name(layer)])
-            status = selection_status(ref, got, scores, self.tie_rtol)
+            status = selection_status(ref, got, scores, tie_rtol)
             if flipped_before is None:
                 flipped_before = np.zeros(ref.shape[0], dtype=bool)
             status = np.where((status != MATCH) & flipped_before, CASCADE, status)
             flipped_before |= status != MATCH
             shape_note = "" if got.shape == ref.shape else f"shape {tuple(got.shape)}, reference {tuple(ref.shape)}"
             agreement = kept_token_agreement(ref, got) if got.ndim == 2 and got.shape[0] == ref.shape[0] else 0.0
-            results[name] = SelectionResult(
-                agreement, status, shape_note, _describe_first_mismatch(ref, got, status), self.thresholds_for(name)
-            )
+            example = _describe_first_mismatch(ref, got, status)
+            results[name] = SelectionResult(agreement, status, shape_note, example, self.thresholds_for(name, backend))
         return results
 
 
@@ -224,13 +234,23 @@ def _few(values: list[int], limit: int = 6) -> str:
     return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
 
-def compare_funcs(thresholds: Thresholds, idle_layers: list[int]) -> list[BaseCompareFunc]:
-    """The comparison functions a parity run applies, in report order."""
+def compare_funcs(thresholds: Mapping[str, Thresholds], idle_layers: list[int]) -> list[BaseCompareFunc]:
+    """The comparison functions a parity run applies, in report order; ``thresholds`` by backend name.
+
+    Polygraphy's own functions take one tolerance for every pair, so they get the strictest; the
+    report re-checks their metrics against each backend's thresholds (Polygraphy's ``Threshold``).
+    """
+    strict = Thresholds(
+        atol=min(t.atol for t in thresholds.values()),
+        rtol=min(t.rtol for t in thresholds.values()),
+        min_cosine=max(t.min_cosine for t in thresholds.values()),
+        min_top1=1.0,
+        max_mismatch=0.0,
+        tie_rtol=0.0,
+    )
     return [
-        SimpleCompareFunc(
-            check_error_stat="max", atol=thresholds.atol, rtol=thresholds.rtol, find_output_func=only(LOGITS)
-        ),
-        CosineSimilarityCompareFunc(cosine_similarity_threshold=thresholds.min_cosine, find_output_func=only(LOGITS)),
-        Top1CompareFunc(thresholds.min_top1),
-        SelectionCompareFunc(idle_layers, thresholds.tie_rtol, thresholds.max_mismatch),
+        SimpleCompareFunc(check_error_stat="max", atol=strict.atol, rtol=strict.rtol, find_output_func=only(LOGITS)),
+        CosineSimilarityCompareFunc(cosine_similarity_threshold=strict.min_cosine, find_output_func=only(LOGITS)),
+        Top1CompareFunc(thresholds),
+        SelectionCompareFunc(idle_layers, thresholds),
     ]

@@ -78,10 +78,17 @@ def resolve_devices(choice: str) -> list[str]:
     return devices
 
 
-def ort_runner(onnx_path: str | os.PathLike[str], device: str = "cpu", threads: int = 0) -> OnnxrtRunner:
+def providers_for(device: str) -> list[str]:
+    """Execution providers of a device, CPU last as the fallback for ops the device lacks."""
+    return [PROVIDERS[device]] + ([PROVIDERS["cpu"]] if device != "cpu" else [])
+
+
+def ort_runner(
+    onnx_path: str | os.PathLike[str], device: str = "cpu", threads: int = 0, options: ort.SessionOptions | None = None
+) -> OnnxrtRunner:
     """A Polygraphy runner over :func:`create_session` (so the plugin's custom op is registered).
 
     Named ``onnxruntime-<device>``; the session is created when the runner is activated.
     """
-    providers = [PROVIDERS[device]] + ([PROVIDERS["cpu"]] if device != "cpu" else [])
-    return OnnxrtRunner(lambda: create_session(onnx_path, providers, threads), name=f"onnxruntime-{device}")
+    providers = providers_for(device)
+    return OnnxrtRunner(lambda: create_session(onnx_path, providers, threads, options), name=f"onnxruntime-{device}")

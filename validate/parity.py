@@ -4,7 +4,7 @@ Runs the PyTorch reference (``--ckpt``, rebuilt with the schedule the ONNX recor
 (``--onnx``) and TensorRT (``--engine``) through Polygraphy's ``Comparator`` on real images and
 seeded random batches at several batch sizes, and checks logits (max abs / relative error,
 cosine similarity, top-1 agreement) and the kept tokens of every idle layer (set semantics,
-near-ties counted apart) against thresholds chosen by the graph's precision.
+near-ties counted apart) against thresholds chosen by each backend's precision.
 
 Examples::
 
@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -30,16 +30,24 @@ from tqdm import tqdm
 
 from export.metadata import read_metadata
 from idlevit.data import DIGITS
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, run_cli
+from idlevit.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
+    EXIT_MISSING_DEPENDENCY,
+    EXIT_OK,
+    CheckFailed,
+    ToolkitError,
+    run_cli,
+)
 from idlevit.fileio import sha256_file
 from idlevit.model import LOGITS, kept_indices_name
 
-from .compare import PRESETS, THRESHOLD_FIELDS, Thresholds, compare_funcs, preset
+from .compare import PRESETS, THRESHOLD_FIELDS, compare_funcs, preset
 from .inputs import InputGroup, parity_inputs
 from .ort import ORT_CHOICES
 from .reference import REFERENCE, TorchRunner, load_reference
 from .report import ParityReport, aggregate
-from .runners import backend_runners
+from .runners import TENSORRT, backend_runners, engine_precision
 
 
 @contextlib.contextmanager
@@ -65,21 +73,29 @@ def run_parity(
     batch_sizes: Sequence[int] = (1, 8),
     seed: int = 0,
     precision: str | None = None,
-    thresholds: Thresholds | None = None,
+    overrides: Mapping[str, float | None] | None = None,
     ort: str = "auto",
     threads: int = 0,
     progress: bool = True,
     verbose: bool = False,
 ) -> ParityReport:
-    """Compare every backend with the PyTorch reference; ``thresholds`` default to the precision's preset."""
+    """Compare every backend with the PyTorch reference.
+
+    Each backend is judged by the preset of its precision (``precision`` for all, else the ONNX
+    metadata's for ONNX Runtime and the engine sidecar's for TensorRT), with ``overrides``
+    (threshold field -> value) applied on top.
+    """
     meta = read_metadata(onnx_path)
     outputs = graph_outputs(onnx_path)
     if LOGITS not in outputs:
         raise ToolkitError(f"{os.fspath(onnx_path)} has no '{LOGITS}' output; export it with `python -m export.onnx`")
-    precision = precision or meta.precision
-    thresholds = thresholds or preset(precision)
     model = load_reference(ckpt, meta)
     backends = backend_runners(onnx_path, engine, ort, threads)
+    precisions = {
+        runner.name: precision or (engine_precision(engine) if runner.name == TENSORRT else None) or meta.precision
+        for runner in backends
+    }
+    thresholds = {name: preset(p).with_overrides(**(overrides or {})) for name, p in precisions.items()}
     runners = [TorchRunner(model, with_indices=True, with_scores=True, threads=threads), *backends]
     funcs = compare_funcs(thresholds, list(meta.idle_layers))
     with polygraphy_quiet(verbose):
@@ -90,11 +106,10 @@ def run_parity(
             pairs = [(0, i) for i in range(1, len(runners))]
             accuracy = Comparator.compare_accuracy(stream, comparisons=pairs, compare_func=funcs)
         except PolygraphyException as err:
-            raise ToolkitError(
+            raise CheckFailed(
                 f"a backend failed to run ({_first_line(err)}); rerun with --verbose for details"
             ) from None
-    names = [runner.name for runner in backends]
-    rows = aggregate(accuracy, REFERENCE, names, groups, thresholds)
+    rows = aggregate(accuracy, REFERENCE, thresholds, groups)
     setup = {
         "onnx": os.fspath(onnx_path),
         "onnx_sha256": sha256_file(onnx_path),
@@ -102,9 +117,9 @@ def run_parity(
         "checkpoint_recorded": meta.checkpoint,
         "engine": None if engine is None else os.fspath(engine),
         "arch": meta.arch,
-        "precision": precision,
+        "precision": precisions,
         "reference": REFERENCE,
-        "backends": names,
+        "backends": list(precisions),
         "idle_layers": list(meta.idle_layers),
         "keep_tokens": list(meta.keep_tokens),
         "kept_indices_checked": [layer for layer in meta.idle_layers if kept_indices_name(layer) in outputs],
@@ -130,7 +145,8 @@ def _first_line(err: BaseException) -> str:
 
 # ---- command line -----------------------------------------------------------------------
 EPILOG = f"""
-thresholds: defaults follow the precision (--precision, else the ONNX metadata 'precision'):
+thresholds: defaults follow each backend's precision (--precision; else the ONNX metadata's 'precision' for
+ONNX Runtime and the engine sidecar's for TensorRT):
 {chr(10).join(f"  {name}: " + ", ".join(f"{k}={v:g}" for k, v in t.to_dict().items()) for name, t in PRESETS.items())}
 A batch's logits fail when the max abs error exceeds --atol AND the max relative error exceeds
 --rtol (Polygraphy's rule). Kept tokens are compared as sets per idle layer (needs an export
@@ -139,8 +155,8 @@ other in the reference is a near-tie, and flips after an earlier flip of the sam
 cascade; neither counts against --max-mismatch.
 
 exit codes: {EXIT_OK} every threshold holds; {EXIT_CHECK_FAILED} a threshold failed (the report says which
-metric, backend and batch); {EXIT_BAD_INPUT} bad file, checkpoint or flag; {EXIT_MISSING_DEPENDENCY} TensorRT or
-onnxruntime-gpu missing.
+metric, backend and batch) or a backend failed to run; {EXIT_BAD_INPUT} bad file, checkpoint or flag;
+{EXIT_MISSING_DEPENDENCY} TensorRT or onnxruntime-gpu missing.
 """
 
 
@@ -193,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="seed of the random batches (default 0)")
     limits = parser.add_argument_group("thresholds (defaults: see below)")
     limits.add_argument(
-        "--precision", choices=list(PRESETS), default=None, help="preset to start from (default: the ONNX metadata's)"
+        "--precision",
+        choices=list(PRESETS),
+        default=None,
+        help="preset for every backend (default: the ONNX metadata's precision for ONNX Runtime, the engine "
+        "sidecar's for TensorRT)",
     )
     limits.add_argument("--atol", type=float, default=None, help="max abs logit error per batch")
     limits.add_argument("--rtol", type=float, default=None, help="max relative logit error per batch, |a-b|/|b|")
@@ -222,9 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("num_images", "random_batches", "threads"):
         if getattr(args, flag) < 0:
             raise ToolkitError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 0")
-    meta = read_metadata(args.onnx)
-    precision = args.precision or meta.precision
-    thresholds = preset(precision).with_overrides(**{name: getattr(args, name) for name in THRESHOLD_FIELDS})
     report = run_parity(
         args.onnx,
         args.ckpt,
@@ -235,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         random_batches=args.random_batches,
         batch_sizes=args.batch_sizes,
         seed=args.seed,
-        precision=precision,
-        thresholds=thresholds,
+        precision=args.precision,
+        overrides={name: getattr(args, name) for name in THRESHOLD_FIELDS},
         ort=args.ort,
         threads=args.threads,
         progress=not args.quiet,
@@ -246,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     md_path = json_path.with_suffix(".md")
     report.write(json_path, md_path)
     checked = report.setup["kept_indices_checked"]
+    backends = ", ".join(f"{name} ({precision} thresholds)" for name, precision in report.setup["precision"].items())
     print(
-        f"parity of {', '.join(report.setup['backends'])} against PyTorch ({meta.arch}, {precision} thresholds); "
-        f"kept tokens checked at idle layers {checked or 'none (export with --with-indices to check them)'}"
+        f"parity of {backends} against PyTorch ({report.setup['arch']}); kept tokens checked at idle layers "
+        f"{checked or 'none (export with --with-indices to check them)'}"
     )
     print(report.markdown(), end="")
     print(f"report: {json_path} and {md_path}")

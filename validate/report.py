@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from polygraphy.comparator import AccuracyResults
+from polygraphy.comparator import AccuracyResults, SimpleThreshold
 
 from idlevit.fileio import atomic_write
 from idlevit.model import LOGITS
@@ -68,6 +68,7 @@ class GroupResult:
 
     backend: str
     group: InputGroup
+    thresholds: Thresholds
     max_abs: float = 0.0
     max_rel: float = 0.0
     min_cosine: float = 1.0
@@ -106,23 +107,19 @@ class GroupResult:
 
 
 def aggregate(
-    accuracy: AccuracyResults,
-    reference: str,
-    backends: list[str],
-    groups: list[InputGroup],
-    thresholds: Thresholds,
+    accuracy: AccuracyResults, reference: str, thresholds: dict[str, Thresholds], groups: list[InputGroup]
 ) -> list[GroupResult]:
-    """Fold per-batch results (iterations in ``groups`` order) into rows, and judge each row."""
+    """Fold per-batch results (iterations in ``groups`` order) into rows; judge each by its backend's thresholds."""
     rows = []
-    for backend in backends:
+    for backend, limits in thresholds.items():
         per_func = [result[(reference, backend)] for result in accuracy]
         iteration = 0
         for group in groups:
-            row = GroupResult(backend, group)
+            row = GroupResult(backend, group, limits)
             for batch_index in range(len(group.feeds)):
                 _add_batch(row, [matches[iteration] for matches in per_func], f"batch #{batch_index}")
                 iteration += 1
-            _judge(row, thresholds)
+            _judge(row)
             rows.append(row)
     return rows
 
@@ -137,7 +134,7 @@ def _add_batch(row: GroupResult, matches: list[dict], where: str) -> None:
         return
     row.max_abs = max(row.max_abs, result.max_absdiff)
     row.max_rel = max(row.max_rel, result.max_reldiff)
-    if not result:
+    if not SimpleThreshold("max", row.thresholds.atol, row.thresholds.rtol).passed(result.metric_values()):
         row.error_failed.append(where)
     if LOGITS in cosine and not isinstance(cosine[LOGITS], bool):
         row.min_cosine = min(row.min_cosine, cosine[LOGITS].cosine_similarity)
@@ -149,7 +146,8 @@ def _add_batch(row: GroupResult, matches: list[dict], where: str) -> None:
         row.selection.setdefault(layer, LayerSelection()).add(sel, where)
 
 
-def _judge(row: GroupResult, t: Thresholds) -> None:
+def _judge(row: GroupResult) -> None:
+    t = row.thresholds
     prefix = f"{row.backend} | {row.group.label}"
     if row.error_failed:
         row.failures.append(
@@ -186,7 +184,7 @@ class ParityReport:
     """Everything a parity run measured, and its verdict."""
 
     setup: dict[str, Any]
-    thresholds: Thresholds
+    thresholds: dict[str, Thresholds]  # by backend
     rows: list[GroupResult]
 
     @property
@@ -200,7 +198,7 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.setup,
-            "thresholds": self.thresholds.to_dict(),
+            "thresholds": {backend: limits.to_dict() for backend, limits in self.thresholds.items()},
             "results": [row.to_dict() for row in self.rows],
             "passed": self.passed,
             "failures": self.failures,

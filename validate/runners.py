@@ -34,9 +34,18 @@ def tensorrt_runner(engine_path: str | os.PathLike[str]) -> BaseRunner:
             f"the TensorRT runner cannot be loaded ({err}); install TensorRT (pip install -e '.[trt]') "
             "on a machine with a CUDA GPU, or leave out --engine"
         ) from None
-    runner = TrtEngineRunner(os.fspath(engine_path))
-    runner.name = TENSORRT
-    return runner
+    return TrtEngineRunner(os.fspath(engine_path), name=TENSORRT)
+
+
+def engine_precision(engine_path: str | os.PathLike[str]) -> str | None:
+    """The precision an engine was built in, from its sidecar (None when it has none)."""
+    from engines.sidecar import EngineSidecar, sidecar_path  # plain JSON: no TensorRT import
+
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        return None
+    precision = EngineSidecar.read(path).precision_plan.get("precision")
+    return str(precision) if precision else None
 
 
 def backend_runners(

@@ -110,22 +110,46 @@ def test_swapping_two_kept_tokens_order_passes(digits_ckpt: Path, digits_onnx: P
     assert all(row["kept_tokens"]["3"]["matched"] == row["kept_tokens"]["3"]["rows"] for row in report["results"])
 
 
+def set_wrong_k(graph: gs.Graph, layer: int, wrong_k: int) -> int:
+    """Give an idle layer's TopK another k; returns the right one.
+
+    Static token counts the export wrote for that layer (head-split Reshapes of k+1 tokens) follow
+    the new k, so the graph still runs and only the selection is wrong, as with a real bug.
+    """
+    concat = kept_concat(graph, layer)
+    topk = concat.inputs[1].inputs[0].inputs[0].inputs[0]  # Concat <- Add 1 <- TopK.indices
+    assert topk.op == "TopK"
+    k = int(topk.inputs[1].values.reshape(-1)[0])
+    topk.inputs[1] = gs.Constant(f"wrong_k_{layer}", np.array([wrong_k], dtype=np.int64))
+    pending, seen = list(concat.outputs[0].outputs), set()
+    while pending:  # the layer's nodes: downstream of its indices, up to its write-back
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        shape = node.inputs[1] if node.op == "Reshape" else None
+        if isinstance(shape, gs.Constant) and shape.values.size > 1 and shape.values[1] == k + 1:
+            values = shape.values.copy()
+            values[1] = wrong_k + 1
+            node.inputs[1] = gs.Constant(f"{shape.name}_wrong_k", values)
+        if node.op != "ScatterElements":
+            pending += [consumer for out in node.outputs for consumer in out.outputs]
+    return k
+
+
 def test_wrong_topk_k_fails_the_selection_check(
     digits_ckpt: Path, digits_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     graph = gs.import_onnx(onnx.load(digits_onnx))
-    topk = kept_concat(graph, 6).inputs[1].inputs[0].inputs[0].inputs[0]  # Concat <- Add 1 <- TopK.indices
-    assert topk.op == "TopK"
-    k = int(topk.inputs[1].values.reshape(-1)[0])
-    assert k == read_metadata(digits_onnx).keep_tokens[3]
-    topk.inputs[1] = gs.Constant("wrong_k", np.array([k - 1], dtype=np.int64))
+    k = set_wrong_k(graph, 6, read_metadata(digits_onnx).keep_tokens[3] - 1) + 1
+    assert k - 1 == read_metadata(digits_onnx).keep_tokens[3]
     broken = save_edited(graph, digits_onnx, tmp_path / "wrong_k.onnx")
 
     code, report = run(digits_ckpt, broken, tmp_path / "wrong_k.json")
     assert code == EXIT_CHECK_FAILED
     err = capsys.readouterr().err
     assert "kept token sets differ beyond near-ties at idle layer(s) 6 (8/8) (mismatching/samples" in err
-    assert f"kept_indices_6 has shape (1, {k}), reference (1, {k + 1})" in err
+    assert f"kept_indices_6 has shape (1, {k - 1}), reference (1, {k})" in err
     for row in report["results"]:
         layers = row["kept_tokens"]
         assert all(layers[str(layer)]["mismatch"] == 0 for layer in (3, 4, 5))  # upstream layers are fine

@@ -1,0 +1,40 @@
+"""validate.accuracy on the digits test split: the ONNX scores exactly what PyTorch scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import idlevit
+from idlevit.data import digits_split, normalize
+from validate import accuracy
+
+#: Test images scored (of 450): enough for a meaningful figure, a few seconds of CPU.
+LIMIT = 96
+
+
+def test_onnx_accuracy_equals_pytorch_on_digits(
+    digits_model: idlevit.IdleViT, digits_ckpt: Path, digits_onnx: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "accuracy.json"
+    argv = ["--ckpt", str(digits_ckpt), "--onnx", str(digits_onnx), "--data", "digits", "--limit", str(LIMIT)]
+    assert accuracy.main([*argv, "--batch-size", "32", "--threads", "1", "--quiet", "--report", str(report)]) == 0
+    rows = {row["backend"]: row for row in json.loads(report.read_text())["rows"]}
+    assert set(rows) == {"pytorch", "onnxruntime-cpu"}
+
+    # The figure the model itself gives on the same images, computed without the tool.
+    images, labels = digits_split("test", 32)
+    with torch.no_grad():
+        logits = digits_model(normalize(images[:LIMIT], digits_model.cfg.mean, digits_model.cfg.std))
+    expected_top1 = int((logits.argmax(1) == labels[:LIMIT]).sum())
+    expected_top5 = int((logits.topk(5, dim=1).indices == labels[:LIMIT, None]).any(1).sum())
+
+    for row in rows.values():
+        assert row["images"] == LIMIT
+        assert row["top1_correct"] == expected_top1 and row["top5_correct"] == expected_top5
+        assert row["images_per_s"] > 0
+    assert expected_top1 / LIMIT > 0.5  # the fitted head really reads the digits (chance is 10%)
+    table = (tmp_path / "accuracy.md").read_text()
+    assert "| pytorch |" in table and "| onnxruntime-cpu |" in table

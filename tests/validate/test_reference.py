@@ -1,0 +1,56 @@
+"""The PyTorch reference runner: graph-named outputs and the scores the idle layers rank by."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import idlevit
+from export.metadata import read_metadata
+from idlevit.errors import CheckpointError
+from validate.ort import cuda_usable, ort_runner
+from validate.reference import TorchRunner, load_reference, token_scores_name
+
+
+def test_outputs_follow_the_graph_and_scores_explain_the_selection(digits_model: idlevit.IdleViT) -> None:
+    images = np.random.default_rng(1).uniform(-2, 2, (3, 3, 32, 32)).astype(np.float32)
+    with TorchRunner(digits_model, with_scores=True, threads=1) as runner:
+        outputs = runner.infer({"images": images})
+        assert runner.last_inference_time() > 0
+    plan = digits_model.idle_plan
+    assert list(outputs) == ["logits", *(f"kept_indices_{i}" for i in plan), *(token_scores_name(i) for i in plan)]
+    with torch.no_grad():
+        assert np.array_equal(outputs["logits"], digits_model(torch.from_numpy(images)).numpy())
+    for layer, k in plan.items():
+        scores, kept = outputs[token_scores_name(layer)], outputs[f"kept_indices_{layer}"]
+        assert scores.shape == (3, digits_model.cfg.num_tokens)
+        # the captured scores are the ones ranked: their top-k (+1 for CLS) is the kept set
+        top = np.argsort(-scores, axis=1)[:, :k] + 1
+        assert np.array_equal(np.sort(top, axis=1), np.sort(kept[:, 1:], axis=1))
+        assert (kept[:, 0] == 0).all()
+
+
+def test_reference_follows_the_exported_schedule(digits_ckpt: Path, digits_onnx: Path) -> None:
+    meta = read_metadata(digits_onnx)
+    meta.keep_ratios = [0.5] * len(meta.idle_layers)  # not the default r, r², r³ pattern
+    meta.keep_tokens = [32] * len(meta.idle_layers)
+    model = load_reference(digits_ckpt, meta)
+    assert list(model.idle_plan) == meta.idle_layers and list(model.idle_plan.values()) == [32] * 9
+    meta.keep_tokens = [33] * len(meta.idle_layers)  # a record that contradicts its own ratios
+    with pytest.raises(CheckpointError, match="kept tokens"):
+        load_reference(digits_ckpt, meta)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_usable(), reason="ONNX Runtime on CUDA needs onnxruntime-gpu and a CUDA GPU")
+def test_onnxruntime_cuda_matches_the_reference(digits_model: idlevit.IdleViT, digits_onnx: Path) -> None:
+    images = np.random.default_rng(2).uniform(-2, 2, (4, 3, 32, 32)).astype(np.float32)
+    with TorchRunner(digits_model) as ref, ort_runner(digits_onnx, "cuda") as cuda:
+        want, got = ref.infer({"images": images}), cuda.infer({"images": images})
+    assert np.abs(want["logits"] - got["logits"]).max() < 1e-3
+    for name in want:
+        if name.startswith("kept_indices_"):
+            assert np.array_equal(np.sort(want[name], axis=1), np.sort(got[name], axis=1))
