@@ -173,7 +173,8 @@ def run_trtcheck(model: onnx.ModelProto, target: Target, plugin_domains: tuple[s
         plugin_domains=list(plugin_domains),
     )
     report = Analyzer(config).analyze_model(model)
-    findings, ignored = [], Counter()
+    findings: list[Finding] = []
+    ignored: Counter[str] = Counter()
     severity = {"critical": ERROR, "warning": WARNING, "info": INFO}
     for issue in report.issues:
         if issue.rule_id in TRTCHECK_FALSE_POSITIVES:

@@ -26,6 +26,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -158,12 +159,78 @@ def write_mixed_onnx(onnx_path: str | os.PathLike[str], plan: PrecisionPlan, out
     return Path(out)
 
 
+def fp16_nodes(mixed: onnx.ModelProto) -> set[str]:
+    """Names of the nodes a mixed-precision graph computes in FP16 (their first float output is FP16)."""
+    types = _elem_types(mixed)
+    names = set()
+    for node in mixed.graph.node:
+        elem = next((types[o] for o in node.output if types.get(o) in _FLOAT_TYPES), None)
+        if elem == onnx.TensorProto.FLOAT16 and node.op_type != "Cast":
+            names.add(node.name)
+    return names
+
+
+def emulate_fp16(fp32: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
+    """The FP32 graph with FP16 storage rounding made explicit on ``nodes`` (FP32 compute, FP16 storage).
+
+    ONNX Runtime's CPU kernels compute many FP16 ops in FP32 behind inserted Casts and then drop
+    Cast pairs, so an FP16 tensor between two such ops (the scores before TopK among them) is
+    never rounded: a mixed graph looks better on the CPU than on FP16 hardware. This graph
+    rounds every float input and output of ``nodes`` to FP16's 11-bit significand with
+    Veltkamp's split (``p = 8193 v; v16 = p - (p - v)``), which no optimizer removes, and rounds
+    their FP32 initializers. FP16's range (overflow above 65504, subnormals) is not modelled;
+    AutoCast keeps large-valued nodes in FP32 anyway.
+    """
+    meta = read_metadata(fp32)
+    graph = gs.import_onnx(fp32)
+    factor = gs.Constant("fp16_emulation_split", np.array(8193.0, dtype=np.float32))
+    rounded: dict[str, gs.Variable] = {}
+    outputs = {tensor.name for tensor in graph.outputs}
+
+    def round_tensor(tensor: gs.Variable) -> gs.Variable:
+        if tensor.name not in rounded:
+            p, d = (gs.Variable(f"{tensor.name}_fp16_{s}", dtype=np.float32) for s in ("p", "d"))
+            out = gs.Variable(f"{tensor.name}_fp16", dtype=np.float32, shape=tensor.shape)
+            graph.nodes += [
+                gs.Node("Mul", inputs=[tensor, factor], outputs=[p]),
+                gs.Node("Sub", inputs=[p, tensor], outputs=[d]),
+                gs.Node("Sub", inputs=[p, d], outputs=[out]),
+            ]
+            rounded[tensor.name] = out
+        return rounded[tensor.name]
+
+    for node in [n for n in graph.nodes if n.name in nodes]:
+        for i, tensor in enumerate(node.inputs):
+            if isinstance(tensor, gs.Constant):
+                if tensor.values.dtype == np.float32:
+                    node.inputs[i] = gs.Constant(
+                        tensor.name + "_fp16", tensor.values.astype(np.float16).astype(np.float32)
+                    )
+            elif tensor.dtype == np.float32:
+                node.inputs[i] = round_tensor(tensor)
+        for i, tensor in enumerate(node.outputs):
+            if tensor.dtype == np.float32 and tensor.name not in outputs:
+                exact = gs.Variable(tensor.name + "_exact", dtype=np.float32, shape=tensor.shape)
+                node.outputs[i] = exact
+                graph.nodes.append(gs.Node("Identity", inputs=[round_tensor(exact)], outputs=[tensor]))
+    graph.cleanup().toposort()
+    emulated = gs.export_onnx(graph)
+    emulated.ir_version = fp32.ir_version
+    write_metadata(emulated, meta)
+    return emulated
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    return {v.name: v.type.tensor_type.elem_type for v in values}
+
+
 def node_precisions(model: onnx.ModelProto) -> dict[str, int]:
     """Count of float nodes by the element type of their first float output (after shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    types = _elem_types(model)
     counts: dict[str, int] = {}
-    for node in inferred.graph.node:
+    for node in model.graph.node:
         elem = next((types[o] for o in node.output if types.get(o) in _FLOAT_TYPES), None)
         if elem is not None:
             key = onnx.TensorProto.DataType.Name(elem).lower()

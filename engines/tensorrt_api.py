@@ -160,8 +160,13 @@ class Network:
         for i in range(self.network.num_inputs):
             tensor = self.network.get_input(i)
             if tensor.name == name:
-                return tuple(tensor.shape)
+                return dims_tuple(tensor.shape)
         raise ToolkitError(f"the network has no input {name!r}; it has {self.input_names}")
+
+
+def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
+    """A TensorRT ``Dims`` as a tuple of ints (-1 for a dynamic dimension)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 def load_plugin_libraries(libraries: Sequence[str | os.PathLike[str]], registry: Any = None) -> None:
@@ -292,7 +297,7 @@ def build_serialized(net: Network, settings: BuildSettings) -> tuple[bytes, list
     for shapes in settings.profiles:
         profile = net.builder.create_optimization_profile()
         for name, (low, opt, high) in shapes.items():
-            profile.set_shape(name, low, opt, high)
+            profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
         config.add_optimization_profile(profile)
     if settings.compute_capabilities:
         _set_compute_capabilities(config, settings.compute_capabilities)
@@ -367,14 +372,14 @@ class LoadedEngine:
                     name,
                     self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
                     trt.nptype(self.engine.get_tensor_dtype(name)),
-                    tuple(self.engine.get_tensor_shape(name)),
+                    dims_tuple(self.engine.get_tensor_shape(name)),
                 )
             )
         return tensors
 
     def profile_shape(self, name: str, profile: int = 0) -> list[tuple[int, ...]]:
         """(min, opt, max) shapes of input ``name`` in optimization profile ``profile``."""
-        return [tuple(shape) for shape in self.engine.get_tensor_profile_shape(name, profile)]
+        return [dims_tuple(shape) for shape in self.engine.get_tensor_profile_shape(name, profile)]
 
     def create_context(self) -> trt.IExecutionContext:
         context = self.engine.create_execution_context()
@@ -412,4 +417,4 @@ def output_shapes(
     for name, shape in input_shapes.items():
         if not context.set_input_shape(name, shape):
             raise ToolkitError(f"input {name} shape {shape} is outside the engine's profile; rebuild with --max-batch")
-    return {t.name: tuple(context.get_tensor_shape(t.name)) for t in loaded.io_tensors if not t.is_input}
+    return {t.name: dims_tuple(context.get_tensor_shape(t.name)) for t in loaded.io_tensors if not t.is_input}

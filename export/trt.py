@@ -236,16 +236,14 @@ def _report_findings(findings: list[lint.Finding], verbose: bool) -> None:
 
 
 def _check_mixed(source: Path, mixed: Path, args: argparse.Namespace) -> None:
-    from engines.mixed_check import check_mixed_onnx, per_layer_lines
+    from engines.mixed_check import check_mixed_onnx
 
     started = time.perf_counter()
     report = check_mixed_onnx(
         source, mixed, data=args.check_data, num_images=args.check_images, random_batches=args.check_batches
     )
     print(f"mixed-precision ONNX vs FP32 ONNX (ONNX Runtime, CPU, {time.perf_counter() - started:.1f} s):")
-    print(report.markdown().rstrip())
-    print("kept-token agreement per idle layer:")
-    for line in per_layer_lines(report):
+    for line in report.lines():
         print(f"  {line}")
     if not report.passed:
         raise CheckFailed(

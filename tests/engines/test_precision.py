@@ -1,0 +1,137 @@
+"""The precision plan: the scoring path it keeps FP32, the graph it writes, and why it matters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engines.mixed_check import EMULATED_NAME, MIXED_NAME, check_mixed_onnx
+from engines.precision import (
+    FP16,
+    FP32,
+    convert_mixed,
+    emulate_fp16,
+    fp16_nodes,
+    node_precisions,
+    plan_precision,
+    scoring_path_nodes,
+)
+from engines.target import Target
+from export.exporter import export_onnx
+from export.metadata import read_metadata
+from idlevit.errors import ToolkitError
+
+from ..conftest import make_model
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    return {v.name: v.type.tensor_type.elem_type for v in values}
+
+
+def test_scoring_path_runs_from_norm1_to_topk(tiny_onnx: Path) -> None:
+    model = onnx.load(tiny_onnx)
+    path = set(scoring_path_nodes(model))
+    by_name = {node.name: node for node in model.graph.node}
+    ops = [by_name[name].op_type for name in path]
+    idle_layers = read_metadata(tiny_onnx).idle_layers
+    # per idle layer: one norm1, one TopK, the head-mean division, the CLS-query / key products
+    assert ops.count("TopK") == ops.count("LayerNormalization") == ops.count("Div") == len(idle_layers)
+    assert ops.count("MatMul") >= 2 * len(idle_layers)
+    # nothing of the write-back, the gathered attention or the dense blocks
+    assert not {"ScatterElements", "GatherElements", "Softmax", "Erf", "Conv"} & set(ops)
+    norms = sorted(by_name[name].input[0] for name in path if by_name[name].op_type == "LayerNormalization")
+    streams = sorted(n.input[0] for n in model.graph.node if n.op_type == "ScatterElements")
+    assert norms == streams  # every norm1 reads exactly the stream its layer writes back into
+
+
+def test_plan_per_target(tiny_onnx: Path) -> None:
+    model = onnx.load(tiny_onnx)
+    rtx = plan_precision(model, FP16, Target.parse("tensorrt-rtx"))
+    assert rtx.method == "mixed-onnx" and rtx.strongly_typed and rtx.fp32_nodes
+    trt11 = plan_precision(model, FP16, Target.parse("tensorrt-11.0"))
+    assert trt11.method == "mixed-onnx"
+    jetson = plan_precision(model, FP16, Target.parse("tensorrt-10.3"))
+    assert jetson.method == "builder-flags" and not jetson.strongly_typed and jetson.fp32_nodes == rtx.fp32_nodes
+    fp32 = plan_precision(model, FP32, Target.parse("tensorrt-rtx"))
+    assert fp32.method == FP32 and not fp32.fp32_nodes and not fp32.tf32
+    with pytest.raises(ToolkitError, match="not supported yet"):
+        plan_precision(model, "int8", Target.parse("tensorrt-rtx"))
+
+
+def test_mixed_graph_keeps_the_plan(tiny_onnx: Path, tiny_mixed: Path) -> None:
+    mixed = onnx.load(tiny_mixed)
+    types = _elem_types(mixed)
+    fp32_nodes = set(scoring_path_nodes(onnx.load(tiny_onnx)))
+    float_outs = {
+        node.name: types.get(node.output[0])
+        for node in mixed.graph.node
+        if node.name in fp32_nodes and node.op_type != "TopK"
+    }
+    assert float_outs and all(t == onnx.TensorProto.FLOAT for t in float_outs.values()), float_outs
+    topk = [node for node in mixed.graph.node if node.op_type == "TopK"]
+    assert all(types[node.input[0]] == onnx.TensorProto.FLOAT for node in topk)
+    counts = node_precisions(mixed)
+    assert counts["float16"] > 2 * counts["float"]  # most of the network does run in FP16
+    assert all(types[t.name] == onnx.TensorProto.FLOAT for t in [*mixed.graph.input, mixed.graph.output[0]])
+    meta = read_metadata(tiny_mixed)
+    assert meta.precision == FP16 and meta.extra["fp32_nodes"] == len(fp32_nodes)
+
+
+def test_mixed_graph_agrees_with_fp32(tiny_onnx: Path, tiny_mixed: Path) -> None:
+    report = check_mixed_onnx(tiny_onnx, tiny_mixed, random_batches=2, batch=8)
+    assert report.passed, report.failures
+    result = report.results[MIXED_NAME]
+    assert result.samples == 16 and result.top1_agreement >= 0.99
+    assert list(result.layers) == read_metadata(tiny_onnx).idle_layers
+
+
+def _offset_model():
+    """deit_tiny whose idle layers' key bias adds a large constant to every CLS score.
+
+    ``q . (k + b) = q . k + q . b``: the same for every token, so ranks, selections and logits are
+    unchanged in exact arithmetic (checked below). Trained ViTs carry such key biases; in FP16
+    the offset eats the resolution the ranking needs.
+    """
+    model = make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)
+    dim = model.cfg.embed_dim
+    with torch.no_grad():
+        for layer in model.idle_plan:
+            model.blocks[layer].attn.qkv.bias[dim : 2 * dim] = 30.0
+    return model
+
+
+def test_fp16_scoring_path_selects_worse_than_the_plan(tmp_path: Path) -> None:
+    """The same converter with nothing kept FP32 flips far more kept tokens than the plan does.
+
+    Both AutoCast graphs are judged with FP16 storage rounding emulated (ONNX Runtime's CPU
+    kernels would skip the rounding of the scores), on the same 64 seeded images, against the
+    FP32 graph.
+    """
+    model = _offset_model()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        plain = make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)
+        assert torch.allclose(model(images), plain(images), atol=1e-4)  # the offset changes nothing exactly
+    source = tmp_path / "offset.onnx"
+    export_onnx(model, source, with_indices=True, verify_batch=0, progress=False)
+    fp32 = onnx.load(source)
+    plan_mixed = convert_mixed(source, scoring_path_nodes(fp32))
+    naive_mixed = convert_mixed(source, fp32_nodes=[])
+    assert any(n.op_type == "TopK" for n in naive_mixed.graph.node if n.name in fp16_nodes(naive_mixed))
+    plan_path = tmp_path / "offset_fp16_mixed.onnx"
+    onnx.save(plan_mixed, plan_path)
+    naive_emulated = emulate_fp16(fp32, fp16_nodes(naive_mixed))
+    report = check_mixed_onnx(source, plan_path, others={"naive": naive_emulated}, random_batches=2, batch=32)
+    plan, naive = report.results[EMULATED_NAME], report.results["naive"]
+    plan_flips = np.array([sel.flipped for sel in plan.layers.values()])
+    naive_flips = np.array([sel.flipped for sel in naive.layers.values()])
+    print(f"flipped selections per idle layer (64 samples): plan {plan_flips.tolist()}, naive {naive_flips.tolist()}")
+    assert naive_flips.sum() > 4 * plan_flips.sum()
+    assert all(n.agreement < p.agreement for n, p in zip(naive.layers.values(), plan.layers.values()))
+    assert report.results[EMULATED_NAME].top1_agreement > naive.top1_agreement

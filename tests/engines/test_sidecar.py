@@ -1,0 +1,65 @@
+"""The sidecar round-trips, and a mismatched TensorRT or GPU is refused with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engines.sidecar import EngineMismatchError, EngineSidecar, check_compatible, sidecar_path
+from idlevit.errors import ToolkitError
+
+
+def _sidecar(runtime: str = "tensorrt", version: str = "10.13.0.35", ccs: tuple[str, ...] = ("8.9",)) -> EngineSidecar:
+    return EngineSidecar(
+        engine="m.engine",
+        engine_sha256="0" * 64,
+        runtime=runtime,
+        runtime_version=version,
+        gpu=None,
+        compute_capabilities=list(ccs),
+        precision_plan={"precision": "fp16"},
+        profiles=[{"images": {"min": [1, 3, 64, 64], "opt": [8, 3, 64, 64], "max": [32, 3, 64, 64]}}],
+        builder={},
+        plugins=[],
+        onnx="m.onnx",
+        onnx_sha256="1" * 64,
+        source_onnx="m.onnx",
+        source_onnx_sha256="1" * 64,
+        idlevit={"arch": "deit_tiny", "idle_layers": [3, 4]},
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = sidecar_path(tmp_path / "m.engine")
+    assert path.name == "m.engine.json"
+    _sidecar().write(path)
+    assert EngineSidecar.read(path) == _sidecar()
+
+
+def test_missing_or_broken_sidecar(tmp_path: Path) -> None:
+    with pytest.raises(ToolkitError, match="missing"):
+        EngineSidecar.read(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ToolkitError, match="not JSON"):
+        EngineSidecar.read(tmp_path / "bad.json")
+
+
+def test_matching_engine_is_accepted() -> None:
+    check_compatible(_sidecar(), "tensorrt", "10.13.0.35", "8.9")
+    check_compatible(_sidecar("tensorrt-rtx", "1.7.1.116", ("8.6", "8.9")), "tensorrt-rtx", "1.7.0.0", "8.6")
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "runtime", "version", "cc", "message"),
+    [
+        (_sidecar(), "tensorrt-rtx", "1.7.1", "8.9", "built with tensorrt but this is tensorrt-rtx"),
+        (_sidecar(), "tensorrt", "10.12.0.36", "8.9", "TensorRT 10.13.0.35 but this is 10.12.0.36"),
+        (_sidecar(), "tensorrt", "10.13.0.35", "9.0", "runs on compute capability 8.9 but this GPU is 9.0"),
+        (_sidecar(), "tensorrt", "10.13.0.35", None, "needs a CUDA GPU"),
+        (_sidecar("tensorrt-rtx", "1.7.1"), "tensorrt-rtx", "1.8.0", "8.9", "TensorRT-RTX 1.7.1 but this is 1.8.0"),
+    ],
+)
+def test_mismatches_are_refused(sidecar, runtime, version, cc, message) -> None:
+    with pytest.raises(EngineMismatchError, match=message):
+        check_compatible(sidecar, runtime, version, cc)
