@@ -41,7 +41,7 @@ FP32, FP16 = "fp32", "fp16"
 PRECISIONS = (FP32, FP16)
 #: Ops whose first input is the residual stream an idle layer reads and writes back.
 _WRITE_BACK_OPS = ("ScatterElements", "IdleScatter")
-MODELOPT_INSTALL = "pip install nvidia-modelopt onnxslim lief cppimport (not the [onnx] extra, which downgrades onnx)"
+MODELOPT_INSTALL = "pip install -e '.[fp16]' (nvidia-modelopt without its [onnx] extra, onnxslim, lief, cppimport)"
 
 
 @dataclass

@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --no-deps tensorrt-stubs
+# TensorRT-RTX builds engines without a GPU (CI builds real engines) and ModelOpt AutoCast writes
+# the mixed-precision graphs: the package's rtx and fp16 extras.
+python -m pip install -q -e ".[rtx,fp16]"
 python -m pytest -n 2 "$@"
