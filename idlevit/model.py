@@ -51,22 +51,43 @@ def cls_token_scores(block: Block, xn: Tensor) -> tuple[Tensor, Tensor]:
     return scores, keys
 
 
+def cls_token_scores_folded(block: Block, xn: Tensor) -> Tensor:
+    """:func:`cls_token_scores` without the keys of all tokens (the export's scoring).
+
+    ``q_cls . (W_k x + b_k) = (q_cls W_k) . x + q_cls . b_k``: the CLS query is folded into
+    the key weights once (C x C per image), so ranking N tokens costs N x C instead of the
+    N x C x C key projection, and keys are then computed for the kept tokens only.
+    """
+    dim = block.attn.qkv.in_features
+    weight, bias = block.attn.qkv.weight, block.attn.qkv.bias
+    q_cls = F.linear(xn[:, :1], weight[:dim], None if bias is None else bias[:dim])
+    scores = torch.matmul(torch.matmul(q_cls, weight[dim : 2 * dim]), xn[:, 1:].transpose(1, 2))
+    if bias is not None:
+        scores = scores + torch.matmul(q_cls, bias[dim : 2 * dim, None])
+    return scores.flatten(1) / block.attn.num_heads
+
+
 def select_tokens(scores: Tensor, k: int) -> Tensor:
     """Kept token positions (B, k+1), int64: CLS (0) first, then the top-k image tokens (+1)."""
     top = torch.topk(scores, k, dim=1, largest=True, sorted=True).indices + 1
     return torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)
 
 
-def kept_attention(block: Block, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def kept_attention(block: Block, q: Tensor, k: Tensor, v: Tensor, tokens: int | None = None) -> Tensor:
     """Softmax attention among the kept tokens; q, k, v are (B, K+1, C); returns proj output.
 
     Written with plain MatMul/Softmax (not ``scaled_dot_product_attention``) so it exports at
-    every opset from 13 on.
+    every opset from 13 on. The export passes ``tokens`` (K+1, a Python int): head splits then
+    trace to Reshapes with constant shapes instead of Shape/Slice/Concat chains on the batch.
     """
     heads, head_dim = block.attn.num_heads, block.attn.head_dim
-    q, k, v = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (q, k, v))
+    if tokens is None:
+        q, k, v = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (q, k, v))
+    else:
+        q, k, v = (t.reshape(-1, tokens, heads, head_dim).transpose(1, 2) for t in (q, k, v))
     attn = torch.softmax(torch.matmul(q * block.attn.scale, k.transpose(-2, -1)), dim=-1)
-    out = torch.matmul(attn, v).transpose(1, 2).flatten(2)
+    out = torch.matmul(attn, v).transpose(1, 2)
+    out = out.flatten(2) if tokens is None else out.reshape(-1, tokens, heads * head_dim)
     return block.attn.proj(out)
 
 
@@ -164,27 +185,26 @@ class IdleViT(nn.Module):
 
     # ---- export forward -----------------------------------------------------------------
     def dense_block_export(self, block: Block, x: Tensor) -> Tensor:
-        """:meth:`dense_block` with the attention written out, so every opset can express it."""
-        q, keys, v = block.attn.qkv(block.norm1(x)).chunk(3, dim=-1)
-        x = self._residual(x, kept_attention(block, q, keys, v))
+        """:meth:`dense_block` with the attention written out, so every opset can express it.
+
+        Static split sizes and token counts keep shape arithmetic out of the graph.
+        """
+        q, keys, v = block.attn.qkv(block.norm1(x)).split(self.cfg.embed_dim, dim=-1)
+        x = self._residual(x, kept_attention(block, q, keys, v, self.cfg.num_tokens + 1))
         return self._residual(x, block.mlp(block.norm2(x)))
 
     def idle_block_export(self, block: Block, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """One idle layer with TopK + GatherElements + ScatterElements and one int64 index.
 
-        Keys are computed once for all tokens (the score needs them) and gathered; q and v
-        are computed for the kept tokens only.
+        Tokens are ranked without projecting the keys of all tokens
+        (:func:`cls_token_scores_folded`); q, k and v are computed for the kept tokens only.
         """
         dim = self.cfg.embed_dim
         xn = block.norm1(x)
-        scores, keys = cls_token_scores(block, xn)
-        kept = select_tokens(scores, k)
+        kept = select_tokens(cls_token_scores_folded(block, xn), k)
         index = kept.unsqueeze(-1).expand(-1, -1, dim)
-        xn_kept = torch.gather(xn, 1, index)
-        weight, bias = block.attn.qkv.weight, block.attn.qkv.bias
-        q = F.linear(xn_kept, weight[:dim], None if bias is None else bias[:dim])
-        v = F.linear(xn_kept, weight[2 * dim :], None if bias is None else bias[2 * dim :])
-        attn_out = kept_attention(block, q, torch.gather(keys, 1, index), v)
+        q, keys, v = block.attn.qkv(torch.gather(xn, 1, index)).split(dim, dim=-1)
+        attn_out = kept_attention(block, q, keys, v, k + 1)
         y = self._residual(torch.gather(x, 1, index), attn_out)
         y = self._residual(y, block.mlp(block.norm2(y)))
         return torch.scatter(x, 1, index, y), kept
