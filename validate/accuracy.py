@@ -28,16 +28,16 @@ from polygraphy.exception import PolygraphyException
 from tqdm import tqdm
 
 from export.metadata import read_metadata
-from idlevit.data import DIGITS, load_dataset, num_classes
+from idlevit.data import load_dataset, num_classes
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, run_cli
 from idlevit.fileio import atomic_write
 from idlevit.model import IMAGES, LOGITS
 
+from .inputs import add_data_arguments
 from .metrics import topk_correct
-from .ort import ORT_CHOICES
 from .parity import polygraphy_quiet
 from .reference import TorchRunner, load_reference
-from .runners import backend_runners
+from .runners import add_backend_arguments, backend_runners
 
 
 @dataclass
@@ -137,23 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--ckpt", default=None, help="checkpoint for the PyTorch row ('demo': the bundled demo); omit to skip it"
     )
-    src.add_argument("--engine", default=None, help="TensorRT engine built from the ONNX (needs TensorRT and a GPU)")
-    src.add_argument(
-        "--ort",
-        choices=ORT_CHOICES,
-        default="auto",
-        help="ONNX Runtime device: auto (CUDA when usable, else CPU), cpu, cuda, both, or none (default auto)",
-    )
-    src.add_argument("--threads", type=int, default=0, help="ONNX Runtime and PyTorch CPU threads (default: theirs)")
+    add_backend_arguments(src)
     data = parser.add_argument_group("dataset")
-    data.add_argument(
-        "--data",
-        default=DIGITS,
-        help="'digits' (bundled scikit-learn digits) or an ImageFolder root (ROOT/val is used when present)",
-    )
-    data.add_argument(
-        "--split", default="test", help="split: digits 'test'/'train'; folders 'val'/'train' (default test)"
-    )
+    add_data_arguments(data, "split: 'test' or 'train' (digits); folders use ROOT/val or ROOT/test (default test)")
     data.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     data.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     data.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")

@@ -8,6 +8,7 @@ Each group holds feed dicts for one (kind, batch size): bugs that appear only at
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,31 +93,49 @@ def random_groups(meta: ExportMetadata, batch_sizes: Sequence[int], batches: int
     return groups
 
 
-def parity_inputs(
-    meta: ExportMetadata,
-    data: str | os.PathLike[str] | None = DIGITS,
-    split: str = "test",
-    num_images: int = 16,
-    random_batches: int = 2,
-    batch_sizes: Sequence[int] = (1, 8),
-    seed: int = 0,
-) -> list[InputGroup]:
-    """Real groups (unless ``data`` is None or ``num_images`` is 0), then random groups."""
-    if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise ToolkitError(f"batch sizes {list(batch_sizes)} must be >= 1, e.g. --batch-sizes 1,8")
-    if meta.batch and any(b != meta.batch for b in batch_sizes):
+@dataclass(frozen=True)
+class InputSpec:
+    """Which inputs a parity run uses."""
+
+    data: str | os.PathLike[str] | None = DIGITS  # "digits", an ImageFolder root, or None: random only
+    split: str = "test"
+    num_images: int = 16  # real images, spread evenly over the split
+    random_batches: int = 2  # per batch size
+    batch_sizes: tuple[int, ...] = (1, 8)
+    seed: int = 0
+
+
+def parity_inputs(meta: ExportMetadata, spec: InputSpec = InputSpec()) -> list[InputGroup]:
+    """Real groups (unless ``spec.data`` is None or ``num_images`` is 0), then random groups."""
+    sizes = spec.batch_sizes
+    if not sizes or any(b < 1 for b in sizes):
+        raise ToolkitError(f"batch sizes {list(sizes)} must be >= 1, e.g. --batch-sizes 1,8")
+    if spec.num_images < 0 or spec.random_batches < 0:
+        raise ToolkitError("--num-images and --random-batches must be >= 0")
+    if meta.batch and any(b != meta.batch for b in sizes):
         raise ToolkitError(
             f"the graph has a static batch of {meta.batch}; pass --batch-sizes {meta.batch} "
             "or export with a dynamic batch"
         )
     groups: list[InputGroup] = []
-    if data is not None and num_images > 0:
+    if spec.data is not None and spec.num_images > 0:
         # at least one full batch of the largest size, so every batch size is really exercised
-        images = sample_images(data, split, meta, max(num_images, max(batch_sizes)))
-        source = f"{DIGITS}:{split}" if str(data) == DIGITS else f"{os.fspath(data)}:{split}"
-        groups += real_groups(images, source, batch_sizes)
-    if random_batches > 0:
-        groups += random_groups(meta, batch_sizes, random_batches, seed)
+        images = sample_images(spec.data, spec.split, meta, max(spec.num_images, max(sizes)))
+        root = DIGITS if str(spec.data) == DIGITS else os.fspath(spec.data)
+        groups += real_groups(images, f"{root}:{spec.split}", sizes)
+    if spec.random_batches > 0:
+        groups += random_groups(meta, sizes, spec.random_batches, spec.seed)
     if not groups:
         raise ToolkitError("no inputs: give --num-images > 0 with --data, or --random-batches > 0")
     return groups
+
+
+def add_data_arguments(group: argparse._ArgumentGroup, split_help: str) -> None:
+    """``--data`` and ``--split``, as every validate command takes them."""
+    group.add_argument(
+        "--data",
+        default=DIGITS,
+        help="real images: 'digits' (bundled scikit-learn digits) or an ImageFolder root (ROOT/val is used "
+        "when present) (default digits)",
+    )
+    group.add_argument("--split", default="test", help=split_help)

@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnx
@@ -29,7 +29,6 @@ from polygraphy.logger import G_LOGGER
 from tqdm import tqdm
 
 from export.metadata import read_metadata
-from idlevit.data import DIGITS
 from idlevit.errors import (
     EXIT_BAD_INPUT,
     EXIT_CHECK_FAILED,
@@ -43,11 +42,10 @@ from idlevit.fileio import sha256_file
 from idlevit.model import LOGITS, kept_indices_name
 
 from .compare import PRESETS, THRESHOLD_FIELDS, compare_funcs, preset
-from .inputs import InputGroup, parity_inputs
-from .ort import ORT_CHOICES
+from .inputs import InputGroup, InputSpec, add_data_arguments, parity_inputs
 from .reference import REFERENCE, TorchRunner, load_reference
 from .report import ParityReport, aggregate
-from .runners import TENSORRT, backend_runners, engine_precision
+from .runners import TENSORRT, add_backend_arguments, backend_runners, engine_precision
 
 
 @contextlib.contextmanager
@@ -66,12 +64,7 @@ def run_parity(
     ckpt: str | os.PathLike[str],
     engine: str | os.PathLike[str] | None = None,
     *,
-    data: str | os.PathLike[str] | None = DIGITS,
-    split: str = "test",
-    num_images: int = 16,
-    random_batches: int = 2,
-    batch_sizes: Sequence[int] = (1, 8),
-    seed: int = 0,
+    inputs: InputSpec = InputSpec(),
     precision: str | None = None,
     overrides: Mapping[str, float | None] | None = None,
     ort: str = "auto",
@@ -99,7 +92,7 @@ def run_parity(
     runners = [TorchRunner(model, with_indices=True, with_scores=True, threads=threads), *backends]
     funcs = compare_funcs(thresholds, list(meta.idle_layers))
     with polygraphy_quiet(verbose):
-        groups = parity_inputs(meta, data, split, num_images, random_batches, batch_sizes, seed)
+        groups = parity_inputs(meta, inputs)
         feeds = tqdm([feed for group in groups for feed in group.feeds], "parity", unit="batch", disable=not progress)
         try:
             stream = Comparator.run(runners, data_loader=feeds, streaming=True)
@@ -182,25 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--onnx", required=True, help="exported ONNX file (its metadata gives the schedule and data config)"
     )
-    src.add_argument("--engine", default=None, help="TensorRT engine built from the ONNX (needs TensorRT and a GPU)")
-    src.add_argument(
-        "--ort",
-        choices=ORT_CHOICES,
-        default="auto",
-        help="ONNX Runtime device: auto (CUDA when onnxruntime-gpu and a GPU exist, else CPU), cpu, cuda, "
-        "both, or none (engine only) (default auto)",
-    )
-    src.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: its own choice)")
+    add_backend_arguments(src)
     data = parser.add_argument_group("inputs")
-    data.add_argument(
-        "--data",
-        default=DIGITS,
-        help="real images: 'digits' (bundled scikit-learn digits) or an ImageFolder root (ROOT/val is used "
-        "when present); 'none' for random inputs only (default digits)",
+    add_data_arguments(
+        data, "split of --data: 'test' or 'train' (digits); folders use ROOT/val or ROOT/test (default test)"
     )
-    data.add_argument("--split", default="test", help="split of --data: digits 'test'/'train' (default test)")
     data.add_argument(
-        "--num-images", type=int, default=16, help="real images, spread evenly over the split (default 16)"
+        "--num-images", type=int, default=16, help="real images, spread evenly over the split; 0: none (default 16)"
     )
     data.add_argument("--random-batches", type=int, default=2, help="seeded random batches per batch size (default 2)")
     data.add_argument(
@@ -239,19 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("num_images", "random_batches", "threads"):
-        if getattr(args, flag) < 0:
-            raise ToolkitError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 0")
+    spec = InputSpec(
+        data=args.data,
+        split=args.split,
+        num_images=args.num_images,
+        random_batches=args.random_batches,
+        batch_sizes=tuple(args.batch_sizes),
+        seed=args.seed,
+    )
     report = run_parity(
         args.onnx,
         args.ckpt,
         args.engine,
-        data=None if args.data == "none" else args.data,
-        split=args.split,
-        num_images=args.num_images,
-        random_batches=args.random_batches,
-        batch_sizes=args.batch_sizes,
-        seed=args.seed,
+        inputs=spec,
         precision=args.precision,
         overrides={name: getattr(args, name) for name in THRESHOLD_FIELDS},
         ort=args.ort,

@@ -11,6 +11,7 @@ Adding one is a file with a ``BaseRunner`` subclass and a line in :func:`backend
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from polygraphy.backend.base import BaseRunner
 
 from idlevit.errors import MissingDependencyError, ToolkitError
 
-from .ort import ort_runner, resolve_devices
+from .ort import ORT_CHOICES, ort_runner, resolve_devices
 
 TENSORRT = "tensorrt"
 
@@ -55,6 +56,8 @@ def backend_runners(
     threads: int = 0,
 ) -> list[BaseRunner]:
     """The deployed backends to check: ONNX Runtime on the ``ort`` device(s), TensorRT when an engine is given."""
+    if threads < 0:
+        raise ToolkitError(f"--threads {threads} must be >= 0 (0: the runtime's own choice)")
     runners: list[BaseRunner] = []
     if onnx_path is not None:
         runners += [ort_runner(onnx_path, device, threads) for device in resolve_devices(ort)]
@@ -65,3 +68,18 @@ def backend_runners(
             "no backend to run: give --onnx (ONNX Runtime) and/or --engine (TensorRT), not --ort none alone"
         )
     return runners
+
+
+def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--engine``, ``--ort`` and ``--threads``, as every command that runs backends takes them."""
+    group.add_argument("--engine", default=None, help="TensorRT engine built from the ONNX (needs TensorRT and a GPU)")
+    group.add_argument(
+        "--ort",
+        choices=ORT_CHOICES,
+        default="auto",
+        help="ONNX Runtime device: auto (CUDA when onnxruntime-gpu and a GPU exist, else CPU), cpu, cuda, "
+        "both, or none (engine only) (default auto)",
+    )
+    group.add_argument(
+        "--threads", type=int, default=0, help="CPU threads of ONNX Runtime and PyTorch (default: their own choice)"
+    )
