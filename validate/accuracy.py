@@ -48,7 +48,8 @@ class AccuracyRow:
     images: int = 0
     top1_correct: int = 0
     top5_correct: int = 0
-    seconds: float = 0.0  # summed backend inference time
+    timed_images: int = 0  # images after the first batch (which pays the backend's warm-up)
+    seconds: float = 0.0  # backend inference time of those
 
     @property
     def top1(self) -> float:
@@ -60,7 +61,7 @@ class AccuracyRow:
 
     @property
     def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
+        return self.timed_images / self.seconds if self.seconds else 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self) | {"top1": self.top1, "top5": self.top5, "images_per_s": self.images_per_s}
@@ -86,13 +87,17 @@ def evaluate_accuracy(
     workers: int = 0,
     progress: bool = True,
 ) -> list[AccuracyRow]:
-    """Stream ``dataset`` through every runner at once; count top-1/top-5 hits and inference time."""
+    """Stream ``dataset`` through every runner at once; count top-1/top-5 hits and inference time.
+
+    images/s leaves out the first batch, whose time includes each backend's warm-up (lazy
+    initialisation, first-call allocations); a one-batch run has no rate.
+    """
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     feeds = _LabelledFeeds(loader)
     rows = {runner.name: AccuracyRow(runner.name) for runner in runners}
     bar = tqdm(total=len(dataset), desc="accuracy", unit="img", disable=not progress)
     try:
-        for single in Comparator.run(runners, data_loader=feeds, streaming=True):
+        for index, single in enumerate(Comparator.run(runners, data_loader=feeds, streaming=True)):
             labels = feeds.labels.popleft()
             for name, (result,) in single:
                 logits = np.asarray(result[LOGITS])
@@ -100,7 +105,9 @@ def evaluate_accuracy(
                 row.images += len(labels)
                 row.top1_correct += topk_correct(logits, labels, 1)
                 row.top5_correct += topk_correct(logits, labels, 5)
-                row.seconds += result.runtime or 0.0
+                if index:
+                    row.timed_images += len(labels)
+                    row.seconds += result.runtime or 0.0
             bar.update(len(labels))
             bar.set_postfix_str(" ".join(f"{r.backend} {r.top1:.1%}" for r in rows.values()))
     except PolygraphyException as err:
@@ -120,6 +127,8 @@ def markdown(rows: list[AccuracyRow], batch_size: int) -> str:
 
 
 EPILOG = f"""
+images/s counts backend inference time only (no data loading), leaving out the first batch (warm-up).
+
 exit codes: {EXIT_OK} measured; {EXIT_BAD_INPUT} bad file, checkpoint, dataset or flag;
 {EXIT_MISSING_DEPENDENCY} TensorRT or onnxruntime-gpu missing.
 """
