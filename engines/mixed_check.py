@@ -4,7 +4,9 @@ The FP32 graph is the reference (it matches PyTorch to ~1e-6; ``python -m valida
 checks that side against the checkpoint). Both graphs run through Polygraphy's ``Comparator``
 on the same inputs; the verdict uses the metrics of :mod:`validate.metrics`: max logit error,
 top-1 agreement and, per idle layer, the kept-token sets, with a flip counted as a near-tie
-when the reference's own scores put the swapped tokens within ``tie_rtol`` of each other.
+when the reference's own scores put the swapped tokens within ``tie_rtol`` of each other, and
+as a cascade when the sample already flipped at an earlier idle layer (the candidate then ranks
+other token states, which the reference's scores no longer describe).
 Two probe copies make that possible for any export: each exposes every idle layer's kept
 positions (``kept_indices_<layer>``), and the reference also exposes the scores TopK ranks
 (``token_scores_<layer>``).
@@ -31,7 +33,16 @@ from polygraphy.logger import G_LOGGER
 from export.metadata import ExportMetadata, read_metadata
 from idlevit.errors import ToolkitError
 from idlevit.model import IMAGES, LOGITS, kept_indices_name
-from validate.metrics import MATCH, NEAR_TIE, kept_token_agreement, max_abs_error, selection_status, top1_agreement
+from validate.metrics import (
+    CASCADE,
+    MATCH,
+    MISMATCH,
+    NEAR_TIE,
+    kept_token_agreement,
+    max_abs_error,
+    selection_status,
+    top1_agreement,
+)
 from validate.ort import create_session
 
 #: Names of the sides in the report: the FP32 graph, the mixed graph as ONNX Runtime's kernels run
@@ -53,6 +64,7 @@ class LayerAgreement:
     rows: int = 0
     matched: int = 0
     near_tie: int = 0
+    cascade: int = 0  # flipped after an earlier idle layer flipped for the same sample
     mismatch: int = 0
     agreement_sum: float = 0.0
 
@@ -125,7 +137,11 @@ class MixedCheckReport:
                 "  kept-token agreement per idle layer: "
                 + ", ".join(
                     f"L{layer} {sel.agreement:.2%}"
-                    + (f" ({sel.near_tie} near-tie, {sel.mismatch} mismatch)" if sel.flipped else "")
+                    + (
+                        f" ({sel.near_tie} near-tie, {sel.cascade} cascade, {sel.mismatch} mismatch)"
+                        if sel.flipped
+                        else ""
+                    )
                     for layer, sel in r.layers.items()
                 )
             )
@@ -279,12 +295,16 @@ def _add_batch(result: CandidateResult, ref, got, layers: list[int], tie_rtol: f
     result.top1_matches += round(top1_agreement(ref[LOGITS], got[LOGITS]) * samples)
     result.top1_near_tie += int(np.sum(near))
     result.max_abs = max(result.max_abs, max_abs_error(ref[LOGITS], got[LOGITS]))
+    flipped_before = np.zeros(samples, dtype=bool)
     for layer in layers:
         name = kept_indices_name(layer)
         status = selection_status(ref[name], got[name], ref[f"token_scores_{layer}"], tie_rtol)
+        status = np.where((status != MATCH) & flipped_before, CASCADE, status)
+        flipped_before |= status != MATCH
         sel = result.layers.setdefault(layer, LayerAgreement())
         sel.rows += samples
         sel.matched += int(np.sum(status == MATCH))
         sel.near_tie += int(np.sum(status == NEAR_TIE))
-        sel.mismatch += int(np.sum((status != MATCH) & (status != NEAR_TIE)))
+        sel.cascade += int(np.sum(status == CASCADE))
+        sel.mismatch += int(np.sum(status == MISMATCH))
         sel.agreement_sum += kept_token_agreement(ref[name], got[name]) * samples

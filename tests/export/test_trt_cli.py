@@ -1,0 +1,163 @@
+"""``python -m export.trt`` end to end: real TensorRT-RTX engines, the no-TensorRT path, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from engines import tensorrt_api
+from export.exporter import export_onnx
+from export.metadata import read_metadata, write_metadata
+from export.state import record_last_export
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY
+from idlevit.fileio import sha256_file
+
+from ..conftest import make_model
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = sorted((ROOT / "idlevit" / "assets").glob("*.pth"))
+FAST = ["--opt-level", "0", "--min-batch", "1", "--opt-batch", "1", "--max-batch", "2"]
+requires_rtx = pytest.mark.skipif(
+    not tensorrt_api.is_installed("tensorrt-rtx"), reason="TensorRT-RTX is not installed (pip install -e '.[rtx]')"
+)
+#: A sitecustomize that makes both TensorRT modules unimportable, as on a machine without them.
+HIDE_TENSORRT = """
+import importlib.abc, importlib.machinery, sys
+HIDDEN = ("tensorrt", "tensorrt_rtx", "tensorrt_bindings", "tensorrt_rtx_bindings", "tensorrt_libs")
+class _Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
+    def exec_module(self, module):
+        pass
+class _Hide(importlib.abc.MetaPathFinder):
+    # a spec without an origin, whose import fails: what find_spec callers see for a missing module
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            return importlib.machinery.ModuleSpec(name, _Refuse())
+        return None
+sys.meta_path.insert(0, _Hide())
+"""
+
+
+def run_trt(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "export.trt", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("trt-cli") / "tiny.onnx"
+    export_onnx(
+        make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10), path, verify_batch=0, progress=False
+    )
+    return path
+
+
+@requires_rtx
+@pytest.mark.parametrize("precision", ["--fp32", "--fp16"])
+def test_deit_small_engines(deit_small_onnx: Path, precision: str, tmp_path: Path) -> None:
+    engine = tmp_path / f"deit_small{precision[1:]}.engine"
+    result = run_trt("--onnx", str(deit_small_onnx), precision, "--out", str(engine), "--check-batches", "1", *FAST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sidecar = json.loads((tmp_path / (engine.name + ".json")).read_text())
+    assert engine.stat().st_size > 10e6 and sidecar["engine_sha256"] == sha256_file(engine)
+    assert sidecar["runtime"] == "tensorrt-rtx" and sidecar["idlevit"]["arch"] == "deit_small"
+    assert sidecar["idlevit"]["idle_layers"] == list(range(3, 12)) and sidecar["source_onnx_sha256"] == sha256_file(
+        deit_small_onnx
+    )
+    assert "equivalent command: tensorrt_rtx --onnx=" in result.stdout
+    if precision == "--fp16":
+        mixed = tmp_path / "deit_small_fp16_mixed.onnx"  # beside --out
+        assert sidecar["precision_plan"]["method"] == "mixed-onnx" and sidecar["onnx"] == str(mixed)
+        assert read_metadata(mixed).precision == "fp16"
+        assert "kept-token agreement per idle layer: L3" in result.stdout
+        assert engine.stat().st_size < 0.7 * deit_small_onnx.stat().st_size  # FP16 weights
+    else:
+        assert sidecar["precision_plan"]["method"] == "fp32" and sidecar["onnx"] == str(deit_small_onnx)
+
+
+@requires_rtx
+@pytest.mark.skipif(not ASSETS, reason="the bundled demo checkpoint (idlevit/assets/*.pth) is not built yet")
+def test_demo_engines(tmp_path: Path) -> None:
+    onnx_path = tmp_path / "demo.onnx"
+    export = subprocess.run(
+        [sys.executable, "-m", "export.onnx", "--ckpt", "demo", "--out", str(onnx_path), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert export.returncode == 0, export.stderr
+    for precision in ("--fp32", "--fp16"):
+        engine = tmp_path / f"demo{precision[1:]}.engine"
+        result = run_trt("--onnx", str(onnx_path), precision, "--out", str(engine), "--check-data", "digits", *FAST)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert engine.is_file() and (tmp_path / (engine.name + ".json")).is_file()
+
+
+def test_without_tensorrt_writes_the_mixed_onnx_and_says_how_to_install(tiny: Path, tmp_path: Path) -> None:
+    """TensorRT hidden: static checks and the mixed graph still run; exit 3 with one line; no engine."""
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE_TENSORRT)
+    state = tmp_path / "state"
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "hide"), str(ROOT)]), "IDLEVIT_STATE_DIR": str(state)}
+    record_last_export_in(state, tiny)
+    result = run_trt("--fp16", "--check-batches", "1", env=env)  # no --onnx: the recorded export
+    assert result.returncode == EXIT_MISSING_DEPENDENCY, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TensorRT is not installed" in lines[0] and "pip install" in lines[0]
+    assert (tiny.parent / "tiny_fp16_mixed.onnx").is_file()
+    assert "equivalent command: trtexec --onnx=" in result.stdout and "--stronglyTyped" in result.stdout
+    assert not list(tiny.parent.glob("*.engine"))
+
+
+def record_last_export_in(state: Path, onnx_path: Path) -> None:
+    """What `python -m export.onnx` records, written for a child process whose state folder is ``state``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IDLEVIT_STATE_DIR", str(state))
+        record_last_export(onnx_path)
+
+
+def test_plugin_graph_is_refused_for_tensorrt_rtx(tiny: Path, tmp_path: Path) -> None:
+    model = onnx.load(tiny)
+    meta = read_metadata(model)
+    meta.plugin = "idlevit::IdleScatter"
+    write_metadata(model, meta)
+    fused = tmp_path / "fused.onnx"
+    onnx.save(model, fused)
+    result = run_trt("--onnx", str(fused), "--runtime", "tensorrt-rtx", "--fp16")
+    assert result.returncode == EXIT_BAD_INPUT, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TensorRT-RTX takes no plugins" in lines[0]
+    assert not list(tmp_path.glob("*mixed*")) and not list(tmp_path.glob("*.engine"))
+
+
+def test_topk_above_3840_fails_the_static_check(tiny: Path, tmp_path: Path) -> None:
+    from onnx import numpy_helper
+
+    model = onnx.load(tiny)
+    k = next(n for n in model.graph.node if n.op_type == "TopK").input[1]
+    init = next(i for i in model.graph.initializer if i.name == k)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 0 + 4000, k))
+    planted = tmp_path / "k4000.onnx"
+    onnx.save(model, planted)
+    result = run_trt("--onnx", str(planted), "--fp16", "--runtime", "tensorrt", "--trt-version", "10.3")
+    assert result.returncode == EXIT_CHECK_FAILED, result.stdout + result.stderr
+    assert "topk-k-max" in result.stdout and "K=4000" in result.stderr
+
+
+def test_help_documents_the_onnx_default() -> None:
+    result = run_trt("--help")
+    assert result.returncode == 0 and "IDLEVIT_STATE_DIR" in result.stdout and "--max-batch" in result.stdout
