@@ -96,7 +96,7 @@ def command_line(
         elif plan.method == "builder-flags":
             args += ["--fp16", "--precisionConstraints=obey"]
             args.append("--layerPrecisions=" + ",".join(f"{name}:fp32" for name in plan.fp32_nodes))
-        if options.timing_cache:
+        if options.timing_cache and target.has_timing_cache:
             args.append(f"--timingCacheFile={options.timing_cache}")
         args += [f"--dynamicPlugins={p}" for p in options.plugins]
         args += [f"--setPluginsToSerialize={p}" for p in options.plugins]

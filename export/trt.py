@@ -50,8 +50,12 @@ precision: --fp32 builds FP32 everywhere (TF32 off). --fp16 keeps every idle lay
 path (norm1 -> CLS query / keys -> head-mean score -> TopK) in FP32 so FP16 rounding cannot
 reorder the kept tokens. Strongly typed targets (TensorRT 10.12+, 11.x, TensorRT-RTX) get a
 mixed-precision ONNX, always written (<onnx>_fp16_mixed.onnx beside the input, or beside --out)
-and checked in ONNX Runtime against the FP32 graph; TensorRT < 10.12 gets the FP32 ONNX with
-the FP16 builder flag and per-layer FP32 constraints.
+and checked in ONNX Runtime (CPU) against the FP32 graph: as ONNX Runtime's kernels run it, and
+with FP16 storage rounding emulated (those kernels compute many FP16 ops in FP32 and skip the
+rounding, the scores before TopK among them). Top-1 and kept-token flips are counted apart when
+the FP32 graph's own logits / scores are within 1% of a tie, and kept-token flips after an
+earlier flip of the same sample as cascades. TensorRT < 10.12 gets the FP32 ONNX with the FP16
+builder flag and per-layer FP32 constraints.
 
 outputs: the engine (default <onnx stem>_<precision>.engine, _rtx for TensorRT-RTX, beside the
 ONNX) and its JSON sidecar <engine>.json (runtime and version, GPU or compute capabilities,
