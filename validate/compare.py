@@ -13,6 +13,11 @@ which compares index sets (TopK's order on ties is free, so Polygraphy's order-s
 * ``cascade``: the sample already flipped at an earlier idle layer, so the backend ranks
   different token states and the reference's scores no longer describe its input;
 * ``mismatch``: anything else, a real selection bug.
+
+A sample whose selection first flipped at a near-tie legitimately computes other token updates
+from there on, so its logits are left out of the logit error and cosine checks
+(:class:`WithoutTieFlips`); the report counts those samples. Samples whose first flip is a
+mismatch stay in (their logits show the damage), and top-1 agreement covers every sample.
 """
 
 from __future__ import annotations
@@ -171,6 +176,7 @@ class SelectionResult(CompareResult):
         self.mismatch = int(np.sum(status == MISMATCH))
         self.shape_note = shape_note  # set when the backend's index output has another shape
         self.example = example  # the first mismatching row, described
+        self.tie_flipped = 0  # samples whose first flip, at this idle layer or an earlier one, was a near-tie
 
     @property
     def mismatch_rate(self) -> float:
@@ -189,6 +195,7 @@ class SelectionCompareFunc(_PerBackend):
     def __init__(self, idle_layers: list[int], thresholds: Thresholds | Mapping[str, Thresholds]) -> None:
         super().__init__(thresholds)
         self.idle_layers = list(idle_layers)
+        self.tie_flipped: dict[str, np.ndarray] = {}  # backend -> last batch's samples first flipped at a near-tie
 
     def thresholds_for(self, output_name: str, runner_name: str = "") -> SelectionThreshold:
         return SelectionThreshold(self._thresholds(runner_name).max_mismatch)
@@ -198,6 +205,8 @@ class SelectionCompareFunc(_PerBackend):
         tie_rtol = self._thresholds(backend).tie_rtol
         results: OrderedDict[str, SelectionResult] = OrderedDict()
         flipped_before: np.ndarray | None = None  # samples that flipped at an earlier idle layer
+        tie_first: np.ndarray | None = None  # samples whose first flip was a near-tie
+        self.tie_flipped.pop(backend, None)
         for layer in self.idle_layers:
             name = kept_indices_name(layer)
             if name not in iter_result0 or name not in iter_result1:
@@ -205,15 +214,49 @@ class SelectionCompareFunc(_PerBackend):
             ref, got = np.asarray(iter_result0[name]), np.asarray(iter_result1[name])
             scores = np.asarray(iter_result0[token_scores_name(layer)])
             status = selection_status(ref, got, scores, tie_rtol)
-            if flipped_before is None:
-                flipped_before = np.zeros(ref.shape[0], dtype=bool)
+            if flipped_before is None or tie_first is None:
+                flipped_before, tie_first = np.zeros(ref.shape[0], dtype=bool), np.zeros(ref.shape[0], dtype=bool)
             status = np.where((status != MATCH) & flipped_before, CASCADE, status)
+            tie_first |= status == NEAR_TIE  # a near-tie is always a first flip (later ones are cascades)
             flipped_before |= status != MATCH
             shape_note = "" if got.shape == ref.shape else f"shape {tuple(got.shape)}, reference {tuple(ref.shape)}"
             agreement = kept_token_agreement(ref, got) if got.ndim == 2 and got.shape[0] == ref.shape[0] else 0.0
             example = _describe_first_mismatch(ref, got, status)
             results[name] = SelectionResult(agreement, status, shape_note, example, self.thresholds_for(name, backend))
+            results[name].tie_flipped = int(tie_first.sum())
+        if tie_first is not None:
+            self.tie_flipped[backend] = tie_first
         return results
+
+
+class WithoutTieFlips(BaseCompareFunc):
+    """Runs a logits comparison on the samples whose kept tokens did not flip at a near-tie.
+
+    ``selection`` must run first on the same pair (Polygraphy calls comparison functions in list
+    order); it leaves each backend's near-tie samples of the batch behind. When every sample
+    flipped at a near-tie, nothing is compared.
+    """
+
+    def __init__(self, func: BaseCompareFunc, selection: SelectionCompareFunc) -> None:
+        self.func = func
+        self.selection = selection
+
+    def thresholds_for(self, output_name: str) -> Threshold:
+        return self.func.thresholds_for(output_name)
+
+    def __call__(self, iter_result0: IterationResult, iter_result1: IterationResult) -> OrderedDict:
+        flipped = self.selection.tie_flipped.get(iter_result1.runner_name)
+        if flipped is None or not flipped.any():
+            return self.func(iter_result0, iter_result1)
+        if flipped.all() or LOGITS not in iter_result0 or LOGITS not in iter_result1:
+            return OrderedDict()
+        keep = ~flipped
+        kept0 = IterationResult({LOGITS: np.asarray(iter_result0[LOGITS])[keep]}, runner_name=iter_result0.runner_name)
+        got = np.asarray(iter_result1[LOGITS])
+        kept1 = IterationResult(
+            {LOGITS: got[keep] if len(got) == len(keep) else got}, runner_name=iter_result1.runner_name
+        )
+        return self.func(kept0, kept1)
 
 
 def _describe_first_mismatch(ref: np.ndarray, got: np.ndarray, status: np.ndarray) -> str:
@@ -234,8 +277,12 @@ def _few(values: list[int], limit: int = 6) -> str:
     return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
 
+#: Order of :func:`compare_funcs` (the selection runs first: the logit checks leave out its near-tie flips).
+FUNCS = ("selection", "logit_error", "cosine", "top1")
+
+
 def compare_funcs(thresholds: Mapping[str, Thresholds], idle_layers: list[int]) -> list[BaseCompareFunc]:
-    """The comparison functions a parity run applies, in report order; ``thresholds`` by backend name.
+    """The comparison functions of a parity run, in :data:`FUNCS` order; ``thresholds`` by backend name.
 
     Polygraphy's own functions take one tolerance for every pair, so they get the strictest; the
     report re-checks their metrics against each backend's thresholds (Polygraphy's ``Threshold``).
@@ -248,9 +295,12 @@ def compare_funcs(thresholds: Mapping[str, Thresholds], idle_layers: list[int]) 
         max_mismatch=0.0,
         tie_rtol=0.0,
     )
+    selection = SelectionCompareFunc(idle_layers, thresholds)
+    error = SimpleCompareFunc(check_error_stat="max", atol=strict.atol, rtol=strict.rtol, find_output_func=only(LOGITS))
+    cosine = CosineSimilarityCompareFunc(cosine_similarity_threshold=strict.min_cosine, find_output_func=only(LOGITS))
     return [
-        SimpleCompareFunc(check_error_stat="max", atol=strict.atol, rtol=strict.rtol, find_output_func=only(LOGITS)),
-        CosineSimilarityCompareFunc(cosine_similarity_threshold=strict.min_cosine, find_output_func=only(LOGITS)),
+        selection,
+        WithoutTieFlips(error, selection),
+        WithoutTieFlips(cosine, selection),
         Top1CompareFunc(thresholds),
-        SelectionCompareFunc(idle_layers, thresholds),
     ]

@@ -145,7 +145,8 @@ A batch's logits fail when the max abs error exceeds --atol AND the max relative
 --rtol (Polygraphy's rule). Kept tokens are compared as sets per idle layer (needs an export
 with --with-indices); a flip whose swapped tokens score within --tie-rtol x max|score| of each
 other in the reference is a near-tie, and flips after an earlier flip of the same sample are a
-cascade; neither counts against --max-mismatch.
+cascade; neither counts against --max-mismatch, and samples that flipped at a near-tie are left
+out of the logit error and cosine checks (top-1 agreement still counts them).
 
 exit codes: {EXIT_OK} every threshold holds; {EXIT_CHECK_FAILED} a threshold failed (the report says which
 metric, backend and batch) or a backend failed to run; {EXIT_BAD_INPUT} bad file, checkpoint or flag;

@@ -18,11 +18,8 @@ from polygraphy.comparator import AccuracyResults, SimpleThreshold
 from idlevit.fileio import atomic_write
 from idlevit.model import LOGITS
 
-from .compare import SelectionResult, Thresholds
+from .compare import FUNCS, SelectionResult, Thresholds
 from .inputs import InputGroup
-
-#: Positions of the functions built by :func:`validate.compare.compare_funcs`.
-LOGIT_ERROR, COSINE, TOP1, SELECTION = range(4)
 
 
 @dataclass
@@ -74,6 +71,7 @@ class GroupResult:
     min_cosine: float = 1.0
     top1_matches: float = 0.0
     samples: int = 0
+    tie_flipped: int = 0  # samples first flipped at a near-tie: left out of the logit error and cosine checks
     selection: dict[int, LayerSelection] = field(default_factory=dict)
     error_failed: list[str] = field(default_factory=list)  # batches whose logits broke atol and rtol
     failures: list[str] = field(default_factory=list)
@@ -95,6 +93,7 @@ class GroupResult:
             "batches": len(self.group.feeds),
             "images": self.group.images,
             "logits": {
+                "near_tie_samples_excluded": self.tie_flipped,
                 "max_abs_error": self.max_abs,
                 "max_rel_error": self.max_rel,
                 "min_cosine_similarity": self.min_cosine,
@@ -125,12 +124,21 @@ def aggregate(
 
 
 def _add_batch(row: GroupResult, matches: list[dict], where: str) -> None:
-    error, cosine, top1, selection = (matches[i] for i in (LOGIT_ERROR, COSINE, TOP1, SELECTION))
+    selection, error, cosine, top1 = (matches[FUNCS.index(name)] for name in FUNCS)
+    if LOGITS not in top1:
+        row.failures.append(f"{row.backend} | {row.group.label}, {where}: the backend returned no '{LOGITS}'")
+        return
+    row.top1_matches += top1[LOGITS].top1_agreement * top1[LOGITS].samples
+    row.samples += top1[LOGITS].samples
+    for name, sel in selection.items():
+        layer = int(name.rsplit("_", 1)[1])
+        row.selection.setdefault(layer, LayerSelection()).add(sel, where)
+    row.tie_flipped += max((sel.tie_flipped for sel in selection.values()), default=0)
     result = error.get(LOGITS)
-    if result is None or isinstance(result, bool):  # Polygraphy gives a bare False when shapes differ
-        row.failures.append(
-            f"{row.backend} | {row.group.label}, {where}: '{LOGITS}' is missing or shaped unlike the reference's"
-        )
+    if result is None:  # every sample of the batch flipped at a near-tie: no logits left to compare
+        return
+    if isinstance(result, bool):  # Polygraphy gives a bare False when shapes differ
+        row.failures.append(f"{row.backend} | {row.group.label}, {where}: '{LOGITS}' is shaped unlike the reference's")
         return
     row.max_abs = max(row.max_abs, result.max_absdiff)
     row.max_rel = max(row.max_rel, result.max_reldiff)
@@ -138,12 +146,6 @@ def _add_batch(row: GroupResult, matches: list[dict], where: str) -> None:
         row.error_failed.append(where)
     if LOGITS in cosine and not isinstance(cosine[LOGITS], bool):
         row.min_cosine = min(row.min_cosine, cosine[LOGITS].cosine_similarity)
-    if LOGITS in top1:
-        row.top1_matches += top1[LOGITS].top1_agreement * top1[LOGITS].samples
-        row.samples += top1[LOGITS].samples
-    for name, sel in selection.items():
-        layer = int(name.rsplit("_", 1)[1])
-        row.selection.setdefault(layer, LayerSelection()).add(sel, where)
 
 
 def _judge(row: GroupResult) -> None:
@@ -222,8 +224,9 @@ class ParityReport:
                 )
             else:
                 kept, near, cascade, mismatch = "n/a", "-", "-", "-"
+            images = f"{row.group.images}" + (f" ({row.tie_flipped} tie-flipped)" if row.tie_flipped else "")
             lines.append(
-                f"| {row.backend} | {row.group.kind} | {row.group.batch} | {row.group.images} | {row.max_abs:.2e} "
+                f"| {row.backend} | {row.group.kind} | {row.group.batch} | {images} | {row.max_abs:.2e} "
                 f"| {row.max_rel:.2e} | {row.min_cosine:.6f} | {row.top1_agreement:.2%} | {kept} | {near} "
                 f"| {cascade} | {mismatch} | {'PASS' if row.passed else 'FAIL'} |"
             )

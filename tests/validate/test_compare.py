@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from polygraphy.comparator import IterationResult
+from polygraphy.comparator import Comparator, IterationResult, RunResults
+from polygraphy.logger import G_LOGGER
 
-from validate.compare import PRESETS, SelectionCompareFunc, Top1CompareFunc, preset
+from validate.compare import FUNCS, PRESETS, SelectionCompareFunc, Top1CompareFunc, compare_funcs, preset
 from validate.metrics import MATCH, MISMATCH, NEAR_TIE, selection_status, topk_correct
 
 #: Reference scores of 8 image tokens (positions 1..8). With k = 3 the reference keeps
@@ -102,3 +103,29 @@ def test_fp16_presets_are_looser_than_fp32() -> None:
     assert set(PRESETS) >= {"fp32", "fp16", "int8"}
     with pytest.raises(Exception, match="--precision"):
         preset("fp4")
+
+
+def test_logit_checks_leave_out_samples_that_flipped_at_a_near_tie() -> None:
+    # Sample 0 flips at the layer-3 boundary (a near-tie) and its logits then differ by 0.5;
+    # sample 1 matches everywhere and its logits differ by 1e-6; sample 2's first flip is a real
+    # mismatch, and its logits differ by 0.25. Polygraphy runs the functions in order on the pair.
+    kept = np.array([[0, 1, 2, 3]] * 3)
+    ref = result(
+        "pytorch",
+        logits=np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]]),
+        kept_indices_3=kept,
+        token_scores_3=np.stack([SCORES] * 3),
+    )
+    got = result(
+        "backend",
+        logits=np.array([[1.5, 0.0], [0.0, 1.000001], [2.25, 0.0]]),
+        kept_indices_3=np.array([[0, 1, 2, 4], [0, 1, 2, 3], [0, 1, 2, 8]]),
+    )
+    run = RunResults([("pytorch", [ref]), ("backend", [got])])
+    funcs = compare_funcs({"backend": preset("fp32")}, [3])
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        accuracy = Comparator.compare_accuracy(run, compare_func=funcs)
+    by_name = {name: accuracy[FUNCS.index(name)][("pytorch", "backend")][0] for name in FUNCS}
+    assert by_name["selection"]["kept_indices_3"].tie_flipped == 1
+    assert by_name["logit_error"]["logits"].max_absdiff == pytest.approx(0.25)  # sample 0 left out, 2 kept
+    assert by_name["top1"]["logits"].samples == 3  # top-1 still covers every sample
