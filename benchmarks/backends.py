@@ -1,0 +1,105 @@
+"""Timing backends: the Polygraphy runners of ``validate/`` (one contract for every backend).
+
+Each backend turns (model, its ONNX file, threads) into a runner; one that cannot run here (no
+GPU, no onnxruntime-gpu, no TensorRT) says why in one line instead of failing, so the same
+benchmark command works on a CPU-only laptop and on a GPU server. Runners return host arrays,
+so a timed ``infer`` includes finishing the device work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+from polygraphy.backend.base import BaseRunner
+
+from idlevit.errors import ToolkitError
+from idlevit.model import IdleViT
+from validate.ort import cuda_usable, ort_runner
+from validate.reference import TorchRunner
+from validate.runners import tensorrt_runner
+
+#: The eager reference every other backend's speed-up is measured against.
+REFERENCE = "pytorch"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named way to run a model: ``make(model, onnx_path, threads, max_batch)`` gives a runner."""
+
+    name: str
+    make: Callable[[IdleViT, Path, int, int], BaseRunner]
+    unavailable: Callable[[], str | None]  # None when usable here, else why it is skipped
+
+
+def ort_options(profile_prefix: str | None = None) -> ort.SessionOptions:
+    """Session options for timing: worker threads that sleep instead of busy-waiting.
+
+    ONNX Runtime's threads spin after each run by default; with several sessions (and PyTorch)
+    interleaved on a few cores, the waiting sessions' spinning steals the running one's cores,
+    and the timings would measure the neighbours instead of the model.
+    """
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+def _pytorch(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
+    return TorchRunner(model, with_indices=False, threads=threads, name=REFERENCE)
+
+
+def _onnxruntime(device: str) -> Callable[[IdleViT, Path, int, int], BaseRunner]:
+    def make(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
+        return ort_runner(onnx_path, device, threads, ort_options())
+
+    return make
+
+
+def _tensorrt(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
+    """Build an FP32 engine with ``python -m export.trt`` (its output kept quiet), then load it."""
+    from export.trt import main as build
+
+    engine = onnx_path.with_suffix(".engine")
+    argv = ["--onnx", os.fspath(onnx_path), "--out", os.fspath(engine), "--fp32", "--no-trtcheck"]
+    argv += ["--min-batch", "1", "--opt-batch", str(max_batch), "--max-batch", str(max_batch)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        build(argv)
+    return tensorrt_runner(engine)
+
+
+def _no_cuda() -> str | None:
+    return None if cuda_usable() else "needs onnxruntime-gpu and a CUDA GPU"
+
+
+def _no_tensorrt() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs TensorRT and a CUDA GPU"
+    try:
+        from engines.tensorrt_api import installed_runtimes
+    except (ImportError, ToolkitError) as err:
+        return f"engines/ cannot load TensorRT ({err})"
+    return None if installed_runtimes() else "TensorRT is not installed (pip install -e '.[trt]')"
+
+
+BACKENDS: dict[str, Backend] = {
+    REFERENCE: Backend(REFERENCE, _pytorch, lambda: None),
+    "onnxruntime-cpu": Backend("onnxruntime-cpu", _onnxruntime("cpu"), lambda: None),
+    "onnxruntime-cuda": Backend("onnxruntime-cuda", _onnxruntime("cuda"), _no_cuda),
+    "tensorrt": Backend("tensorrt", _tensorrt, _no_tensorrt),
+}
+
+
+def default_threads() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
