@@ -85,7 +85,9 @@ def run_parity(
     model = load_reference(ckpt, meta)
     backends = backend_runners(onnx_path, engine, ort, threads)
     precisions = {
-        runner.name: precision or (engine_precision(engine) if runner.name == TENSORRT else None) or meta.precision
+        runner.name: precision
+        or (engine_precision(engine, onnx_path) if runner.name == TENSORRT else None)
+        or meta.precision
         for runner in backends
     }
     thresholds = {name: preset(p).with_overrides(**(overrides or {})) for name, p in precisions.items()}

@@ -18,6 +18,7 @@ from pathlib import Path
 from polygraphy.backend.base import BaseRunner
 
 from idlevit.errors import MissingDependencyError, ToolkitError
+from idlevit.fileio import sha256_file
 
 from .ort import ORT_CHOICES, ort_runner, resolve_devices
 
@@ -38,14 +39,24 @@ def tensorrt_runner(engine_path: str | os.PathLike[str]) -> BaseRunner:
     return TrtEngineRunner(os.fspath(engine_path), name=TENSORRT)
 
 
-def engine_precision(engine_path: str | os.PathLike[str]) -> str | None:
-    """The precision an engine was built in, from its sidecar (None when it has none)."""
+def engine_precision(engine_path: str | os.PathLike[str], onnx_path: str | os.PathLike[str]) -> str | None:
+    """The precision an engine was built in, from its sidecar (None when it has none).
+
+    Refuses an engine whose sidecar says it was built from another graph than ``onnx_path``
+    (neither the exported graph nor the mixed-precision one made from it).
+    """
     from engines.sidecar import EngineSidecar, sidecar_path  # plain JSON: no TensorRT import
 
     path = sidecar_path(engine_path)
     if not path.is_file():
         return None
-    precision = EngineSidecar.read(path).precision_plan.get("precision")
+    sidecar = EngineSidecar.read(path)
+    if sha256_file(onnx_path) not in (sidecar.source_onnx_sha256, sidecar.onnx_sha256):
+        raise ToolkitError(
+            f"engine {Path(engine_path).name} was built from {sidecar.source_onnx!r}, not from "
+            f"{os.fspath(onnx_path)!r} (sha256 differs); pass the ONNX the engine was built from"
+        )
+    precision = sidecar.precision_plan.get("precision")
     return str(precision) if precision else None
 
 

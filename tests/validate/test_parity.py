@@ -12,8 +12,10 @@ import pytest
 import torch
 from polygraphy.comparator import IndicesCompareFunc, IterationResult
 
+from engines.sidecar import EngineSidecar, sidecar_path
 from export.metadata import read_metadata
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, ToolkitError, run_cli
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, run_cli
+from idlevit.fileio import sha256_file
 from validate import parity
 from validate.ort import create_session
 
@@ -188,3 +190,45 @@ def test_cli_exit_code_and_help(digits_ckpt: Path, tmp_path: Path, capsys: pytes
     helped = parity.build_parser().format_help()
     for flag in ("--ckpt", "--onnx", "--engine", "--batch-sizes", "--atol", "--tie-rtol", "--max-mismatch", "fp16"):
         assert flag in helped
+
+
+def fake_engine(tmp_path: Path, onnx_path: Path, precision: str = "fp16") -> Path:
+    """An engine file with a sidecar as export.trt writes it (the engine bytes are never parsed here)."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not a real engine")
+    sha = sha256_file(onnx_path)
+    EngineSidecar(
+        engine=engine.name,
+        engine_sha256=sha256_file(engine),
+        runtime="tensorrt",
+        runtime_version="10.0.0",
+        gpu=None,
+        compute_capabilities=[],
+        precision_plan={"precision": precision},
+        profiles=[],
+        builder={},
+        plugins=[],
+        onnx=onnx_path.name,
+        onnx_sha256=sha,
+        source_onnx=onnx_path.name,
+        source_onnx_sha256=sha,
+        idlevit={},
+    ).write(sidecar_path(engine))
+    return engine
+
+
+def test_engine_from_another_graph_is_refused(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.onnx"
+    other.write_bytes(digits_onnx.read_bytes() + b" ")  # same model, other bytes: another sha256
+    engine = fake_engine(tmp_path, other)
+    with pytest.raises(ToolkitError, match="pass the ONNX the engine was built from") as refused:
+        parity.main(["--ckpt", str(digits_ckpt), "--onnx", str(digits_onnx), "--engine", str(engine), *FAST])
+    assert refused.value.exit_code == EXIT_BAD_INPUT
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present, where TensorRT may be installed")
+def test_engine_without_tensorrt_exits_3(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path) -> None:
+    engine = fake_engine(tmp_path, digits_onnx)
+    with pytest.raises(ToolkitError, match="TensorRT") as missing:
+        parity.main(["--ckpt", str(digits_ckpt), "--onnx", str(digits_onnx), "--engine", str(engine), *FAST])
+    assert missing.value.exit_code == EXIT_MISSING_DEPENDENCY
