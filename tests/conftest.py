@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -42,3 +46,26 @@ def deit_small_onnx(deit_small: idlevit.IdleViT, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def deit_tiny() -> idlevit.IdleViT:
     return make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args...`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def assert_onnx_matches_reference(model: idlevit.IdleViT, session: ort.InferenceSession, batch: int) -> None:
+    """ONNX Runtime vs the PyTorch reference on a seeded batch: logits within 1e-4, same kept sets.
+
+    The graph must have been exported with index outputs. Order inside a kept set may differ
+    where two scores are equal to rounding, so sets are compared.
+    """
+    size = model.cfg.img_size
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        logits, kept = model.forward_with_indices(images)
+    outputs = session.run(None, {"images": images.numpy()})
+    assert np.abs(outputs[0] - logits.numpy()).max() <= 1e-4
+    for layer, got in zip(model.schedule.idle_layers, outputs[1:], strict=True):
+        np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(kept[layer].numpy(), axis=1))

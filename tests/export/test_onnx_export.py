@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 import idlevit
@@ -17,7 +14,7 @@ from export.exporter import FORBIDDEN_OPS, export_onnx
 from export.metadata import read_metadata
 from validate.ort import create_session
 
-from ..conftest import make_model
+from ..conftest import assert_onnx_matches_reference, make_model, run_module
 
 
 def _topk_constants(model: onnx.ModelProto) -> list[int]:
@@ -70,14 +67,7 @@ def test_metadata_records_everything_downstream_needs(deit_small_onnx: Path) -> 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_onnxruntime_matches_reference(deit_small: idlevit.IdleViT, deit_small_onnx: Path, batch: int) -> None:
-    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
-    with torch.no_grad():
-        logits, kept = deit_small.forward_with_indices(images)
-    outputs = create_session(deit_small_onnx).run(None, {"images": images.numpy()})
-    assert np.abs(outputs[0] - logits.numpy()).max() <= 1e-4
-    for layer, got in zip(deit_small.schedule.idle_layers, outputs[1:], strict=True):
-        # The same kept set; order within it may differ where two scores are equal to rounding.
-        np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(kept[layer].numpy(), axis=1))
+    assert_onnx_matches_reference(deit_small, create_session(deit_small_onnx), batch)
 
 
 @pytest.mark.parametrize("opset", [13, 17, 20])
@@ -99,27 +89,20 @@ def test_static_batch(tmp_path: Path) -> None:
 
 def test_cli_random_init_writes_and_verifies(tmp_path: Path) -> None:
     out = tmp_path / "cli.onnx"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "export.onnx",
-            "--arch",
-            "deit_tiny",
-            "--random-init",
-            "--img-size",
-            "64",
-            "--keep-rate",
-            "0.5",
-            "--with-indices",
-            "--quiet",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_module(
+        "export.onnx",
+        "--arch",
+        "deit_tiny",
+        "--random-init",
+        "--img-size",
+        "64",
+        "--keep-rate",
+        "0.5",
+        "--with-indices",
+        "--quiet",
+        "--out",
+        str(out),
         cwd=tmp_path,
-        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "max abs logit error" in result.stdout and "kept-token agreement 100.00%" in result.stdout
@@ -129,7 +112,7 @@ def test_cli_random_init_writes_and_verifies(tmp_path: Path) -> None:
 
 
 def test_cli_help_explains_every_flag() -> None:
-    result = subprocess.run([sys.executable, "-m", "export.onnx", "--help"], capture_output=True, text=True)
+    result = run_module("export.onnx", "--help", cwd=Path.cwd())
     assert result.returncode == 0
     for flag in (
         "--ckpt",

@@ -6,7 +6,6 @@ import argparse
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ import torch
 
 import idlevit
 from idlevit.errors import EXIT_BAD_INPUT
+
+from ..conftest import run_module
 
 
 def write_official(model: idlevit.IdleViT, path: Path, prefix: str = "") -> None:
@@ -101,13 +102,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
 
 
 def _export_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "export.onnx", "--quiet", "--no-verify", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_module("export.onnx", "--quiet", "--no-verify", *args, cwd=cwd, timeout=300)
 
 
 def test_cli_errors_are_one_line_with_exit_code(tmp_path: Path, deit_tiny: idlevit.IdleViT) -> None:

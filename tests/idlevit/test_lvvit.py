@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -16,7 +13,7 @@ import idlevit
 from export.metadata import read_metadata
 from validate.ort import create_session
 
-from ..conftest import make_model
+from ..conftest import assert_onnx_matches_reference, make_model, run_module
 
 
 def _lvvit(arch: str = "lvvit_s", **kwargs) -> idlevit.IdleViT:
@@ -107,22 +104,15 @@ def test_export_cli_matches_reference_with_batchnorm_folded(
     lvvit_s: idlevit.IdleViT, lvvit_ckpt: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "lvvit_s.onnx"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "export.onnx",
-            "--ckpt",
-            str(lvvit_ckpt),
-            "--with-indices",
-            "--quiet",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_module(
+        "export.onnx",
+        "--ckpt",
+        str(lvvit_ckpt),
+        "--with-indices",
+        "--quiet",
+        "--out",
+        str(out),
         cwd=tmp_path,
-        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     graph = onnx.load(out)
@@ -130,10 +120,4 @@ def test_export_cli_matches_reference_with_batchnorm_folded(
     assert read_metadata(out).keep_tokens == [137] * 4 + [96] * 4 + [67] * 4
     session = create_session(out)
     for batch in (1, 3):
-        images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
-        with torch.no_grad():
-            logits, kept = lvvit_s.forward_with_indices(images)
-        outputs = session.run(None, {"images": images.numpy()})
-        assert np.abs(outputs[0] - logits.numpy()).max() <= 1e-4
-        for layer, got in zip(lvvit_s.schedule.idle_layers, outputs[1:], strict=True):
-            np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(kept[layer].numpy(), axis=1))
+        assert_onnx_matches_reference(lvvit_s, session, batch)
