@@ -11,8 +11,10 @@ import torch
 import idlevit
 from export.metadata import read_metadata
 from idlevit.errors import CheckpointError
-from validate.ort import cuda_usable, ort_runner
+from validate.ort import create_session, cuda_usable, providers_for
 from validate.reference import TorchRunner, load_reference, token_scores_name
+
+from ..conftest import assert_onnx_matches_reference
 
 
 def test_outputs_follow_the_graph_and_scores_explain_the_selection(digits_model: idlevit.IdleViT) -> None:
@@ -47,10 +49,6 @@ def test_reference_follows_the_exported_schedule(digits_ckpt: Path, digits_onnx:
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_usable(), reason="ONNX Runtime on CUDA needs onnxruntime-gpu and a CUDA GPU")
 def test_onnxruntime_cuda_matches_the_reference(digits_model: idlevit.IdleViT, digits_onnx: Path) -> None:
-    images = np.random.default_rng(2).uniform(-2, 2, (4, 3, 32, 32)).astype(np.float32)
-    with TorchRunner(digits_model) as ref, ort_runner(digits_onnx, "cuda") as cuda:
-        want, got = ref.infer({"images": images}), cuda.infer({"images": images})
-    assert np.abs(want["logits"] - got["logits"]).max() < 1e-3
-    for name in want:
-        if name.startswith("kept_indices_"):
-            assert np.array_equal(np.sort(want[name], axis=1), np.sort(got[name], axis=1))
+    session = create_session(digits_onnx, providers_for("cuda"))
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    assert_onnx_matches_reference(digits_model, session, batch=4)
