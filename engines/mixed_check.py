@@ -43,7 +43,7 @@ from validate.metrics import (
     selection_status,
     top1_agreement,
 )
-from validate.ort import create_session
+from validate.ort import create_session, providers_for
 
 #: Names of the sides in the report: the FP32 graph, the mixed graph as ONNX Runtime's kernels run
 #: it, and the mixed graph with FP16 storage rounding emulated (see engines.precision.emulate_fp16).
@@ -242,6 +242,7 @@ def check_mixed_onnx(
     batch: int = 8,
     seed: int = 0,
     threads: int = 0,
+    device: str = "cpu",
     thresholds: MixedThresholds | None = None,
 ) -> MixedCheckReport:
     """Run the FP32 graph and the mixed graph (plus ``others``, by name) on the same inputs.
@@ -269,7 +270,8 @@ def check_mixed_onnx(
         for i, (name, model) in enumerate(candidates.items()):
             paths[name] = Path(tmp, f"candidate{i}.onnx")
             onnx.save(probe_copy(model, layers, with_scores=False), paths[name])
-        runners = [OnnxrtRunner(_session_builder(path, threads), name=name) for name, path in paths.items()]
+        providers = providers_for(device)
+        runners = [OnnxrtRunner(_session_builder(path, providers, threads), name=name) for name, path in paths.items()]
         with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
             results = Comparator.run(runners, data_loader=feeds)
     reference = results[REFERENCE_NAME]
@@ -281,8 +283,8 @@ def check_mixed_onnx(
     return report
 
 
-def _session_builder(path: Path, threads: int):
-    return lambda: create_session(path, threads=threads)
+def _session_builder(path: Path, providers: list[str], threads: int):
+    return lambda: create_session(path, providers, threads)
 
 
 def _add_batch(result: CandidateResult, ref, got, layers: list[int], tie_rtol: float) -> None:

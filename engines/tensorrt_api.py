@@ -152,17 +152,6 @@ class Network:
     strongly_typed: bool
     issues: list[ParserIssue] = field(default_factory=list)
 
-    @property
-    def input_names(self) -> list[str]:
-        return [self.network.get_input(i).name for i in range(self.network.num_inputs)]
-
-    def input_shape(self, name: str) -> tuple[int, ...]:
-        for i in range(self.network.num_inputs):
-            tensor = self.network.get_input(i)
-            if tensor.name == name:
-                return dims_tuple(tensor.shape)
-        raise ToolkitError(f"the network has no input {name!r}; it has {self.input_names}")
-
 
 def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
     """A TensorRT ``Dims`` as a tuple of ints (-1 for a dynamic dimension)."""

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--check-images", type=int, default=16, help="real images to check (16)")
     check.add_argument("--check-batches", type=int, default=2, help="seeded random batches of 8 to check (2)")
+    check.add_argument(
+        "--check-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="ONNX Runtime device: cpu, or cuda (onnxruntime-gpu and a GPU: real FP16 kernels)",
+    )
     check.add_argument("--no-check", action="store_true", help="skip the check")
     parser.add_argument("--no-trtcheck", action="store_true", help="skip trtcheck (the toolkit's own lint still runs)")
     parser.add_argument("--verbose", action="store_true", help="show info findings and TensorRT errors as they come")
@@ -244,9 +250,15 @@ def _check_mixed(source: Path, mixed: Path, args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     report = check_mixed_onnx(
-        source, mixed, data=args.check_data, num_images=args.check_images, random_batches=args.check_batches
+        source,
+        mixed,
+        data=args.check_data,
+        num_images=args.check_images,
+        random_batches=args.check_batches,
+        device=args.check_device,
     )
-    print(f"mixed-precision ONNX vs FP32 ONNX (ONNX Runtime, CPU, {time.perf_counter() - started:.1f} s):")
+    where = f"ONNX Runtime, {args.check_device.upper()}"
+    print(f"mixed-precision ONNX vs FP32 ONNX ({where}, {time.perf_counter() - started:.1f} s):")
     for line in report.lines():
         print(f"  {line}")
     if not report.passed:

@@ -135,3 +135,14 @@ def test_fp16_scoring_path_selects_worse_than_the_plan(tmp_path: Path) -> None:
     assert naive_flips.sum() > 4 * plan_flips.sum()
     assert all(n.agreement < p.agreement for n, p in zip(naive.layers.values(), plan.layers.values()))
     assert report.results[EMULATED_NAME].top1_agreement > naive.top1_agreement
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+    reason="needs onnxruntime-gpu and a CUDA GPU",
+)
+def test_mixed_graph_on_cuda_keeps_the_selection(tiny_onnx: Path, tiny_mixed: Path) -> None:
+    """On real FP16 kernels (CUDA provider) the plan's graph still agrees with the FP32 graph."""
+    report = check_mixed_onnx(tiny_onnx, tiny_mixed, random_batches=4, batch=16, device="cuda")
+    assert report.passed, report.failures
