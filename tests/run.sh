@@ -3,7 +3,7 @@
 # tensorrt-stubs declares a dependency on the real tensorrt (not installable here): --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q --no-deps tensorrt-stubs
+python -m pip install -q --no-deps tensorrt-stubs tritonclient  # tritonclient: Triton's ModelConfig proto for the package tests
 # TensorRT-RTX builds engines without a GPU (CI builds real engines) and ModelOpt AutoCast writes
 # the mixed-precision graphs: the package's rtx and fp16 extras.
 python -m pip install -q -e ".[rtx,fp16]"
