@@ -1,0 +1,88 @@
+"""engines.infer: metadata-driven preprocessing, top-5 output, and the engine-to-ONNX fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from engines.infer import load_images, main, open_backend
+from engines.sidecar import EngineSidecar, sidecar_path
+from export.metadata import read_metadata
+from idlevit.errors import ToolkitError
+
+from ..conftest import make_model
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = [folder / "wide.jpg", folder / "gray.png"]
+    Image.fromarray((rng.random((90, 120, 3)) * 255).astype(np.uint8)).save(paths[0])
+    Image.fromarray((rng.random((70, 70)) * 255).astype(np.uint8)).save(paths[1])
+    return paths
+
+
+def test_preprocessing_is_the_eval_transform_of_the_metadata(tiny_onnx: Path, images: list[Path]) -> None:
+    """Resize the short side to size / crop_pct, center crop, normalise: written out with torchvision."""
+    meta = read_metadata(tiny_onnx)
+    by_hand = transforms.Compose(
+        [
+            transforms.Resize(int(meta.img_size / meta.crop_pct), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(meta.img_size),
+            transforms.ToTensor(),
+            transforms.Normalize(meta.mean, meta.std),
+        ]
+    )
+    want = torch.stack([by_hand(Image.open(p).convert("RGB")) for p in images]).numpy()
+    np.testing.assert_allclose(load_images(images, meta), want, atol=1e-5)
+
+
+def test_top5_matches_the_pytorch_reference(
+    tiny_onnx: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(p) for p in images] + ["--model", str(tiny_onnx), "--batch", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    model = make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)  # the exported model
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(load_images(images, read_metadata(tiny_onnx)))), -1)
+    for i, path in enumerate(images):
+        block = out[out.index(str(path)) + 1 : out.index(str(path)) + 6]
+        assert [line.split()[0] for line in block] == ["1.", "2.", "3.", "4.", "5."]
+        assert int(block[0].split()[2]) == int(probs[i].argmax())
+        assert float(block[0].split()[-1].rstrip("%")) == pytest.approx(100 * float(probs[i].max()), abs=0.01)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the engine path is tried for real")
+def test_engine_without_tensorrt_falls_back_to_its_onnx(tiny_onnx: Path, tmp_path: Path) -> None:
+    engine = tmp_path / "tiny.engine"
+    engine.write_bytes(b"serialized engine")
+    sidecar = json.loads(json.dumps(read_metadata(tiny_onnx).__dict__))
+    fields = dict(engine=engine.name, engine_sha256="", runtime="tensorrt", runtime_version="10.3.0", gpu=None)
+    EngineSidecar(
+        **fields,
+        compute_capabilities=[],
+        precision_plan={"precision": "fp32"},
+        profiles=[],
+        builder={},
+        plugins=[],
+        onnx=str(tiny_onnx),
+        onnx_sha256="",
+        source_onnx=str(tiny_onnx),
+        source_onnx_sha256="",
+        idlevit=sidecar,
+    ).write(sidecar_path(engine))
+    runner, meta, note = open_backend(engine)
+    assert runner.name == "onnxruntime-cpu" and meta.num_classes == 10
+    assert "ONNX Runtime" in note and "GPU" in note
+
+
+def test_missing_image_is_a_one_line_error(tiny_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(ToolkitError, match="does not exist"):
+        main([str(tmp_path / "missing.jpg"), "--model", str(tiny_onnx)])
