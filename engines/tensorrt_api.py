@@ -83,14 +83,14 @@ def use_runtime(name: str | None = None) -> RuntimeInfo:
         name = installed[0]
     if name not in RUNTIME_MODULES:
         raise ToolkitError(f"unknown TensorRT runtime {name!r}; choose one of: {', '.join(RUNTIME_MODULES)}")
+    if not is_installed(name):
+        raise MissingDependencyError(f"{name} is not installed; {INSTALL_HINTS[name]}")
     if _bound is not None:
         if _bound.name != name:
             raise ToolkitError(
                 f"this process already uses {_bound.name}; run {name} in a separate process (one TensorRT per process)"
             )
         return _bound
-    if not is_installed(name):
-        raise MissingDependencyError(f"{name} is not installed; {INSTALL_HINTS[name]}")
     try:
         module = importlib.import_module(RUNTIME_MODULES[name])
     except (ImportError, OSError) as err:
