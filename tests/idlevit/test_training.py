@@ -1,0 +1,160 @@
+"""Training-time idle layers keep what inference keeps; a short run learns; the bundled demo works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import idlevit
+from idlevit import data
+from idlevit.training import TrainConfig, fit, forward_train, idle_block_train, top1
+
+needs_demo = pytest.mark.skipif(
+    not (idlevit.DEMO_CHECKPOINT.is_file() and idlevit.DEMO_TEACHER.is_file()),
+    reason="bundled demo checkpoints not built (python -m idlevit.finetune --recipe demo)",
+)
+
+
+def test_training_forward_keeps_the_same_tokens_as_inference(deit_tiny: idlevit.IdleViT) -> None:
+    torch.manual_seed(1)
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        out = forward_train(deit_tiny, images)
+        logits, kept = deit_tiny.forward_with_indices(images)
+    assert list(out.kept) == list(kept) == list(deit_tiny.schedule.idle_layers)
+    for layer, reference in kept.items():
+        assert out.kept[layer].shape == reference.shape
+        assert torch.equal(out.kept[layer][:, 0], reference[:, 0])  # CLS first
+        for row_train, row_ref in zip(out.kept[layer].tolist(), reference.tolist()):
+            assert set(row_train) == set(row_ref), f"layer {layer} keeps other tokens in training"
+    # Kept tokens compute what inference computes, so the logits agree too.
+    assert torch.allclose(out.logits, logits, atol=1e-4)
+    # The masks mark exactly the kept positions, CLS included.
+    for mask, layer in zip(out.keep_masks, kept):
+        assert torch.equal(mask.sum(1), torch.full((4,), float(kept[layer].shape[1])))
+        assert torch.all(mask.gather(1, kept[layer]) == 1)
+
+
+def test_idle_tokens_pass_through_a_training_idle_layer(deit_tiny: idlevit.IdleViT) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(2, deit_tiny.cfg.num_tokens + 1, deit_tiny.cfg.embed_dim)
+    block = deit_tiny.blocks[3]
+    with torch.no_grad():
+        y, kept, mask, attn_map = idle_block_train(deit_tiny, block, x, deit_tiny.idle_plan[3])
+    idle = mask == 0
+    assert idle.sum() == 2 * (deit_tiny.cfg.num_tokens - deit_tiny.idle_plan[3])
+    assert torch.equal(y[idle], x[idle])
+    assert not torch.allclose(y[~idle], x[~idle])
+    # W is a row-stochastic map over all tokens (idle ones included: the cut loss needs them).
+    assert attn_map.shape == (2, x.shape[1], x.shape[1])
+    assert torch.allclose(attn_map.sum(-1), torch.ones(2, x.shape[1]))
+    assert torch.all(attn_map[idle.unsqueeze(1).expand_as(attn_map)] > 0)
+
+
+def _tiny(idle_layers: list[int], ratios: list[float]) -> idlevit.IdleViT:
+    """A 4-block, 48-wide deit_tiny variant at 16 px: fast enough to train in a test."""
+    return idlevit.create_model(
+        "deit_tiny",
+        idle_layers=idle_layers,
+        keep_ratios=ratios,
+        depth=4,
+        embed_dim=48,
+        img_size=16,
+        patch_size=2,
+        num_classes=10,
+    )
+
+
+def test_a_short_distillation_run_lowers_the_loss() -> None:
+    torch.manual_seed(0)
+    teacher = _tiny([], [])
+    student = _tiny([2, 3], [0.7, 0.5])
+    student.load_state_dict(teacher.state_dict())
+    images, labels = data.digits_split("train", 16)
+    train_set = torch.utils.data.TensorDataset(
+        data.normalize(images[:128], data.DIGITS_MEAN, data.DIGITS_STD), labels[:128]
+    )
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=2e-3, warmup_epochs=0.5, cut_loss="both")
+    history = fit(student, train_set, cfg, teacher=teacher, progress=False)
+    assert len(history) == 6
+    assert set(history[0]) == {"loss", "ce", "kl", "feat", "cut"}
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    assert history[-1]["ce"] < history[0]["ce"]
+    # The teacher is frozen.
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+
+
+def test_training_is_seeded() -> None:
+    images, labels = data.digits_split("test", 16)
+    train_set = torch.utils.data.TensorDataset(images[:64], labels[:64])
+    cfg = TrainConfig(epochs=1, batch_size=32, max_shift=1, seed=3)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = _tiny([2], [0.5])
+        fit(model, train_set, cfg, progress=False)
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+@pytest.fixture(scope="module")
+def digits_test() -> torch.utils.data.Dataset:
+    demo = idlevit.load_checkpoint("demo")
+    return data.load_dataset("digits", "test", demo.data_config)
+
+
+@needs_demo
+def test_bundled_demo_is_trained_and_close_to_its_teacher(digits_test: torch.utils.data.Dataset) -> None:
+    demo = idlevit.load_checkpoint("demo")
+    teacher = idlevit.load_checkpoint(idlevit.DEMO_TEACHER, idle_layers=[], keep_ratios=[])
+    assert demo.cfg.name == "deit_tiny" and idlevit.infer_arch(demo.state_dict()).name == "deit_tiny"
+    assert demo.cfg.num_tokens >= 64 and demo.idle_plan == {
+        3: 44,
+        4: 44,
+        5: 44,
+        6: 31,
+        7: 31,
+        8: 31,
+        9: 21,
+        10: 21,
+        11: 21,
+    }
+    assert demo.cfg.mean == data.DIGITS_MEAN and demo.cfg.std == data.DIGITS_STD
+    demo_top1, teacher_top1 = top1(demo, digits_test), top1(teacher, digits_test)
+    assert demo_top1 > 90.0
+    assert demo_top1 >= teacher_top1 - 1.0
+    # A trained CLS attends to the strokes: tokens kept by the first idle layer are brighter than idle ones.
+    images, _ = data.digits_split("test", demo.cfg.img_size)
+    with torch.no_grad():
+        _, kept = demo.forward_with_indices(data.normalize(images[:64], demo.cfg.mean, demo.cfg.std))
+    p = demo.cfg.patch_size
+    ink = torch.nn.functional.avg_pool2d(images[:64, :1], p).flatten(1)  # (B, N) mean intensity per patch
+    kept_mask = torch.zeros_like(ink, dtype=torch.bool).scatter(1, kept[3][:, 1:] - 1, True)
+    assert ink[kept_mask].mean() > ink[~kept_mask].mean()
+
+
+@needs_demo
+def test_export_onnx_defaults_to_the_demo_and_onnx_runtime_agrees(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from export.metadata import read_metadata
+    from export.onnx import main
+
+    out = tmp_path / "demo.onnx"
+    assert main(["--out", str(out), "--quiet", "--no-verify"]) == 0
+    meta = read_metadata(out)
+    assert meta.checkpoint == "demo" and meta.arch == "deit_tiny"
+    assert tuple(meta.mean) == data.DIGITS_MEAN and tuple(meta.std) == data.DIGITS_STD
+    demo = idlevit.load_checkpoint("demo")
+    images, _ = data.digits_split("test", demo.cfg.img_size)
+    batch = data.normalize(images[:32], meta.mean, meta.std)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {idlevit.IMAGES: batch.numpy()})
+    with torch.no_grad():
+        reference = demo(batch).numpy()
+    assert np.abs(logits - reference).max() < 1e-3
+    assert (logits.argmax(1) == reference.argmax(1)).all()
