@@ -175,6 +175,10 @@ def train(args: argparse.Namespace, base: TrainConfig) -> tuple[Path, float]:
         )
     train_set = data.load_dataset(args.dataset, "train", model.data_config, training=True)
     test_set = data.load_dataset(args.dataset, "test", model.data_config)
+    held_out = str(args.dataset) == data.DIGITS or data.split_folder(args.dataset, "test") != data.split_folder(
+        args.dataset, "train"
+    )
+    split = "test" if held_out else "train"  # a folder without val/ or test/: no held-out images
     kind = "dense" if args.dense else f"IdleViT {model.idle_plan} cut loss {cfg.cut_loss}"
     print(f"training {model.cfg.name} ({kind}) on {args.dataset}: {len(train_set)} images, {cfg.epochs} epochs")
     started = time.perf_counter()
@@ -188,7 +192,7 @@ def train(args: argparse.Namespace, base: TrainConfig) -> tuple[Path, float]:
     accuracy = top1(model.eval(), test_set)
     summary = {
         "dataset": str(args.dataset),
-        "test_top1": accuracy,
+        f"{split}_top1": accuracy,
         "train_seconds": round(seconds, 1),
         "threads": args.threads,
         "teacher": Path(args.teacher).name if args.teacher else "",
@@ -198,7 +202,7 @@ def train(args: argparse.Namespace, base: TrainConfig) -> tuple[Path, float]:
     }
     path = save_checkpoint(model, args.out, epoch=cfg.epochs, train=summary)
     size = os.path.getsize(path) / 2**20
-    print(f"wrote {path} ({size:.1f} MiB): test top-1 {accuracy:.2f}% after {seconds:.0f} s of training")
+    print(f"wrote {path} ({size:.1f} MiB): {split}-split top-1 {accuracy:.2f}% after {seconds:.0f} s of training")
     return path, accuracy
 
 

@@ -55,15 +55,15 @@ def test_idle_tokens_pass_through_a_training_idle_layer(deit_tiny: idlevit.IdleV
 
 
 def _tiny(idle_layers: list[int], ratios: list[float]) -> idlevit.IdleViT:
-    """A 4-block, 48-wide deit_tiny variant at 16 px: fast enough to train in a test."""
+    """A 3-block, 48-wide deit_tiny variant at 16 px (16 tokens): fast enough to train in a test."""
     return idlevit.create_model(
         "deit_tiny",
         idle_layers=idle_layers,
         keep_ratios=ratios,
-        depth=4,
+        depth=3,
         embed_dim=48,
         img_size=16,
-        patch_size=2,
+        patch_size=4,
         num_classes=10,
     )
 
@@ -71,7 +71,7 @@ def _tiny(idle_layers: list[int], ratios: list[float]) -> idlevit.IdleViT:
 def test_a_short_distillation_run_lowers_the_loss() -> None:
     torch.manual_seed(0)
     teacher = _tiny([], [])
-    student = _tiny([2, 3], [0.7, 0.5])
+    student = _tiny([1, 2], [0.7, 0.5])
     student.load_state_dict(teacher.state_dict())
     images, labels = data.digits_split("train", 16)
     train_set = torch.utils.data.TensorDataset(
@@ -95,7 +95,7 @@ def test_training_is_seeded() -> None:
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = _tiny([2], [0.5])
+        model = _tiny([1], [0.5])
         fit(model, train_set, cfg, progress=False)
         runs.append(model.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
@@ -131,10 +131,16 @@ def test_bundled_demo_is_trained_and_close_to_its_teacher(digits_test: torch.uti
     images, _ = data.digits_split("test", demo.cfg.img_size)
     with torch.no_grad():
         _, kept = demo.forward_with_indices(data.normalize(images[:64], demo.cfg.mean, demo.cfg.std))
+    # On real images the training forward keeps the same tokens as the reference.
+    with torch.no_grad():
+        train_kept = forward_train(demo, data.normalize(images[:64], demo.cfg.mean, demo.cfg.std)).kept
+    for layer in kept:
+        assert [set(r) for r in train_kept[layer].tolist()] == [set(r) for r in kept[layer].tolist()]
     p = demo.cfg.patch_size
     ink = torch.nn.functional.avg_pool2d(images[:64, :1], p).flatten(1)  # (B, N) mean intensity per patch
     kept_mask = torch.zeros_like(ink, dtype=torch.bool).scatter(1, kept[3][:, 1:] - 1, True)
-    assert ink[kept_mask].mean() > ink[~kept_mask].mean()
+    # (measured on the bundled model: 0.42 against 0.04, i.e. the kept 69% of tokens hold 96% of the ink)
+    assert ink[kept_mask].mean() > 3 * ink[~kept_mask].mean()
 
 
 @needs_demo
@@ -158,3 +164,32 @@ def test_export_onnx_defaults_to_the_demo_and_onnx_runtime_agrees(tmp_path: Path
         reference = demo(batch).numpy()
     assert np.abs(logits - reference).max() < 1e-3
     assert (logits.argmax(1) == reference.argmax(1)).all()
+
+
+def test_finetune_cli_trains_on_an_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from idlevit.finetune import main
+
+    images, labels = data.digits_split("train", 32)
+    for split, rows in (("train", range(0, 16)), ("val", range(16, 24))):
+        for i in rows:
+            folder = tmp_path / "digits" / split / f"class_{int(labels[i]) % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "dense.pth"
+    args = ["--dataset", str(tmp_path / "digits"), "--dense", "--epochs", "1", "--batch-size", "8", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    model = idlevit.load_checkpoint(out, idle_layers=[], keep_ratios=[])
+    assert (model.cfg.name, model.cfg.img_size, model.cfg.patch_size, model.cfg.num_classes) == ("deit_tiny", 32, 4, 2)
+    _, extras = idlevit.read_checkpoint(out)
+    assert "optimizer" not in extras and 0.0 <= extras["train"]["test_top1"] <= 100.0
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+
+
+def test_finetune_cli_needs_a_teacher_for_a_student(tmp_path: Path) -> None:
+    from idlevit.errors import ToolkitError
+    from idlevit.finetune import main
+
+    with pytest.raises(ToolkitError, match="--teacher"):
+        main(["--out", str(tmp_path / "student.pth")])
