@@ -35,6 +35,7 @@ from idlevit.errors import (
 )
 from idlevit.model import IMAGES, LOGITS
 
+from .package import read_labels
 from .sidecar import EngineSidecar, sidecar_path
 
 
@@ -154,12 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ToolkitError(
             "no --model given and no ONNX exported here yet; run `python -m export.onnx` or pass --model"
         )
-    labels = None
-    if args.labels:
-        try:
-            labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
-        except OSError as err:
-            raise ToolkitError(f"cannot read --labels {args.labels}: {err.strerror}") from None
+    labels = read_labels(args.labels)
     runner, meta, note = open_backend(model, args.threads)
     if labels is not None and len(labels) != meta.num_classes:
         raise ToolkitError(f"--labels has {len(labels)} names but the model has {meta.num_classes} classes")

@@ -436,6 +436,16 @@ def write_package(
 
 
 # ---- CLI --------------------------------------------------------------------------------------
+def read_labels(path: str | os.PathLike[str] | None) -> list[str] | None:
+    """Class names, one per line (blank lines skipped); ``None`` when no file is given."""
+    if not path:
+        return None
+    try:
+        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as err:
+        raise ToolkitError(f"cannot read --labels {path}: {err.strerror}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engines.package",
@@ -476,12 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    labels = None
-    if args.labels:
-        try:
-            labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
-        except OSError as err:
-            raise ToolkitError(f"cannot read --labels {args.labels}: {err.strerror}") from None
+    labels = read_labels(args.labels)
     if args.ds_batch_size < 1:
         raise ToolkitError(f"--ds-batch-size {args.ds_batch_size} must be >= 1")
     source = read_source(args.model, args.onnx, args.max_batch, args.precision)
