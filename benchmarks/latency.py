@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 import idlevit
 from export.exporter import export_onnx
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, run_cli
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, cli_parser, run_cli
 from idlevit.fileio import atomic_write
 from idlevit.model import IMAGES
 
@@ -353,12 +353,7 @@ steal each other's cores. Exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} bad flag 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.latency",
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m benchmarks.latency", __doc__, EPILOG)
     parser.add_argument("--arch", default="deit_small", choices=idlevit.list_archs(), help="architecture")
     parser.add_argument(
         "--ckpt", default=None, help="checkpoint to time (default: random weights; timing does not depend on them)"

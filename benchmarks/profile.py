@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from export.metadata import read_metadata
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, run_cli
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, cli_parser, run_cli
 from idlevit.model import IMAGES
 from validate.ort import create_session
 
@@ -77,11 +77,10 @@ def profile_onnx(onnx_path: str | os.PathLike[str], batch: int = 8, runs: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.profile",
-        description=__doc__.split("\n\n")[0],
-        epilog=f"exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} missing or foreign ONNX file.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = cli_parser(
+        "python -m benchmarks.profile",
+        __doc__,
+        f"exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} missing or foreign ONNX file.",
     )
     parser.add_argument("onnx", help="an ONNX file written by `python -m export.onnx`")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")

@@ -31,6 +31,7 @@ from idlevit.errors import (
     EXIT_OK,
     MissingDependencyError,
     ToolkitError,
+    cli_parser,
     run_cli,
 )
 from idlevit.model import IMAGES, LOGITS
@@ -125,12 +126,11 @@ def format_predictions(predictions: list[Prediction], labels: Sequence[str] | No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engines.infer",
-        description=__doc__.split("\n\n")[0],
-        epilog=f"exit codes: {EXIT_OK} classified; {EXIT_BAD_INPUT} missing or unreadable image, model or labels; "
+    parser = cli_parser(
+        "python -m engines.infer",
+        __doc__,
+        f"exit codes: {EXIT_OK} classified; {EXIT_BAD_INPUT} missing or unreadable image, model or labels; "
         f"{EXIT_MISSING_DEPENDENCY} an engine without TensorRT and without its ONNX beside it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     parser.add_argument(

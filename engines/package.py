@@ -29,7 +29,7 @@ from pathlib import Path
 import onnx
 
 from export.metadata import ExportMetadata, read_metadata
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, run_cli
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, cli_parser, run_cli
 from idlevit.fileio import atomic_write
 from idlevit.model import IMAGES, LOGITS, kept_indices_name
 
@@ -447,11 +447,10 @@ def read_labels(path: str | os.PathLike[str] | None) -> list[str] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engines.package",
-        description=__doc__.split("\n\n")[0],
-        epilog=f"exit codes: {EXIT_OK} written; {EXIT_BAD_INPUT} missing or unsuitable model, labels or flag.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = cli_parser(
+        "python -m engines.package",
+        __doc__,
+        f"exit codes: {EXIT_OK} written; {EXIT_BAD_INPUT} missing or unsuitable model, labels or flag.",
     )
     parser.add_argument("model", help="an exported .onnx, or an .engine with its .engine.json sidecar")
     parser.add_argument(

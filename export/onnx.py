@@ -14,7 +14,7 @@ import argparse
 import time
 
 import idlevit
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, run_cli
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, cli_parser, run_cli
 from idlevit.fileio import sha256_file
 from idlevit.schedule import parse_layers, parse_ratios
 
@@ -30,12 +30,7 @@ version and checkpoint sha256 in its metadata_props; `python -m export.trt` find
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m export.onnx",
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m export.onnx", __doc__, EPILOG)
     src = parser.add_argument_group("model")
     src.add_argument(
         "--ckpt",

@@ -32,6 +32,7 @@ from idlevit.errors import (
     CheckFailed,
     MissingDependencyError,
     ToolkitError,
+    cli_parser,
     run_cli,
 )
 
@@ -70,12 +71,7 @@ exit codes: {EXIT_OK} engine built; {EXIT_CHECK_FAILED} a static check or the mi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m export.trt",
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m export.trt", __doc__, EPILOG)
     parser.add_argument(
         "--onnx", default=None, help="exported ONNX (default: the one export.onnx wrote last, see below)"
     )

@@ -6,6 +6,7 @@ Every command line of the toolkit turns a :class:`ToolkitError` into one line on
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -64,3 +65,13 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or EXIT_OK)
+
+
+def cli_parser(prog: str, doc: str | None, epilog: str) -> argparse.ArgumentParser:
+    """The toolkit's argument parser: the module docstring's first paragraph, an epilog kept as written."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=(doc or "").split("\n\n")[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )

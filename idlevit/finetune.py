@@ -30,7 +30,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .configs import list_archs
-from .errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, run_cli
+from .errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, cli_parser, run_cli
 from .losses import CUT_LOSSES
 from .model import IdleViT
 from .schedule import parse_layers, parse_ratios
@@ -52,12 +52,7 @@ exit codes: {EXIT_OK} trained; {EXIT_BAD_INPUT} bad dataset, checkpoint, schedul
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m idlevit.finetune",
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m idlevit.finetune", __doc__, EPILOG)
     parser.add_argument(
         "--recipe",
         choices=["demo"],

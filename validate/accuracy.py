@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from export.metadata import read_metadata
 from idlevit.data import load_dataset, num_classes
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, run_cli
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, cli_parser, run_cli
 from idlevit.fileio import atomic_write
 from idlevit.model import IMAGES, LOGITS
 
@@ -135,12 +135,7 @@ exit codes: {EXIT_OK} measured; {EXIT_BAD_INPUT} bad file, checkpoint, dataset o
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m validate.accuracy",
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m validate.accuracy", __doc__, EPILOG)
     src = parser.add_argument_group("backends")
     src.add_argument("--onnx", required=True, help="exported ONNX file (its metadata gives the schedule and mean/std)")
     src.add_argument(

@@ -36,6 +36,7 @@ from idlevit.errors import (
     EXIT_OK,
     CheckFailed,
     ToolkitError,
+    cli_parser,
     run_cli,
 )
 from idlevit.fileio import sha256_file
@@ -167,12 +168,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m validate.parity",
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m validate.parity", __doc__, EPILOG)
     src = parser.add_argument_group("what to compare")
     src.add_argument("--ckpt", required=True, help="checkpoint the ONNX was exported from ('demo': the bundled demo)")
     src.add_argument(
