@@ -174,17 +174,11 @@ def _fuse_plugin(proto: onnx.ModelProto) -> onnx.ModelProto:
         from plugins.idle_scatter.graph_pass import fuse_idle_scatter
     except ImportError as err:
         raise ToolkitError(f"the fused-scatter graph pass is unavailable ({err}); export without --plugin") from None
+    idle_layers = sum(node.op_type == "TopK" for node in proto.graph.node)  # one TopK per idle layer
     fused, count = fuse_idle_scatter(proto)
-    if count != len(read_idle_layers(proto)):
-        raise ToolkitError(
-            f"--plugin fused {count} scatters but the graph has {len(read_idle_layers(proto))} idle layers"
-        )
+    if count != idle_layers:
+        raise ToolkitError(f"--plugin fused {count} scatters but the graph has {idle_layers} idle layers")
     return fused
-
-
-def read_idle_layers(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The TopK nodes of a graph, one per idle layer."""
-    return [n for n in proto.graph.node if n.op_type == "TopK"]
 
 
 def verify_against_reference(
