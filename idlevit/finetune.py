@@ -3,7 +3,7 @@
 Examples::
 
     python -m idlevit.finetune --recipe demo                     # rebuild the bundled demo (both stages)
-    python -m idlevit.finetune --dense --out teacher.pth         # dense deit_tiny on digits, from scratch
+    python -m idlevit.finetune --dense --out teacher.pth         # dense deit_micro on digits, from scratch
     python -m idlevit.finetune --teacher teacher.pth --out idlevit.pth          # IdleViT r=0.7, cut loss
     python -m idlevit.finetune --teacher teacher.pth --cut-loss none --out plain.pth
     python -m idlevit.finetune --dataset ~/data/flowers --init deit_ckpt.pth --dense --out t.pth
@@ -40,7 +40,7 @@ from .training import TrainConfig, fit, top1
 #: IdleViT student finetuned from it with distillation and the token cut loss.
 DENSE_RECIPE = TrainConfig(epochs=30, batch_size=32, lr=1e-3, warmup_epochs=0.5, max_shift=2)
 STUDENT_RECIPE = TrainConfig(epochs=3, batch_size=32, lr=2e-4, warmup_epochs=0.25, max_shift=2)
-DEMO_ARCH, DEMO_IMG_SIZE, DEMO_PATCH_SIZE = "deit_tiny", 32, 4
+DEMO_ARCH, DEMO_IMG_SIZE, DEMO_PATCH_SIZE = "deit_micro", 32, 4
 
 EPILOG = f"""
 The dense teacher starts from random weights (or --init); the IdleViT student starts from the
@@ -67,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'digits' (scikit-learn's 8x8 digits, fixed train/test split; default) or an ImageFolder "
         "root (ROOT/train and ROOT/val are used when present, else ROOT for both)",
     )
-    src.add_argument("--arch", default=DEMO_ARCH, choices=list_archs(), help="architecture for a model from scratch")
+    src.add_argument(
+        "--arch",
+        default=DEMO_ARCH,
+        choices=list_archs(),
+        help=f"architecture for a model from scratch (default {DEMO_ARCH})",
+    )
     src.add_argument(
         "--img-size", type=int, default=DEMO_IMG_SIZE, help="input size for a model from scratch (default 32)"
     )

@@ -7,7 +7,7 @@ the ONNX records). images/s counts backend inference time only, not data loading
 
 Examples::
 
-    python -m validate.accuracy --ckpt demo --onnx idlevit_deit_tiny_digits_ratio0.7.onnx
+    python -m validate.accuracy --ckpt demo --onnx idlevit_deit_micro_digits_ratio0.7.onnx
     python -m validate.accuracy --onnx model.onnx --engine model.engine --data /data/imagenet --batch-size 64
 """
 

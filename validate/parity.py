@@ -8,7 +8,7 @@ near-ties counted apart) against thresholds chosen by each backend's precision.
 
 Examples::
 
-    python -m validate.parity --ckpt demo --onnx idlevit_deit_tiny_digits_ratio0.7.onnx
+    python -m validate.parity --ckpt demo --onnx idlevit_deit_micro_digits_ratio0.7.onnx
     python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --engine model.engine --data /data/imagenet
     python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --batch-sizes 1,4,32 --atol 1e-4
 """
