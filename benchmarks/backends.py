@@ -38,15 +38,17 @@ class Backend:
 
 
 def ort_options(profile_prefix: str | None = None) -> ort.SessionOptions:
-    """Session options for timing: worker threads that sleep instead of busy-waiting.
+    """Session options for timing: worker threads spin during a run and stop when it returns.
 
-    ONNX Runtime's threads spin after each run by default; with several sessions (and PyTorch)
-    interleaved on a few cores, the waiting sessions' spinning steals the running one's cores,
-    and the timings would measure the neighbours instead of the model.
+    Spinning (ONNX Runtime's default) keeps the wake-up latency of every parallel op out of the
+    run; by default the threads also go on spinning after it, and with several sessions (and
+    PyTorch) interleaved on a few cores, a finished session's spinning steals the next one's
+    cores, so the timings would measure the neighbours. ``session.force_spinning_stop`` ends
+    the spinning when a run returns.
     """
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -111,21 +111,27 @@ def interleaved(
     warmup: int,
     repeats: int,
     progress: bool = True,
+    settle_s: float = 0.0,
 ) -> dict[tuple[str, float], Timing]:
     """Time every runner ``repeats`` times on the same batch, round-robin.
 
     Each repeat runs every configuration once; the start of the round rotates so no
     configuration always follows the same neighbour (caches, frequency, neighbours' threads).
+    Every run starts after ``settle_s`` of sleep: each runtime keeps its own default threading
+    (OpenMP's and ONNX Runtime's workers spin while they wait), and the pause lets the previous
+    run's spinning threads go idle before the next run is timed.
     """
     images = np.random.default_rng(0).standard_normal((batch, 3, img_size, img_size), dtype=np.float32)
     keys = list(runners)
     for key in keys:
         for _ in range(warmup):
+            time.sleep(settle_s)
             runners[key]({IMAGES: images})
     timings = {key: Timing(key[0], key[1], batch) for key in keys}
     for rep in tqdm(range(repeats), desc=f"batch {batch}", unit="round", disable=not progress, leave=False):
         shift = rep % len(keys)
         for key in keys[shift:] + keys[:shift]:
+            time.sleep(settle_s)
             start = time.perf_counter()
             runners[key]({IMAGES: images})
             timings[key].seconds.append(time.perf_counter() - start)
@@ -154,6 +160,7 @@ class BenchResult:
     graph_flops: dict[str, int]  # keep rate -> export-forward (ONNX graph) FLOPs per image
     rows: list[dict[str, float | int | str]]  # one per (batch, backend, keep rate)
     seconds: float = 0.0
+    settle_ms: float = 0.0
     torch_version: str = torch.__version__
     meta: dict[str, str] = field(default_factory=dict)
 
@@ -175,6 +182,7 @@ def run_benchmark(
     workdir: str | Path | None = None,
     progress: bool = True,
     img_size: int | None = None,
+    settle_ms: float = 20.0,
 ) -> BenchResult:
     """Export, time and summarise; see the module docstring."""
     started = time.perf_counter()
@@ -184,8 +192,8 @@ def run_benchmark(
         raise ToolkitError(f"unknown backend(s) {unknown}; choose from: {', '.join(BACKENDS)}")
     if any(not 0.0 < r <= 1.0 for r in keep_rates):
         raise ToolkitError(f"keep rates {list(keep_rates)} must lie in (0, 1]")
-    if min(batch_sizes, default=0) < 1 or repeats < 1 or warmup < 0:
-        raise ToolkitError("batch sizes and --repeats must be >= 1, --warmup >= 0")
+    if min(batch_sizes, default=0) < 1 or repeats < 1 or warmup < 0 or settle_ms < 0:
+        raise ToolkitError("batch sizes and --repeats must be >= 1, --warmup and --settle-ms >= 0")
     skipped = {name: why for name in backends if (why := BACKENDS[name].unavailable())}
     usable = [name for name in backends if name not in skipped]
     models = build_models(arch, keep_rates, ckpt, img_size=img_size)
@@ -211,7 +219,9 @@ def run_benchmark(
                 runners = {key: run for key, run in runners.items() if key[0] != name}
         rows = []
         for batch in batch_sizes:
-            timings = interleaved(runners, batch, models[DENSE].cfg.img_size, warmup, repeats, progress)
+            timings = interleaved(
+                runners, batch, models[DENSE].cfg.img_size, warmup, repeats, progress, settle_ms / 1e3
+            )
             rows += summarise(timings, rates, usable, batch, flops)
     meta = {"cpu": _cpu_name(), "onnxruntime": _version("onnxruntime")}
     return BenchResult(
@@ -227,6 +237,7 @@ def run_benchmark(
         graph_flops,
         rows,
         time.perf_counter() - started,
+        settle_ms,
         meta=meta,
     )
 
@@ -279,8 +290,8 @@ def format_table(result: BenchResult) -> str:
     """A plain-text table per batch size: rows are keep rates, column groups are backends."""
     lines = [
         f"{result.arch}, {result.threads} threads, {result.repeats} interleaved repeats after {result.warmup} "
-        f"warm-up runs; ratio = IdleViT time / dense time (median of per-repeat ratios); "
-        f"speed-up = PyTorch eager time / backend time",
+        f"warm-up runs, {result.settle_ms:g} ms pause before each run",
+        "ratio = IdleViT time / dense time (median of per-repeat ratios); speed-up = PyTorch eager time / backend time",
         "FLOPs ratio: the model's (reference forward, as published); graph FLOPs: the exported graph's, "
         "which ranks tokens without projecting every key",
     ]
@@ -298,9 +309,11 @@ def format_table(result: BenchResult) -> str:
             line = f"{label:>5} {result.flops[str(rate)] / 2e9:7.2f} {flop_ratio:6.3f} {graph_ratio:6.3f} |"
             for name in result.backends:
                 r = result.row(batch, name, rate)
+                speedup = r["speedup_vs_pytorch"]
+                speedup_cell = "    n/a" if math.isnan(float(speedup)) else f"{speedup:6.2f}x"  # PyTorch not timed
                 line += (
                     f" {r['median_ms']:8.1f} {r['p90_ms']:8.1f} {r['throughput']:7.1f} "
-                    f"{r['time_ratio']:6.3f} {r['speedup_vs_pytorch']:6.2f}x |"
+                    f"{r['time_ratio']:6.3f} {speedup_cell} |"
                 )
             lines.append(line)
     for name, why in result.skipped.items():
@@ -347,8 +360,10 @@ def plot(result: BenchResult, path: Path) -> None:
 # ---- CLI ----------------------------------------------------------------------------------
 EPILOG = f"""
 Backends that cannot run here (no CUDA GPU, no onnxruntime-gpu, no TensorRT) are skipped with
-a note. ONNX Runtime sessions run with thread spinning off, so interleaved sessions do not
-steal each other's cores. Exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} bad flag or checkpoint.
+a note. Every runtime keeps its default threading (worker threads spin while they wait); a
+pause before each run (--settle-ms) and ONNX Runtime's session.force_spinning_stop keep a
+finished run's spinning threads off the cores of the next one.
+Exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} bad flag or checkpoint.
 """
 
 
@@ -380,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per configuration (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds per batch size (default 5)")
     parser.add_argument(
+        "--settle-ms",
+        type=float,
+        default=20.0,
+        help="pause before every run, so the previous runtime's spinning threads are idle (default 20)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads for PyTorch and ONNX Runtime (default: all usable cores)"
     )
     parser.add_argument(
@@ -408,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir if args.keep_onnx else None,
         not args.quiet,
         args.img_size,
+        args.settle_ms,
     )
     print(format_table(result))
     write_json(result, out_dir / "latency.json")

@@ -44,6 +44,7 @@ from validate.metrics import (
     top1_agreement,
 )
 from validate.ort import create_session, providers_for
+from validate.reference import token_scores_name
 
 #: Names of the sides in the report: the FP32 graph, the mixed graph as ONNX Runtime's kernels run
 #: it, and the mixed graph with FP16 storage rounding emulated (see engines.precision.emulate_fp16).
@@ -151,8 +152,8 @@ class MixedCheckReport:
 def probe_copy(model: onnx.ModelProto, idle_layers: Sequence[int], with_scores: bool) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs each idle layer's kept positions (and scores).
 
-    Kept positions are the (B, k+1) tensor the layer gathers with (CLS 0 first): the Concat fed
-    by TopK's indices (+1). Scores are TopK's input, cast to FP32.
+    Kept positions are TopK's indices, the (B, k+1) tensor the layer gathers with (CLS 0 first).
+    Scores are TopK's input without its CLS column (B, N), cast to FP32.
     """
     graph = gs.import_onnx(model)
     top_ks = [node for node in graph.nodes if node.op == "TopK"]
@@ -164,31 +165,26 @@ def probe_copy(model: onnx.ModelProto, idle_layers: Sequence[int], with_scores: 
     for layer, top_k in zip(idle_layers, top_ks, strict=True):
         name = kept_indices_name(layer)
         if name not in present:
-            kept = _kept_positions(top_k)
+            kept = top_k.outputs[1]
             kept.name, kept.dtype = name, np.int64
             graph.outputs.append(kept)
         if with_scores:
-            out = gs.Variable(f"token_scores_{layer}", dtype=np.float32)
-            graph.nodes.append(
-                gs.Node("Cast", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[top_k.inputs[0]], outputs=[out])
-            )
+            scores = graph.layer(
+                op="Cast",
+                attrs={"to": onnx.TensorProto.FLOAT},
+                inputs=[top_k.inputs[0]],
+                outputs=[gs.Variable(f"{token_scores_name(layer)}_with_cls", dtype=np.float32)],
+            )[0]
+            bounds = (1, 2**62, 1)  # starts, ends, axes: columns 1.. (the image tokens)
+            image_tokens = [
+                gs.Constant(f"{name}_slice{i}", np.array([v], dtype=np.int64)) for i, v in enumerate(bounds)
+            ]
+            out = gs.Variable(token_scores_name(layer), dtype=np.float32)
+            graph.layer(op="Slice", inputs=[scores, *image_tokens], outputs=[out])
             graph.outputs.append(out)
     probe = gs.export_onnx(graph)
     probe.ir_version = model.ir_version
     return probe
-
-
-def _kept_positions(top_k: gs.Node) -> gs.Variable:
-    """Follow TopK's indices through element-wise ops to the Concat that prepends the CLS position."""
-    tensor = top_k.outputs[1]
-    for _ in range(4):
-        consumers = [node for node in tensor.outputs if node.op in ("Add", "Cast", "Concat")]
-        if not consumers:
-            break
-        if consumers[0].op == "Concat":
-            return consumers[0].outputs[0]
-        tensor = consumers[0].outputs[0]
-    raise ToolkitError(f"cannot find the kept positions after {top_k.name}; re-export with `python -m export.onnx`")
 
 
 def check_inputs(
@@ -300,7 +296,7 @@ def _add_batch(result: CandidateResult, ref, got, layers: list[int], tie_rtol: f
     flipped_before = np.zeros(samples, dtype=bool)
     for layer in layers:
         name = kept_indices_name(layer)
-        status = selection_status(ref[name], got[name], ref[f"token_scores_{layer}"], tie_rtol)
+        status = selection_status(ref[name], got[name], ref[token_scores_name(layer)], tie_rtol)
         status = np.where((status != MATCH) & flipped_before, CASCADE, status)
         flipped_before |= status != MATCH
         sel = result.layers.setdefault(layer, LayerAgreement())

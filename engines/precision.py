@@ -2,8 +2,8 @@
 
 IdleViT's trap: if reduced-precision rounding reorders the CLS-attention scores, TopK keeps
 other tokens and the output drifts. The plan keeps every idle layer's **scoring path** in FP32:
-the nodes between the residual stream and TopK (norm1, the CLS query and the keys of all
-tokens, their product, the head-mean division, TopK itself). Everything else goes to the
+the nodes between the residual stream and TopK (norm1, the CLS query folded into the key
+weights, its product with every token, TopK itself). Everything else goes to the
 reduced precision as the converter judges it (ModelOpt AutoCast keeps nodes whose values
 overflow FP16 in FP32); graph inputs and outputs stay FP32.
 

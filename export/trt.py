@@ -48,7 +48,7 @@ which ONNX: --onnx, else the file `python -m export.onnx` wrote last, as recorde
 commands from the same folder.
 
 precision: --fp32 builds FP32 everywhere (TF32 off). --fp16 keeps every idle layer's scoring
-path (norm1 -> CLS query / keys -> head-mean score -> TopK) in FP32 so FP16 rounding cannot
+path (norm1 -> CLS query folded into the keys -> scores -> TopK) in FP32 so FP16 rounding cannot
 reorder the kept tokens. Strongly typed targets (TensorRT 10.12+, 11.x, TensorRT-RTX) get a
 mixed-precision ONNX, always written (<onnx>_fp16_mixed.onnx beside the input, or beside --out)
 and checked in ONNX Runtime (CPU) against the FP32 graph: as ONNX Runtime's kernels run it, and

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -51,26 +52,36 @@ def cls_token_scores(block: Block, xn: Tensor) -> tuple[Tensor, Tensor]:
     return scores, keys
 
 
-def cls_token_scores_folded(block: Block, xn: Tensor) -> Tensor:
-    """:func:`cls_token_scores` without the keys of all tokens (the export's scoring).
+def cls_ranking_scores(block: Block, xn: Tensor) -> Tensor:
+    """Scores of all N+1 tokens (B, N+1) that rank image tokens as :func:`cls_token_scores` does.
 
-    ``q_cls . (W_k x + b_k) = (q_cls W_k) . x + q_cls . b_k``: the CLS query is folded into
-    the key weights once (C x C per image), so ranking N tokens costs N x C instead of the
-    N x C x C key projection, and keys are then computed for the kept tokens only.
+    The export's scoring. ``q_cls . (W_k x + b_k) = (q_cls W_k) . x + q_cls . b_k``: the CLS
+    query is folded into the key weights once (C x C per image), so ranking N tokens costs
+    N x C instead of the N x C x C key projection; keys are then computed for the kept tokens
+    only. The ``q_cls . b_k`` term and the 1/heads of the head mean are the same for every
+    token of an image, so they are left out: in exact arithmetic they cannot reorder tokens.
+    Column 0 (CLS) is kept so that no copy of the image tokens is sliced out.
     """
-    dim = block.attn.qkv.in_features
+    dim = block.attn.qkv.in_features  # a Python int: weight slices fold to constants on export
     weight, bias = block.attn.qkv.weight, block.attn.qkv.bias
     q_cls = F.linear(xn[:, :1], weight[:dim], None if bias is None else bias[:dim])
-    scores = torch.matmul(torch.matmul(q_cls, weight[dim : 2 * dim]), xn[:, 1:].transpose(1, 2))
-    if bias is not None:
-        scores = scores + torch.matmul(q_cls, bias[dim : 2 * dim, None])
-    return scores.flatten(1) / block.attn.num_heads
+    return torch.matmul(torch.matmul(q_cls, weight[dim : 2 * dim]), xn.transpose(1, 2)).flatten(1)
 
 
 def select_tokens(scores: Tensor, k: int) -> Tensor:
     """Kept token positions (B, k+1), int64: CLS (0) first, then the top-k image tokens (+1)."""
     top = torch.topk(scores, k, dim=1, largest=True, sorted=True).indices + 1
     return torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)
+
+
+def select_tokens_with_cls(scores: Tensor, k: int) -> Tensor:
+    """:func:`select_tokens` from scores of all N+1 tokens: one TopK(k+1), CLS first.
+
+    An infinite score on column 0 puts CLS first and the top-k image tokens after it in
+    descending order, already as token positions, with no shift or concatenation.
+    """
+    cls_first = torch.tensor([math.inf] + [0.0] * (scores.shape[1] - 1), dtype=scores.dtype, device=scores.device)
+    return torch.topk(scores + cls_first, k + 1, dim=1, largest=True, sorted=True).indices
 
 
 def kept_attention(block: Block, q: Tensor, k: Tensor, v: Tensor, tokens: int | None = None) -> Tensor:
@@ -197,11 +208,11 @@ class IdleViT(nn.Module):
         """One idle layer with TopK + GatherElements + ScatterElements and one int64 index.
 
         Tokens are ranked without projecting the keys of all tokens
-        (:func:`cls_token_scores_folded`); q, k and v are computed for the kept tokens only.
+        (:func:`cls_ranking_scores`); q, k and v are computed for the kept tokens only.
         """
         dim = self.cfg.embed_dim
         xn = block.norm1(x)
-        kept = select_tokens(cls_token_scores_folded(block, xn), k)
+        kept = select_tokens_with_cls(cls_ranking_scores(block, xn), k)
         index = kept.unsqueeze(-1).expand(-1, -1, dim)
         q, keys, v = block.attn.qkv(torch.gather(xn, 1, index)).split(dim, dim=-1)
         attn_out = kept_attention(block, q, keys, v, k + 1)

@@ -92,6 +92,20 @@ def test_interleaved_times_every_configuration_each_round() -> None:
     assert timings["fast", 1.0].median_ms >= 10 and timings["fast", 1.0].throughput <= 100
 
 
+def test_settle_pause_happens_before_each_run_and_outside_its_timing() -> None:
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def run(feed: dict) -> None:
+        gaps.append(time.perf_counter() - last[0])
+        time.sleep(0.005)
+        last[0] = time.perf_counter()
+
+    timings = interleaved({("m", 1.0): run}, batch=1, img_size=8, warmup=1, repeats=3, progress=False, settle_s=0.05)
+    assert len(gaps) == 4 and all(gap >= 0.05 for gap in gaps)  # warm-up included
+    assert max(timings["m", 1.0].seconds) < 0.05
+
+
 def test_paired_ratio_cancels_noise_common_to_a_round() -> None:
     """A round where the machine was 10x slower for both configs must not move the ratio."""
     a = Timing("x", 0.5, 1, [0.05, 0.5, 0.05])

@@ -58,7 +58,7 @@ def test_fuses_every_idle_layer_into_a_plugin_node(deit_small_models) -> None:
         assert node.domain == DOMAIN
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         assert attrs == {"plugin_version": b"1", "plugin_namespace": b"idlevit"}
-        assert producers[node.input[1]].op_type == "Concat"  # the (B, K+1) kept rows, not the expanded index
+        assert producers[node.input[1]].op_type == "TopK"  # the (B, K+1) kept rows, not the expanded index
     assert any(o.domain == DOMAIN and o.version == 1 for o in fused.opset_import)
     assert fused.metadata_props == original.metadata_props
     onnx.checker.check_model(fused, full_check=True)

@@ -38,9 +38,11 @@ def save_edited(graph: gs.Graph, source: Path, out: Path) -> Path:
     return out
 
 
-def kept_concat(graph: gs.Graph, layer: int) -> gs.Node:
-    """The Concat that prepends CLS to an idle layer's TopK positions (it outputs kept_indices_<layer>)."""
-    return graph.tensors()[f"kept_indices_{layer}"].inputs[0]
+def kept_topk(graph: gs.Graph, layer: int) -> gs.Node:
+    """An idle layer's TopK, whose indices (CLS first) are the output kept_indices_<layer>."""
+    topk = graph.tensors()[f"kept_indices_{layer}"].inputs[0]
+    assert topk.op == "TopK"
+    return topk
 
 
 def test_faithful_export_passes_with_every_metric(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path) -> None:
@@ -85,13 +87,13 @@ def test_perturbed_weight_fails_with_a_readable_explanation(
 
 def test_swapping_two_kept_tokens_order_passes(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path) -> None:
     graph = gs.import_onnx(onnx.load(digits_onnx))
-    concat = kept_concat(graph, 3)
+    topk = kept_topk(graph, 3)
     k1 = read_metadata(digits_onnx).keep_tokens[0] + 1
     order = np.arange(k1, dtype=np.int64)
     order[[1, 2]] = order[[2, 1]]  # the two highest-scoring image tokens trade places
-    kept = concat.outputs[0]
+    kept = topk.outputs[1]
     unordered = gs.Variable("kept_unswapped_3", dtype=np.int64)
-    concat.outputs = [unordered]
+    topk.outputs = [topk.outputs[0], unordered]
     graph.nodes.append(
         gs.Node("Gather", inputs=[unordered, gs.Constant("swap_order", order)], outputs=[kept], attrs={"axis": 1})
     )
@@ -118,12 +120,10 @@ def set_wrong_k(graph: gs.Graph, layer: int, wrong_k: int) -> int:
     Static token counts the export wrote for that layer (head-split Reshapes of k+1 tokens) follow
     the new k, so the graph still runs and only the selection is wrong, as with a real bug.
     """
-    concat = kept_concat(graph, layer)
-    topk = concat.inputs[1].inputs[0].inputs[0].inputs[0]  # Concat <- Add 1 <- TopK.indices
-    assert topk.op == "TopK"
-    k = int(topk.inputs[1].values.reshape(-1)[0])
-    topk.inputs[1] = gs.Constant(f"wrong_k_{layer}", np.array([wrong_k], dtype=np.int64))
-    pending, seen = list(concat.outputs[0].outputs), set()
+    topk = kept_topk(graph, layer)
+    k = int(topk.inputs[1].values.reshape(-1)[0]) - 1  # TopK keeps CLS and k image tokens
+    topk.inputs[1] = gs.Constant(f"wrong_k_{layer}", np.array([wrong_k + 1], dtype=np.int64))
+    pending, seen = list(topk.outputs[1].outputs), set()
     while pending:  # the layer's nodes: downstream of its indices, up to its write-back
         node = pending.pop()
         if id(node) in seen:
