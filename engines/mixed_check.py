@@ -38,9 +38,9 @@ from validate.metrics import (
     MATCH,
     MISMATCH,
     NEAR_TIE,
+    cascaded_selection_status,
     kept_token_agreement,
     max_abs_error,
-    selection_status,
     top1_agreement,
 )
 from validate.ort import create_session, providers_for
@@ -293,12 +293,9 @@ def _add_batch(result: CandidateResult, ref, got, layers: list[int], tie_rtol: f
     result.top1_matches += round(top1_agreement(ref[LOGITS], got[LOGITS]) * samples)
     result.top1_near_tie += int(np.sum(near))
     result.max_abs = max(result.max_abs, max_abs_error(ref[LOGITS], got[LOGITS]))
-    flipped_before = np.zeros(samples, dtype=bool)
-    for layer in layers:
-        name = kept_indices_name(layer)
-        status = selection_status(ref[name], got[name], ref[token_scores_name(layer)], tie_rtol)
-        status = np.where((status != MATCH) & flipped_before, CASCADE, status)
-        flipped_before |= status != MATCH
+    names = [kept_indices_name(layer) for layer in layers]
+    arrays = [(ref[name], got[name], ref[token_scores_name(layer)]) for name, layer in zip(names, layers)]
+    for layer, name, status in zip(layers, names, cascaded_selection_status(arrays, tie_rtol)):
         sel = result.layers.setdefault(layer, LayerAgreement())
         sel.rows += samples
         sel.matched += int(np.sum(status == MATCH))

@@ -39,7 +39,15 @@ from polygraphy.comparator import (
 from idlevit.errors import ToolkitError
 from idlevit.model import LOGITS, kept_indices_name
 
-from .metrics import CASCADE, MATCH, MISMATCH, NEAR_TIE, kept_token_agreement, selection_status, top1_agreement
+from .metrics import (
+    CASCADE,
+    MATCH,
+    MISMATCH,
+    NEAR_TIE,
+    cascaded_selection_status,
+    kept_token_agreement,
+    top1_agreement,
+)
 from .reference import token_scores_name
 
 
@@ -204,21 +212,25 @@ class SelectionCompareFunc(_PerBackend):
         backend = iter_result1.runner_name
         tie_rtol = self._thresholds(backend).tie_rtol
         results: OrderedDict[str, SelectionResult] = OrderedDict()
-        flipped_before: np.ndarray | None = None  # samples that flipped at an earlier idle layer
         tie_first: np.ndarray | None = None  # samples whose first flip was a near-tie
         self.tie_flipped.pop(backend, None)
-        for layer in self.idle_layers:
+        present = [
+            layer
+            for layer in self.idle_layers
+            if kept_indices_name(layer) in iter_result0 and kept_indices_name(layer) in iter_result1
+        ]
+        arrays = [
+            (
+                np.asarray(iter_result0[kept_indices_name(layer)]),
+                np.asarray(iter_result1[kept_indices_name(layer)]),
+                np.asarray(iter_result0[token_scores_name(layer)]),
+            )
+            for layer in present
+        ]
+        for layer, (ref, got, _), status in zip(present, arrays, cascaded_selection_status(arrays, tie_rtol)):
             name = kept_indices_name(layer)
-            if name not in iter_result0 or name not in iter_result1:
-                continue
-            ref, got = np.asarray(iter_result0[name]), np.asarray(iter_result1[name])
-            scores = np.asarray(iter_result0[token_scores_name(layer)])
-            status = selection_status(ref, got, scores, tie_rtol)
-            if flipped_before is None or tie_first is None:
-                flipped_before, tie_first = np.zeros(ref.shape[0], dtype=bool), np.zeros(ref.shape[0], dtype=bool)
-            status = np.where((status != MATCH) & flipped_before, CASCADE, status)
-            tie_first |= status == NEAR_TIE  # a near-tie is always a first flip (later ones are cascades)
-            flipped_before |= status != MATCH
+            near_tie = status == NEAR_TIE  # a near-tie is always a first flip (later ones are cascades)
+            tie_first = near_tie if tie_first is None else tie_first | near_tie
             shape_note = "" if got.shape == ref.shape else f"shape {tuple(got.shape)}, reference {tuple(ref.shape)}"
             agreement = kept_token_agreement(ref, got) if got.ndim == 2 and got.shape[0] == ref.shape[0] else 0.0
             example = _describe_first_mismatch(ref, got, status)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -59,6 +61,27 @@ def selection_status(
         if margin <= tie_rtol * np.abs(scores).max():
             status[row] = NEAR_TIE
     return status
+
+
+def cascaded_selection_status(
+    layers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], tie_rtol: float
+) -> list[np.ndarray]:
+    """:func:`selection_status` of each idle layer in order, following every sample through them.
+
+    ``layers`` holds one (reference kept, other kept, reference scores) triple per idle layer,
+    first layer first. A sample's flips after its first one are CASCADE: that layer saw other
+    token states, which the reference's scores no longer describe.
+    """
+    statuses: list[np.ndarray] = []
+    flipped_before: np.ndarray | None = None
+    for reference_kept, other_kept, reference_scores in layers:
+        status = selection_status(reference_kept, other_kept, reference_scores, tie_rtol)
+        if flipped_before is None:
+            flipped_before = np.zeros(status.shape[0], dtype=bool)
+        status = np.where((status != MATCH) & flipped_before, CASCADE, status)
+        flipped_before |= status != MATCH
+        statuses.append(status)
+    return statuses
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:

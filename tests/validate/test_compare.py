@@ -8,7 +8,15 @@ from polygraphy.comparator import Comparator, IterationResult, RunResults
 from polygraphy.logger import G_LOGGER
 
 from validate.compare import FUNCS, PRESETS, SelectionCompareFunc, Top1CompareFunc, compare_funcs, preset
-from validate.metrics import MATCH, MISMATCH, NEAR_TIE, selection_status, topk_correct
+from validate.metrics import (
+    CASCADE,
+    MATCH,
+    MISMATCH,
+    NEAR_TIE,
+    cascaded_selection_status,
+    selection_status,
+    topk_correct,
+)
 
 #: Reference scores of 8 image tokens (positions 1..8). With k = 3 the reference keeps
 #: positions {1, 2, 3}; tokens 3 and 4 (positions 3, 4) sit 1e-6 apart at the k-th boundary,
@@ -73,6 +81,16 @@ def test_near_tie_then_cascade_is_counted_apart_from_real_mismatches() -> None:
     assert (strict["kept_indices_3"].near_tie, strict["kept_indices_3"].mismatch) == (0, 1)
     assert layer3.agreement == pytest.approx((3 / 4 + 1) / 2)
     assert "sample 1" in layer4.example and "[3]" in layer4.example and "[8]" in layer4.example
+
+
+def test_cascaded_status_marks_flips_after_a_samples_first_flip() -> None:
+    ref, scores = np.stack([REF_ROW, REF_ROW]), np.stack([SCORES, SCORES])
+    layer3 = (ref, np.array([[0, 1, 2, 4], [0, 3, 2, 1]]), scores)  # sample 0: near-tie; sample 1: match
+    layer4 = (ref, np.array([[0, 5, 6, 7], [0, 1, 2, 8]]), scores)  # both flip far from the boundary
+    first, second = cascaded_selection_status([layer3, layer4], tie_rtol=1e-4)
+    assert first.tolist() == [NEAR_TIE, MATCH]
+    assert second.tolist() == [CASCADE, MISMATCH]  # sample 0 had flipped before; sample 1 had not
+    assert cascaded_selection_status([], tie_rtol=1e-4) == []
 
 
 def test_layers_without_index_outputs_are_skipped() -> None:
