@@ -16,7 +16,7 @@ import time
 import idlevit
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, cli_parser, run_cli
 from idlevit.fileio import sha256_file
-from idlevit.schedule import parse_layers, parse_ratios
+from idlevit.schedule import add_schedule_arguments, schedule_arguments
 
 from .exporter import DEFAULT_OPSET, SUPPORTED_OPSETS, default_output_path, export_onnx
 from .state import record_last_export
@@ -45,24 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-init", action="store_true", help="no checkpoint: random weights of --arch (to try the pipeline)"
     )
     sched = parser.add_argument_group("idle schedule (checkpoints store none)")
-    sched.add_argument(
-        "--keep-rate",
-        type=float,
-        default=None,
-        help="base keep rate r; idle layers keep r, r², r³ in three groups (default 0.7, the published schedules)",
-    )
-    sched.add_argument(
-        "--idle-layers",
-        type=parse_layers,
-        default=None,
-        help="idle blocks, e.g. '3..11' or '3,4,5' (default: the arch's published layers)",
-    )
-    sched.add_argument(
-        "--keep-ratios",
-        type=parse_ratios,
-        default=None,
-        help="one keep ratio per idle layer, e.g. '0.7,0.7,0.7,0.49,...'",
-    )
+    add_schedule_arguments(sched)
     graph = parser.add_argument_group("graph")
     graph.add_argument(
         "--img-size",
@@ -102,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ToolkitError(f"--batch {args.batch} must be >= 1 (omit it for a dynamic batch)")
     if args.random_init and args.ckpt:
         raise ToolkitError("give either --ckpt or --random-init, not both")
-    schedule = {"keep_rate": args.keep_rate, "idle_layers": args.idle_layers, "keep_ratios": args.keep_ratios}
+    schedule = schedule_arguments(args)
     started = time.perf_counter()
     if args.random_init:
         if not args.arch:

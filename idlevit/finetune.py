@@ -33,7 +33,7 @@ from .configs import list_archs
 from .errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, cli_parser, run_cli
 from .losses import CUT_LOSSES
 from .model import IdleViT
-from .schedule import parse_layers, parse_ratios
+from .schedule import add_schedule_arguments, schedule_arguments
 from .training import TrainConfig, fit, top1
 
 #: The demo recipe (and the defaults of this command): a dense teacher from scratch, then the
@@ -88,9 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dense", action="store_true", help="train a dense model (no idle layers): the teacher")
     src.add_argument("--teacher", default=None, help="dense teacher checkpoint to distil from (a student needs one)")
     sched = parser.add_argument_group("idle schedule of the student")
-    sched.add_argument("--keep-rate", type=float, default=None, help="base keep rate r (default 0.7): r, r², r³")
-    sched.add_argument("--idle-layers", type=parse_layers, default=None, help="idle blocks, e.g. '3..11' (default)")
-    sched.add_argument("--keep-ratios", type=parse_ratios, default=None, help="one keep ratio per idle layer")
+    add_schedule_arguments(sched)
     sched.add_argument(
         "--cut-loss", choices=CUT_LOSSES, default="both", help="token cut loss terms (default both; none: off)"
     )
@@ -131,7 +129,7 @@ def _train_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
 def _schedule(args: argparse.Namespace) -> dict[str, Any]:
     if args.dense:
         return {"idle_layers": [], "keep_ratios": []}
-    return {"keep_rate": args.keep_rate, "idle_layers": args.idle_layers, "keep_ratios": args.keep_ratios}
+    return schedule_arguments(args)
 
 
 def build_student(args: argparse.Namespace, classes: int) -> IdleViT:

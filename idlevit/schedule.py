@@ -6,9 +6,11 @@ and is recorded in every exported artefact.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .configs import ArchConfig, published_keep_ratios
 from .errors import ScheduleError
@@ -101,3 +103,30 @@ def parse_ratios(text: str) -> list[float]:
         return [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise ScheduleError(f"cannot read keep ratios {text!r}; write e.g. '0.7,0.7,0.49'") from None
+
+
+def add_schedule_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--keep-rate``, ``--idle-layers`` and ``--keep-ratios``: the schedule flags of every command."""
+    group.add_argument(
+        "--keep-rate",
+        type=float,
+        default=None,
+        help="base keep rate r; idle layers keep r, r², r³ in three groups (default 0.7, the published schedules)",
+    )
+    group.add_argument(
+        "--idle-layers",
+        type=parse_layers,
+        default=None,
+        help="idle blocks, e.g. '3..11' or '3,4,5' (default: the arch's published layers)",
+    )
+    group.add_argument(
+        "--keep-ratios",
+        type=parse_ratios,
+        default=None,
+        help="one keep ratio per idle layer, e.g. '0.7,0.7,0.7,0.49,...'",
+    )
+
+
+def schedule_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of :func:`add_schedule_arguments` as ``create_model``/``load_checkpoint`` keywords."""
+    return {"keep_rate": args.keep_rate, "idle_layers": args.idle_layers, "keep_ratios": args.keep_ratios}
