@@ -8,8 +8,6 @@ so a timed ``infer`` includes finishing the device work.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +16,13 @@ from pathlib import Path
 import onnxruntime as ort
 from polygraphy.backend.base import BaseRunner
 
+from engines.builder import BuildOptions
+from engines.ort import cuda_usable, ort_runner
+from engines.runtime import tensorrt_runner
+from export.engine import export_engine
 from idlevit.errors import ToolkitError
 from idlevit.model import IdleViT
-from validate.ort import cuda_usable, ort_runner
 from validate.reference import TorchRunner
-from validate.runners import tensorrt_runner
 
 #: The eager reference every other backend's speed-up is measured against.
 REFERENCE = "pytorch"
@@ -67,14 +67,11 @@ def _onnxruntime(device: str) -> Callable[[IdleViT, Path, int, int], BaseRunner]
 
 
 def _tensorrt(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
-    """Build an FP32 engine with ``python -m export.trt`` (its output kept quiet), then load it."""
-    from export.trt import main as build
-
-    engine = onnx_path.with_suffix(".engine")
-    argv = ["--onnx", os.fspath(onnx_path), "--out", os.fspath(engine), "--fp32", "--no-trtcheck"]
-    argv += ["--min-batch", "1", "--opt-batch", str(max_batch), "--max-batch", str(max_batch)]
-    with contextlib.redirect_stdout(io.StringIO()):
-        build(argv)
+    """Build an FP32 engine as ``python -m export.trt`` does (its messages kept quiet), then load it."""
+    options = BuildOptions(min_batch=1, opt_batch=max_batch, max_batch=max_batch)
+    engine = export_engine(
+        onnx_path, out=onnx_path.with_suffix(".engine"), options=options, trtcheck=False, echo=lambda _line: None
+    )
     return tensorrt_runner(engine)
 
 
@@ -83,12 +80,12 @@ def _no_cuda() -> str | None:
 
 
 def _no_tensorrt() -> str | None:
-    import torch
+    import torch  # lazy: torch only to ask whether a CUDA GPU is visible
 
     if not torch.cuda.is_available():
         return "needs TensorRT and a CUDA GPU"
     try:
-        from engines.tensorrt_api import installed_runtimes
+        from engines.tensorrt_api import installed_runtimes  # lazy: TensorRT is optional
     except (ImportError, ToolkitError) as err:
         return f"engines/ cannot load TensorRT ({err})"
     return None if installed_runtimes() else "TensorRT is not installed (pip install -e '.[trt]')"

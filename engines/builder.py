@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import idlevit
-from export.metadata import ExportMetadata, read_metadata
 from idlevit.errors import BuildError, ToolkitError
 from idlevit.fileio import atomic_write, sha256_file
-from idlevit.model import IMAGES
+from idlevit.metadata import ExportMetadata, read_metadata
+from idlevit.names import IMAGES
+from idlevit.sidecar import EngineSidecar, sidecar_path
 
-from .precision import PrecisionPlan
-from .sidecar import EngineSidecar, current_gpu, sidecar_path
+from .compatibility import current_gpu
+from .plan import Method, PrecisionPlan
 from .target import RTX_DEFAULT_COMPUTE_CAPABILITIES, TENSORRT_RTX, Target
 
 
@@ -93,7 +94,7 @@ def command_line(
         args.append("--noTF32")
         if plan.strongly_typed:
             args.append("--stronglyTyped")
-        elif plan.method == "builder-flags":
+        elif plan.method is Method.BUILDER_FLAGS:
             args += ["--fp16", "--precisionConstraints=obey"]
             args.append("--layerPrecisions=" + ",".join(f"{name}:fp32" for name in plan.fp32_nodes))
         if options.timing_cache and target.has_timing_cache:
@@ -119,7 +120,7 @@ def build_engine(
     ``source_onnx`` is the exported FP32 graph it came from. TensorRT must already be bound
     (:func:`engines.tensorrt_api.use_runtime`).
     """
-    from . import tensorrt_api as api
+    from . import tensorrt_api as api  # lazy: TensorRT is optional
 
     runtime = api.bound_runtime()
     meta = read_metadata(onnx_path)
@@ -139,7 +140,7 @@ def build_engine(
         profiles=[options.profile(meta)],
         workspace_bytes=options.workspace_mib * (1 << 20) if options.workspace_mib else None,
         optimization_level=options.optimization_level,
-        fp16_flag=plan.method == "builder-flags",
+        fp16_flag=plan.method is Method.BUILDER_FLAGS,
         fp32_nodes=plan.fp32_nodes,
         timing_cache=options.timing_cache,
         compute_capabilities=options.compute_capabilities,

@@ -165,7 +165,7 @@ def trtcheck_target(target: Target) -> str:
 
 def run_trtcheck(model: onnx.ModelProto, target: Target, plugin_domains: tuple[str, ...] = ()) -> list[Finding]:
     """trtcheck's findings as :class:`Finding`; known false positives folded into one info line."""
-    from trtcheck.analyzer import Analyzer, AnalyzerConfig
+    from trtcheck.analyzer import Analyzer, AnalyzerConfig  # lazy: trtcheck is optional
 
     config = AnalyzerConfig(
         target_trt=trtcheck_target(target),

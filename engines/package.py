@@ -28,14 +28,17 @@ from pathlib import Path
 
 import onnx
 
-from export.metadata import ExportMetadata, read_metadata
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, cli_parser, run_cli
+from idlevit.cli import cli_parser, run_cli
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError
 from idlevit.fileio import atomic_write
-from idlevit.model import IMAGES, LOGITS, kept_indices_name
+from idlevit.metadata import ExportMetadata, read_metadata
+from idlevit.names import IMAGES, LOGITS, kept_indices_name
+from idlevit.sidecar import EngineSidecar, sidecar_path
 
 from .builder import BuildOptions, command_line
-from .precision import FP16, FP32, plan_precision
-from .sidecar import EngineSidecar, sidecar_path
+from .labels import read_labels
+from .plan import FP16, FP32
+from .precision import plan_precision
 from .target import Target
 
 #: TensorRT line of current JetPack releases (JetPack 6.x ships TensorRT 10.3): weakly typed, so
@@ -436,16 +439,6 @@ def write_package(
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-def read_labels(path: str | os.PathLike[str] | None) -> list[str] | None:
-    """Class names, one per line (blank lines skipped); ``None`` when no file is given."""
-    if not path:
-        return None
-    try:
-        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except OSError as err:
-        raise ToolkitError(f"cannot read --labels {path}: {err.strerror}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser(
         "python -m engines.package",

@@ -23,52 +23,23 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from export.metadata import read_metadata, write_metadata
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write
+from idlevit.metadata import read_metadata, write_metadata
 
+from .plan import FP16, FP32, PRECISIONS, Method, PrecisionPlan
 from .target import Target
 
-FP32, FP16 = "fp32", "fp16"
-#: Precisions the plan knows today (bf16 / int8 / fp8 slot in here: one entry and one converter each).
-PRECISIONS = (FP32, FP16)
 #: Ops whose first input is the residual stream an idle layer reads and writes back.
 _WRITE_BACK_OPS = ("ScatterElements", "IdleScatter")
 MODELOPT_INSTALL = "pip install -e '.[fp16]' (nvidia-modelopt without its [onnx] extra, onnxslim, lief, cppimport)"
-
-
-@dataclass
-class PrecisionPlan:
-    """A decision, recorded in the engine's sidecar."""
-
-    precision: str  # what the user asked for: "fp32" or "fp16"
-    target: str  # e.g. "tensorrt-rtx 1.7.1.116"
-    strongly_typed: bool
-    method: str  # "fp32", "mixed-onnx" (types in the graph) or "builder-flags" (FP16 flag + per-layer FP32)
-    fp32_nodes: list[str] = field(default_factory=list)  # the scoring path, kept FP32 by the plan
-    converter: str = ""  # what produced the mixed graph, e.g. "modelopt.onnx.autocast 0.47.0"
-    keep_io_types: bool = True
-    tf32: bool = False  # FP32 layers are IEEE FP32 (TF32 would round the scores like FP16 does)
-
-    @property
-    def needs_mixed_onnx(self) -> bool:
-        return self.method == "mixed-onnx"
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        if self.method == FP32:
-            return f"FP32 everywhere ({'strongly typed' if self.strongly_typed else 'weakly typed'} network, no TF32)"
-        how = "mixed-precision ONNX" if self.needs_mixed_onnx else "FP16 builder flag + per-layer FP32 constraints"
-        return f"FP16 with {len(self.fp32_nodes)} scoring-path nodes kept FP32 ({how}, I/O FP32, no TF32)"
 
 
 def scoring_path_nodes(model: onnx.ModelProto) -> list[str]:
@@ -111,11 +82,11 @@ def plan_precision(model: onnx.ModelProto, precision: str, target: Target) -> Pr
     if precision not in PRECISIONS:
         raise ToolkitError(f"precision {precision!r} is not supported yet; choose one of: {', '.join(PRECISIONS)}")
     if precision == FP32:
-        return PrecisionPlan(FP32, target.label, target.strongly_typed, FP32)
+        return PrecisionPlan(FP32, target.label, target.strongly_typed, Method.FP32)
     fp32_nodes = scoring_path_nodes(model)
     if target.strongly_typed:
-        return PrecisionPlan(precision, target.label, True, "mixed-onnx", fp32_nodes, converter=_autocast_label())
-    return PrecisionPlan(precision, target.label, False, "builder-flags", fp32_nodes)
+        return PrecisionPlan(precision, target.label, True, Method.MIXED_ONNX, fp32_nodes, converter=_autocast_label())
+    return PrecisionPlan(precision, target.label, False, Method.BUILDER_FLAGS, fp32_nodes)
 
 
 def mixed_onnx_path(onnx_path: str | os.PathLike[str], precision: str = FP16, out_dir: Path | None = None) -> Path:
@@ -130,8 +101,8 @@ def convert_mixed(onnx_path: str | os.PathLike[str], fp32_nodes: list[str], prec
     The IdleViT metadata is carried over with ``precision`` set and the graph's real opset.
     """
     try:
-        from modelopt.onnx.autocast import convert_to_mixed_precision
-        from modelopt.onnx.autocast.logging_config import configure_logging
+        from modelopt.onnx.autocast import convert_to_mixed_precision  # lazy: ModelOpt is optional
+        from modelopt.onnx.autocast.logging_config import configure_logging  # lazy: as above
     except ImportError as err:
         raise MissingDependencyError(f"ModelOpt AutoCast is not importable ({err}); {MODELOPT_INSTALL}") from None
     meta = read_metadata(onnx_path)
@@ -243,8 +214,6 @@ _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 def _autocast_label() -> str:
     try:
-        from importlib.metadata import version
-
         return f"modelopt.onnx.autocast {version('nvidia-modelopt')}"
     except Exception:  # noqa: BLE001 - a label only
         return "modelopt.onnx.autocast"

@@ -28,11 +28,13 @@ from polygraphy.datatype import DataType
 
 from idlevit.errors import ToolkitError
 from idlevit.fileio import sha256_file
-from idlevit.model import IMAGES
+from idlevit.names import IMAGES
+from idlevit.sidecar import EngineSidecar, sidecar_path
 
-from .sidecar import EngineMismatchError, EngineSidecar, check_compatible, current_gpu, sidecar_path
+from .compatibility import EngineMismatchError, check_compatible, current_gpu
 
-TENSORRT_RUNNER = "tensorrt"
+#: Runner name of an engine in reports (validate/, benchmarks/).
+TENSORRT = "tensorrt"
 
 
 @dataclass
@@ -50,7 +52,7 @@ def load_checked(engine_path: str | os.PathLike[str], plugins: list[str] | None 
     Returns ``(sidecar, engines.tensorrt_api.LoadedEngine)``. ``plugins`` defaults to the
     libraries next to the engine that the sidecar names.
     """
-    from . import tensorrt_api as api
+    from . import tensorrt_api as api  # lazy: TensorRT is optional
 
     engine_path = Path(engine_path)
     if not engine_path.is_file():
@@ -78,7 +80,7 @@ class TrtEngineRunner(BaseRunner):
         name: str | None = None,
         verify_sha: bool = True,
     ) -> None:
-        super().__init__(name=name or TENSORRT_RUNNER, prefix="trt-engine-runner")
+        super().__init__(name=name or TENSORRT, prefix="trt-engine-runner")
         self.engine_path = Path(engine_path)
         self.plugins = plugins
         self.verify_sha = verify_sha
@@ -87,7 +89,7 @@ class TrtEngineRunner(BaseRunner):
 
     # ---- Polygraphy's runner protocol --------------------------------------------------------
     def activate_impl(self) -> None:
-        import torch
+        import torch  # lazy: CUDA buffers only once an engine runs
 
         self.sidecar, loaded = load_checked(self.engine_path, self.plugins, self.verify_sha)
         self._active = _Active(loaded, loaded.create_context(), torch.cuda.Stream())
@@ -118,9 +120,9 @@ class TrtEngineRunner(BaseRunner):
 
     # ---- one chunk -----------------------------------------------------------------------------
     def _run(self, images: np.ndarray) -> tuple[OrderedDict[str, np.ndarray], float]:
-        import torch
+        import torch  # lazy: CUDA buffers only once an engine runs
 
-        from . import tensorrt_api as api
+        from . import tensorrt_api as api  # lazy: TensorRT is optional
 
         active = self.active
         low, _, high = active.loaded.profile_shape(IMAGES)
@@ -145,3 +147,10 @@ class TrtEngineRunner(BaseRunner):
         active.stream.synchronize()
         seconds = time.perf_counter() - start
         return OrderedDict((name, tensor.cpu().numpy()) for name, tensor in outputs.items()), seconds
+
+
+def tensorrt_runner(engine_path: str | os.PathLike[str]) -> TrtEngineRunner:
+    """A runner over a serialized engine, named ``tensorrt``; refuses a missing file up front."""
+    if not Path(engine_path).is_file():
+        raise ToolkitError(f"engine {os.fspath(engine_path)!r} does not exist; build one with `python -m export.trt`")
+    return TrtEngineRunner(os.fspath(engine_path), name=TENSORRT)

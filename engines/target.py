@@ -13,6 +13,8 @@ from idlevit.errors import ToolkitError
 TENSORRT = "tensorrt"
 TENSORRT_RTX = "tensorrt-rtx"
 RUNTIMES = (TENSORRT, TENSORRT_RTX)
+#: Version planned for when a runtime is named but not installed (``--trt-version`` overrides it).
+PLAN_VERSIONS = {TENSORRT: "10.13", TENSORRT_RTX: "1.7"}
 
 #: TopK's largest K in TensorRT (onnx-tensorrt operators.md: K must be at most 3840).
 TOPK_MAX_K = 3840
@@ -41,7 +43,7 @@ class Target:
         for runtime in sorted(RUNTIMES, key=len, reverse=True):
             if text == runtime or text.startswith(runtime + "-"):
                 rest = text[len(runtime) + 1 :]
-                default = (1, 7) if runtime == TENSORRT_RTX else (10, 13)
+                default = tuple(int(p) for p in PLAN_VERSIONS[runtime].split("."))
                 try:
                     version = tuple(int(p) for p in rest.split(".")) if rest else default
                 except ValueError:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from idlevit.errors import BuildError, MissingDependencyError, ToolkitError
+from idlevit.fileio import atomic_write
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -327,7 +328,6 @@ def _load_timing_cache(config: trt.IBuilderConfig, path: str | None) -> trt.ITim
 
 
 def _save_timing_cache(config: trt.IBuilderConfig, path: str) -> None:
-    from idlevit.fileio import atomic_write
 
     cache = config.get_timing_cache()
     with atomic_write(path) as handle:

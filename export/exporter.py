@@ -2,56 +2,38 @@
 
 The steps follow TensorRT's ``create_onnx.py`` samples: trace -> graph-surgeon clean-up
 (constant folding, cleanup, toposort, readable I/O names) -> ONNX checker (full) and shape
-inference -> metadata -> atomic write -> a quick ONNX Runtime check against PyTorch.
+inference -> metadata -> atomic write -> a parity run of the written file against PyTorch
+(:mod:`validate.judge`, FP32 thresholds), which fails the export when it does not hold.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import torch
-from tqdm import tqdm
 
 import idlevit
-from idlevit.errors import ToolkitError
-from idlevit.fileio import atomic_write
-from idlevit.model import IMAGES, IdleViT
+from engines.plan import FP32
+from idlevit.cli import progress as progress_bar
+from idlevit.errors import CheckFailed, ToolkitError
+from idlevit.fileio import atomic_write, sha256_file
+from idlevit.metadata import ExportMetadata, write_metadata
+from idlevit.model import IdleViT
+from idlevit.names import IMAGES
+from plugins.idle_scatter.graph_pass import fuse_idle_scatter
+from validate.inputs import InputSpec
+from validate.judge import run_parity
+from validate.report import ParityReport
 
-from .metadata import ExportMetadata, write_metadata
-
-#: Opsets whose export is tested; TopK/GatherElements/ScatterElements all exist from 11 on.
-SUPPORTED_OPSETS = range(13, 21)
-DEFAULT_OPSET = 17
-#: Ops that must never appear: they break static shapes, batch-dynamism or TensorRT support.
-FORBIDDEN_OPS = frozenset({"ScatterND", "NonZero", "Loop", "If"})
-
-
-@dataclass
-class ExportSummary:
-    """What the post-export ONNX Runtime check measured against the PyTorch reference."""
-
-    batch: int
-    max_abs_error: float
-    top1_agreement: float
-    kept_token_agreement: float | None  # None when the graph has no index outputs
-
-    def __str__(self) -> str:
-        kept = (
-            "n/a (export with --with-indices)"
-            if self.kept_token_agreement is None
-            else (f"{self.kept_token_agreement:.2%}")
-        )
-        return (
-            f"ONNX Runtime vs PyTorch on a random batch of {self.batch}: max abs logit error "
-            f"{self.max_abs_error:.2e}, top-1 agreement {self.top1_agreement:.0%}, kept-token agreement {kept}"
-        )
+from .contract import DEFAULT_OPSET, FORBIDDEN_OPS, SUPPORTED_OPSETS
 
 
 def trace(
@@ -142,11 +124,16 @@ def export_onnx(
     checkpoint_sha256: str = "",
     verify_batch: int = 3,
     progress: bool = True,
-) -> ExportSummary | None:
-    """Export ``model`` to ``out`` and check it; returns the ONNX Runtime summary (None if skipped)."""
+) -> ParityReport | None:
+    """Export ``model`` to ``out``, then judge the file against the model; returns the verdict (None if skipped).
+
+    The check is a parity run (ONNX Runtime on the CPU against the PyTorch reference, FP32
+    thresholds, on ``verify_batch`` seeded random images); when it fails, :class:`CheckFailed`
+    names the first failed metric and the file, which is kept for inspection.
+    """
     steps = ["trace", "clean", "check", "write", "verify"] if verify_batch else ["trace", "clean", "check", "write"]
-    bar = tqdm(steps, desc="export", unit="step", disable=not progress, leave=False)
-    summary = None
+    bar = progress_bar(steps, enabled=progress, desc="export", unit="step", leave=False)
+    report = None
     for step in bar:
         bar.set_postfix_str(step)
         if step == "trace":
@@ -165,15 +152,12 @@ def export_onnx(
             with atomic_write(out) as handle:
                 handle.write(proto.SerializeToString())
         elif step == "verify":
-            summary = verify_against_reference(model, out, verify_batch if not batch else batch, with_indices)
-    return summary
+            report = verify_against_reference(model, out, batch or verify_batch)
+    bar.close()
+    return report
 
 
 def _fuse_plugin(proto: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        from plugins.idle_scatter.graph_pass import fuse_idle_scatter
-    except ImportError as err:
-        raise ToolkitError(f"the fused-scatter graph pass is unavailable ({err}); export without --plugin") from None
     idle_layers = sum(node.op_type == "TopK" for node in proto.graph.node)  # one TopK per idle layer
     fused, count = fuse_idle_scatter(proto)
     if count != idle_layers:
@@ -182,30 +166,104 @@ def _fuse_plugin(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def verify_against_reference(
-    model: IdleViT, onnx_path: str | os.PathLike[str], batch: int, with_indices: bool, seed: int = 0
-) -> ExportSummary:
-    """Run the written ONNX in ONNX Runtime (CPU) and the PyTorch reference on one random batch."""
-    from validate.metrics import kept_token_agreement, max_abs_error, top1_agreement
-    from validate.ort import create_session
+    model: IdleViT, onnx_path: str | os.PathLike[str], batch: int, seed: int = 0
+) -> ParityReport:
+    """Judge the written ONNX (ONNX Runtime, CPU) against the PyTorch model on one seeded random batch.
 
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, model.cfg.img_size, model.cfg.img_size, generator=generator)
-    with torch.no_grad():
-        ref_logits, ref_kept = model.eval().forward_with_indices(images)
-    outputs = create_session(onnx_path).run(None, {IMAGES: images.numpy()})
-    kept = None
-    if with_indices:
-        kept = float(
-            np.mean(
-                [
-                    kept_token_agreement(ref_kept[layer].numpy(), got)
-                    for layer, got in zip(model.schedule.idle_layers, outputs[1:], strict=True)
-                ]
-            )
+    FP32 thresholds (logit error, cosine, top-1, and the kept tokens when the graph exports
+    them); NaN or Inf logits fail. Raises :class:`CheckFailed` on the first failed metric.
+    """
+    inputs = InputSpec(data=None, random_batches=1, batch_sizes=(batch,), seed=seed)
+    report = run_parity(onnx_path, model, inputs=inputs, precision=FP32, ort="cpu", progress=False)
+    if not report.passed:
+        raise CheckFailed(
+            f"the exported graph does not compute the model: {report.failures[0]}; "
+            f"{os.fspath(onnx_path)} is kept for inspection"
         )
-    return ExportSummary(
-        batch, max_abs_error(ref_logits.numpy(), outputs[0]), top1_agreement(ref_logits.numpy(), outputs[0]), kept
+    return report
+
+
+def verdict_line(report: ParityReport) -> str:
+    """One line for the command's output: what the export check measured."""
+    row = report.rows[0]
+    kept = (
+        f"kept-token agreement {min(sel.agreement for sel in row.selection.values()):.2%} (worst idle layer)"
+        if row.selection
+        else "kept tokens not checked (export with --with-indices)"
     )
+    return (
+        f"ONNX Runtime vs PyTorch on {row.samples} seeded random images (FP32 thresholds): max abs logit error "
+        f"{row.max_abs:.2e}, top-1 agreement {row.top1_agreement:.0%}, {kept}: {'PASS' if row.passed else 'FAIL'}"
+    )
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_checkpoint` wrote and measured."""
+
+    path: Path
+    model: IdleViT
+    report: ParityReport | None  # None when the check was skipped
+    seconds: float
+
+
+def export_checkpoint(
+    ckpt: str | os.PathLike[str] | None = None,
+    *,
+    arch: str | None = None,
+    random_init: bool = False,
+    keep_rate: float | None = None,
+    idle_layers: Sequence[int] | None = None,
+    keep_ratios: Sequence[float] | None = None,
+    img_size: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    with_indices: bool = False,
+    plugin: bool = False,
+    verify: bool = True,
+    progress: bool = True,
+) -> ExportResult:
+    """``python -m export.onnx`` as a function: load (or create) the model, export it, judge the file.
+
+    ``ckpt`` ``None`` or ``"demo"`` is the bundled demo; ``random_init`` builds ``arch`` with
+    random weights instead. The schedule comes from ``keep_rate`` or the explicit lists.
+    """
+    started = time.perf_counter()
+    if batch is not None and batch < 1:
+        raise ToolkitError(f"--batch {batch} must be >= 1 (omit it for a dynamic batch)")
+    if random_init and ckpt:
+        raise ToolkitError("give either --ckpt or --random-init, not both")
+    schedule = {"keep_rate": keep_rate, "idle_layers": idle_layers, "keep_ratios": keep_ratios}
+    if random_init:
+        if not arch:
+            raise ToolkitError("--random-init needs --arch (one of: " + ", ".join(idlevit.list_archs()) + ")")
+        overrides = {"img_size": img_size} if img_size else {}
+        model = idlevit.create_model(arch, **schedule, **overrides).eval()
+        ckpt_name, ckpt_sha = "random-init", ""
+    else:
+        ckpt_path = idlevit.resolve_checkpoint_path(ckpt)
+        model = idlevit.load_checkpoint(ckpt_path, arch=arch, **schedule)
+        if img_size and img_size != model.cfg.img_size:
+            raise ToolkitError(
+                f"--img-size {img_size} differs from the checkpoint's {model.cfg.img_size} px "
+                "(its position embedding fixes it); omit --img-size"
+            )
+        ckpt_name, ckpt_sha = ("demo" if ckpt in (None, "demo") else ckpt_path.name), sha256_file(ckpt_path)
+    path = Path(out) if out else default_output_path(None if random_init else (ckpt or "demo"), model.cfg.name)
+    report = export_onnx(
+        model,
+        path,
+        opset=opset,
+        batch=batch,
+        with_indices=with_indices,
+        plugin=plugin,
+        checkpoint=ckpt_name,
+        checkpoint_sha256=ckpt_sha,
+        verify_batch=3 if verify else 0,
+        progress=progress,
+    )
+    return ExportResult(path, model, report, time.perf_counter() - started)
 
 
 def default_output_path(checkpoint: str | os.PathLike[str] | None, arch: str) -> Path:

@@ -11,18 +11,18 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import time
 
-import idlevit
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, cli_parser, run_cli
-from idlevit.fileio import sha256_file
+from idlevit.cli import cli_parser, run_cli
+from idlevit.configs import list_archs
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK
 from idlevit.schedule import add_schedule_arguments, schedule_arguments
+from idlevit.state import record_last_export
 
-from .exporter import DEFAULT_OPSET, SUPPORTED_OPSETS, default_output_path, export_onnx
-from .state import record_last_export
+from .contract import DEFAULT_OPSET, SUPPORTED_OPSETS
 
 EPILOG = f"""
-exit codes: {EXIT_OK} exported (and checked); {EXIT_BAD_INPUT} bad checkpoint, arch, schedule or flag;
+exit codes: {EXIT_OK} exported (and checked); {EXIT_CHECK_FAILED} the written graph disagrees with PyTorch
+(FP32 thresholds; the file is kept for inspection); {EXIT_BAD_INPUT} bad checkpoint, arch, schedule or flag;
 {EXIT_MISSING_DEPENDENCY} a needed optional package is missing.
 The output records arch, schedule, k per idle layer, image size, mean/std, opset, toolkit
 version and checkpoint sha256 in its metadata_props; `python -m export.trt` finds it next.
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "state dict); 'demo' or omitted: the bundled digits demo",
     )
     src.add_argument(
-        "--arch", choices=idlevit.list_archs(), help="architecture; default: read from the checkpoint (its shapes)"
+        "--arch", choices=list_archs(), help="architecture; default: read from the checkpoint (its shapes)"
     )
     src.add_argument(
         "--random-init", action="store_true", help="no checkpoint: random weights of --arch (to try the pipeline)"
@@ -81,53 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch is not None and args.batch < 1:
-        raise ToolkitError(f"--batch {args.batch} must be >= 1 (omit it for a dynamic batch)")
-    if args.random_init and args.ckpt:
-        raise ToolkitError("give either --ckpt or --random-init, not both")
-    schedule = schedule_arguments(args)
-    started = time.perf_counter()
-    if args.random_init:
-        if not args.arch:
-            raise ToolkitError("--random-init needs --arch (one of: " + ", ".join(idlevit.list_archs()) + ")")
-        overrides = {"img_size": args.img_size} if args.img_size else {}
-        model = idlevit.create_model(args.arch, **schedule, **overrides).eval()
-        ckpt_name, ckpt_sha = "random-init", ""
-    else:
-        ckpt_path = idlevit.resolve_checkpoint_path(args.ckpt)
-        model = idlevit.load_checkpoint(ckpt_path, arch=args.arch, **schedule)
-        if args.img_size and args.img_size != model.cfg.img_size:
-            raise ToolkitError(
-                f"--img-size {args.img_size} differs from the checkpoint's {model.cfg.img_size} px "
-                "(its position embedding fixes it); omit --img-size"
-            )
-        ckpt_name, ckpt_sha = ("demo" if args.ckpt in (None, "demo") else ckpt_path.name), sha256_file(ckpt_path)
-    out = args.out or default_output_path(None if args.random_init else (args.ckpt or "demo"), model.cfg.name)
-    summary = export_onnx(
-        model,
-        out,
+    from .exporter import export_checkpoint, verdict_line  # lazy: torch and onnx load after the arguments parse
+
+    result = export_checkpoint(
+        args.ckpt,
+        arch=args.arch,
+        random_init=args.random_init,
+        img_size=args.img_size,
+        out=args.out,
         opset=args.opset,
         batch=args.batch,
         with_indices=args.with_indices,
         plugin=args.plugin,
-        checkpoint=ckpt_name,
-        checkpoint_sha256=ckpt_sha,
-        verify_batch=0 if args.no_verify else 3,
+        verify=not args.no_verify,
         progress=not args.quiet,
+        **schedule_arguments(args),
     )
-    record_last_export(out)
-    plan = model.idle_plan
+    record_last_export(result.path)
+    model = result.model
     print(
-        f"wrote {out} ({model.cfg.name}, {model.cfg.img_size} px, opset {args.opset}, "
-        f"{'batch ' + str(args.batch) if args.batch else 'dynamic batch'}) in {time.perf_counter() - started:.1f} s"
+        f"wrote {result.path} ({model.cfg.name}, {model.cfg.img_size} px, opset {args.opset}, "
+        f"{'batch ' + str(args.batch) if args.batch else 'dynamic batch'}) in {result.seconds:.1f} s"
     )
     print(
         "idle layers -> kept image tokens: "
-        + ", ".join(f"{k}:{v}" for k, v in plan.items())
+        + ", ".join(f"{k}:{v}" for k, v in model.idle_plan.items())
         + f" (of {model.cfg.num_tokens})"
     )
-    if summary is not None:
-        print(summary)
+    if result.report is not None:
+        print(verdict_line(result.report))
     return EXIT_OK
 
 

@@ -11,36 +11,18 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
-import time
-from pathlib import Path
 
-import onnx
-
-from engines import lint
-from engines.builder import BuildOptions, build_engine, command_line
-from engines.precision import FP16, FP32, mixed_onnx_path, plan_precision, write_mixed_onnx
-from engines.sidecar import sidecar_path
-from engines.target import RUNTIMES, TENSORRT, TENSORRT_RTX, Target
-from export.metadata import read_metadata
+from engines.plan import FP16, FP32
+from engines.target import PLAN_VERSIONS, RUNTIMES, TENSORRT, TENSORRT_RTX
+from idlevit.cli import cli_parser, run_cli
 from idlevit.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUILD_FAILED,
     EXIT_CHECK_FAILED,
     EXIT_MISSING_DEPENDENCY,
     EXIT_OK,
-    CheckFailed,
-    MissingDependencyError,
-    ToolkitError,
-    cli_parser,
-    run_cli,
 )
-
-from .state import last_export, state_file
-
-#: Version planned for when a runtime is named but not installed (override with --trt-version).
-PLAN_VERSIONS = {TENSORRT: "10.13", TENSORRT_RTX: "1.7"}
-PLUGIN_DOMAIN = "idlevit"
+from idlevit.state import state_file
 
 EPILOG = f"""
 which ONNX: --onnx, else the file `python -m export.onnx` wrote last, as recorded in
@@ -137,46 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_onnx(path: str | None) -> Path:
-    if path:
-        return Path(path)
-    found = last_export()
-    if found is None:
-        raise ToolkitError(
-            f"no --onnx given and no ONNX recorded in {state_file()}; run `python -m export.onnx` here first "
-            "or pass --onnx"
-        )
-    return found
-
-
-def uses_plugin(model: onnx.ModelProto, plugin: str) -> bool:
-    return bool(plugin) or any(node.domain == PLUGIN_DOMAIN for node in model.graph.node)
-
-
-def resolve_target(runtime: str | None, trt_version: str | None) -> tuple[Target, bool]:
-    """The target and whether its runtime is installed here (an installed one reports its version)."""
-    from engines import tensorrt_api as api
-
-    installed = api.installed_runtimes()
-    name = runtime or (installed[0] if installed else TENSORRT)
-    if name in installed:
-        info = api.use_runtime(name)
-        return Target(name, info.version_tuple), True
-    return Target.parse(f"{name}-{trt_version or PLAN_VERSIONS[name]}"), False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    precision = args.precision or FP32
-    source = resolve_onnx(args.onnx)
-    meta = read_metadata(source)
-    model = onnx.load(os.fspath(source), load_external_data=False)
-    target, installed = resolve_target(args.runtime, args.trt_version)
-    if target.is_rtx and uses_plugin(model, meta.plugin):
-        raise ToolkitError(
-            f"{source} uses the fused {meta.plugin or 'idlevit::IdleScatter'} plugin op and TensorRT-RTX takes no "
-            "plugins; export without --plugin for TensorRT-RTX (or use --runtime tensorrt)"
-        )
+    from engines.builder import BuildOptions  # lazy: onnx, torch and TensorRT load after the arguments parse
+    from validate.inputs import InputSpec  # lazy: as above
+
+    from .engine import export_engine  # lazy: as above
+
     options = BuildOptions(
         args.min_batch,
         args.opt_batch,
@@ -187,80 +136,25 @@ def main(argv: list[str] | None = None) -> int:
         list(args.plugins),
         [cc.strip() for cc in args.compute_capabilities.split(",")] if args.compute_capabilities else [],
     )
-    options.validate(meta)
-    if options.compute_capabilities and not target.is_rtx:
-        raise ToolkitError("--compute-capabilities is for --runtime tensorrt-rtx; TensorRT builds for its own GPU")
-    print(
-        f"{source} ({meta.arch}, {meta.img_size} px, idle layers {meta.idle_layers}) -> {target.label}"
-        + ("" if installed else " (not installed here: checks and plan only)")
-    )
-
-    _report_findings(lint.static_checks(model, target, not args.no_trtcheck), args.verbose)
-    plan = plan_precision(model, precision, target)
-    print(f"precision plan: {plan.summary()}")
-
-    out_dir = Path(args.out).parent if args.out else None
-    build_onnx = source
-    if plan.needs_mixed_onnx:
-        started = time.perf_counter()
-        build_onnx = write_mixed_onnx(source, plan, mixed_onnx_path(source, precision, out_dir))
-        print(f"wrote {build_onnx} (mixed precision) in {time.perf_counter() - started:.1f} s")
-        _report_findings(lint.static_checks(onnx.load(os.fspath(build_onnx)), target, False), args.verbose)
-        if not args.no_check:
-            _check_mixed(source, build_onnx, args)
-
-    engine = Path(args.out) if args.out else _default_engine(source, precision, target)
-    print("equivalent command: " + command_line(target, build_onnx, engine, plan, options, meta))
-    if not installed:
-        from engines.tensorrt_api import INSTALL_HINTS, MISSING_TENSORRT
-
-        if args.runtime is None:
-            raise MissingDependencyError(MISSING_TENSORRT)
-        raise MissingDependencyError(
-            f"{target.runtime} is not installed, so no engine was built; {INSTALL_HINTS[target.runtime]}"
-        )
-    started = time.perf_counter()
-    sidecar = build_engine(build_onnx, source, plan, options, engine)
-    size = engine.stat().st_size / 2**20
-    print(
-        f"wrote {engine} ({size:.1f} MiB, {sidecar.runtime} {sidecar.runtime_version}, runs on compute capability "
-        f"{', '.join(sidecar.compute_capabilities) or 'of this GPU'}) and {sidecar_path(engine).name} "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
-    return EXIT_OK
-
-
-def _default_engine(source: Path, precision: str, target: Target) -> Path:
-    return source.with_name(f"{source.stem}_{precision}{'_rtx' if target.is_rtx else ''}.engine")
-
-
-def _report_findings(findings: list[lint.Finding], verbose: bool) -> None:
-    for finding in findings:
-        if verbose or finding.severity != lint.INFO:
-            print(f"  {finding}")
-    lint.raise_on_errors(findings)
-
-
-def _check_mixed(source: Path, mixed: Path, args: argparse.Namespace) -> None:
-    from engines.mixed_check import check_mixed_onnx
-
-    started = time.perf_counter()
-    report = check_mixed_onnx(
-        source,
-        mixed,
+    check = InputSpec(
         data=args.check_data,
         num_images=args.check_images,
         random_batches=args.check_batches,
-        device=args.check_device,
+        batch_sizes=(8,),
     )
-    where = f"ONNX Runtime, {args.check_device.upper()}"
-    print(f"mixed-precision ONNX vs FP32 ONNX ({where}, {time.perf_counter() - started:.1f} s):")
-    for line in report.lines():
-        print(f"  {line}")
-    if not report.passed:
-        raise CheckFailed(
-            f"the mixed-precision ONNX drifts from the FP32 graph: {report.failures[0]}; {mixed} is kept for inspection"
-        )
+    export_engine(
+        args.onnx,
+        precision=args.precision or FP32,
+        runtime=args.runtime,
+        trt_version=args.trt_version,
+        options=options,
+        out=args.out,
+        check_inputs=None if args.no_check else check,
+        check_device=args.check_device,
+        trtcheck=not args.no_trtcheck,
+        verbose=args.verbose,
+    )
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .configs import ArchConfig, get_arch, list_archs
+from .configs import DATA_KEYS, ArchConfig, check_data_config, get_arch, list_archs
 from .errors import CheckpointError, UnsafeCheckpointError
 from .fileio import atomic_write
 from .model import IdleViT
@@ -160,19 +160,17 @@ def load_checkpoint(
     """
     path = resolve_checkpoint_path(path)
     state, extras = read_checkpoint(path)
-    cfg = _config_for(state, extras, arch)
+    cfg = _config_for(state, extras, arch, path.name)
     model = create_model(cfg, keep_rate, idle_layers, keep_ratios)
     _load_strict(model, state, Path(path).name)
     return model.eval()
 
 
-def _config_for(state: Mapping[str, torch.Tensor], extras: Mapping[str, Any], arch: str | None) -> ArchConfig:
+def _config_for(
+    state: Mapping[str, torch.Tensor], extras: Mapping[str, Any], arch: str | None, name: str
+) -> ArchConfig:
     data = extras.get("data_config") if isinstance(extras.get("data_config"), Mapping) else {}
-    data_changes = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in data.items()
-        if k in ("mean", "std", "crop_pct", "interpolation")
-    }
+    data_changes = check_data_config(data, name)
     name = arch or (extras.get("arch") if isinstance(extras.get("arch"), str) else None)
     cfg = geometry_from_state(get_arch(name), state) if name else infer_arch(state)
     return cfg.with_overrides(**data_changes)
@@ -207,10 +205,7 @@ def save_checkpoint(model: IdleViT, path: str | os.PathLike[str], **extras: Any)
         "model": model.state_dict(),
         "arch": cfg.name,
         "data_config": {
-            "mean": list(cfg.mean),
-            "std": list(cfg.std),
-            "crop_pct": cfg.crop_pct,
-            "interpolation": cfg.interpolation,
+            k: list(v) if isinstance(v, tuple) else v for k, v in cfg.data_config.items() if k in DATA_KEYS
         },
         **extras,
     }

@@ -6,10 +6,65 @@ schedule; nothing outside this package branches on architecture.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import ToolkitError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The preprocessing a checkpoint's ``data_config`` records (timm's keys; ``input_size`` comes from the weights).
+DATA_KEYS = ("mean", "std", "crop_pct", "interpolation")
+#: Resize filters timm's transforms know by name.
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+def data_config(
+    img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float, interpolation: str
+) -> dict[str, Any]:
+    """Preprocessing in timm's data-config keys: the one builder for models, checkpoints, graphs and digits."""
+    return {
+        "input_size": (3, img_size, img_size),
+        "mean": tuple(float(m) for m in mean),
+        "std": tuple(float(s) for s in std),
+        "crop_pct": float(crop_pct),
+        "interpolation": interpolation,
+    }
+
+
+def check_data_config(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ``DATA_KEYS`` present in ``values``, checked: three finite means, three positive finite stds,
+    a crop in (0, 1] and a known interpolation; a bad one raises naming the field and ``where``."""
+    checked: dict[str, Any] = {}
+    for key in ("mean", "std"):
+        if key not in values:
+            continue
+        value = values[key]
+        numbers = list(value) if isinstance(value, (list, tuple)) else None
+        if (
+            numbers is None
+            or len(numbers) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
+            or (key == "std" and not all(v > 0 for v in numbers))
+        ):
+            want = "three positive finite numbers" if key == "std" else "three finite numbers"
+            raise ToolkitError(f"{where}: data_config {key} is {value!r}, not {want} (one per RGB channel)")
+        checked[key] = tuple(float(v) for v in numbers)
+    if "crop_pct" in values:
+        crop = values["crop_pct"]
+        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0.0 < crop <= 1.0:
+            raise ToolkitError(f"{where}: data_config crop_pct is {crop!r}, not a number in (0, 1]")
+        checked["crop_pct"] = float(crop)
+    if "interpolation" in values:
+        if values["interpolation"] not in INTERPOLATIONS:
+            raise ToolkitError(
+                f"{where}: data_config interpolation is {values['interpolation']!r}, "
+                f"not one of {', '.join(INTERPOLATIONS)}"
+            )
+        checked["interpolation"] = values["interpolation"]
+    return checked
 
 
 def published_keep_ratios(keep_rate: float, count: int) -> tuple[float, ...]:
@@ -47,6 +102,11 @@ class ArchConfig:
         """Image tokens (CLS excluded) at this config's image and patch size."""
         return (self.img_size // self.patch_size) ** 2
 
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """Preprocessing the model expects (timm's data-config keys)."""
+        return data_config(self.img_size, self.mean, self.std, self.crop_pct, self.interpolation)
+
     def default_keep_ratios(self, keep_rate: float) -> tuple[float, ...]:
         """The published ratios over this config's default idle layers."""
         return published_keep_ratios(keep_rate, len(self.idle_layers))
@@ -74,8 +134,6 @@ def list_archs() -> list[str]:
 
 def get_arch(name: str) -> ArchConfig:
     """Look up a config by name; unknown names raise a one-line error listing the known ones."""
-    from .errors import ToolkitError
-
     try:
         return _ARCHS[name]
     except KeyError:

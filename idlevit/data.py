@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from .configs import data_config
 from .errors import ToolkitError
+from .names import DIGITS
 
-DIGITS = "digits"
 DIGITS_CLASSES = 10
 #: Fraction of each class held out as the test split, and the seed that picks it.
 DIGITS_TEST_FRACTION = 0.25
@@ -56,7 +57,7 @@ def digits_split(split: str, img_size: int = 32) -> tuple[Tensor, Tensor]:
         raise ToolkitError(f"unknown digits split {split!r}; choose one of: {', '.join(SPLITS)}")
     if img_size < 8:
         raise ToolkitError(f"image size {img_size} is below the digits' 8 px; use 32 or 64")
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn loads only when the digits are asked for
 
     digits = load_digits()
     index = _digits_indices(digits.target, split)
@@ -75,13 +76,7 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
 
 def digits_data_config(img_size: int = 32) -> dict[str, Any]:
     """Preprocessing of a digits model in timm's data-config keys (what checkpoints record)."""
-    return {
-        "input_size": (3, img_size, img_size),
-        "mean": DIGITS_MEAN,
-        "std": DIGITS_STD,
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-    }
+    return data_config(img_size, DIGITS_MEAN, DIGITS_STD, 1.0, "bilinear")
 
 
 def image_folder(root: str | os.PathLike[str], data_config: Mapping[str, Any], training: bool = False) -> Dataset:
@@ -90,8 +85,8 @@ def image_folder(root: str | os.PathLike[str], data_config: Mapping[str, Any], t
     ``data_config`` is a model's :attr:`~idlevit.model.IdleViT.data_config`; timm resolves it
     (resize by ``crop_pct``, center crop, normalise with its mean/std).
     """
-    from timm.data import create_transform, resolve_data_config
-    from torchvision.datasets import ImageFolder
+    from timm.data import create_transform, resolve_data_config  # lazy: timm's transforms for user folders only
+    from torchvision.datasets import ImageFolder  # lazy: torchvision for user folders only
 
     root = Path(root)
     if not root.is_dir():

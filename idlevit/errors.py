@@ -1,21 +1,20 @@
-"""Errors the toolkit reports to users, each with the exit code its CLI ends with.
+"""Errors the toolkit reports to users, and the exit code each one ends a command with.
 
-Every command line of the toolkit turns a :class:`ToolkitError` into one line on stderr
-(``error: <what is wrong>; <how to fix it>``) and its exit code, instead of a traceback.
+Every command line of the toolkit (:func:`idlevit.cli.run_cli`) turns a :class:`ToolkitError`
+into one line on stderr (``error: <what is wrong>; <how to fix it>``) and its exit code,
+instead of a traceback.
 """
 
 from __future__ import annotations
-
-import argparse
-import sys
-from collections.abc import Callable
-from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # the command ran, and a check it was asked for did not hold
 EXIT_BAD_INPUT = 2  # bad checkpoint, arch, schedule, file or flag
 EXIT_MISSING_DEPENDENCY = 3  # an optional package (TensorRT, onnxruntime-gpu, ...) is absent
 EXIT_BUILD_FAILED = 4  # TensorRT parsed or built nothing
+EXIT_INTERNAL = 70  # an unexpected exception: a bug to report (EX_SOFTWARE)
+EXIT_SIGINT = 130  # interrupted by Ctrl-C (128 + SIGINT)
+EXIT_SIGTERM = 143  # terminated (128 + SIGTERM)
 
 
 class ToolkitError(Exception):
@@ -52,26 +51,3 @@ class CheckFailed(ToolkitError):
     """A verification ran and its thresholds did not hold."""
 
     exit_code = EXIT_CHECK_FAILED
-
-
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
-    """Run a CLI entry point, mapping :class:`ToolkitError` to one stderr line and its exit code."""
-    try:
-        code = main(argv)
-    except ToolkitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or EXIT_OK)
-
-
-def cli_parser(prog: str, doc: str | None, epilog: str) -> argparse.ArgumentParser:
-    """The toolkit's argument parser: the module docstring's first paragraph, an epilog kept as written."""
-    return argparse.ArgumentParser(
-        prog=prog,
-        description=(doc or "").split("\n\n")[0],
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )

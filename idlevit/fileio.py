@@ -1,38 +1,96 @@
-"""Small file helpers: atomic writes (outputs never half-written) and content hashes."""
+"""File helpers every command uses: outputs written atomically, never onto an input, and content hashes.
+
+An output is written to a temporary file beside it and renamed over it only when complete, so a
+failure, Ctrl-C or SIGTERM leaves the old file (or none), never half of one; an output that would
+fall on an input file is refused before anything is written.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from .errors import ToolkitError
+
+PathLike = str | os.PathLike[str]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file: one path, or two names of one inode (symlinks and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet: compare where they would be
+        return a.resolve() == b.resolve()
+
+
+def refuse_overwriting_inputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None]) -> None:
+    """Exit 2 naming both paths when any output is one of the inputs (resolved, links followed)."""
+    sources = [Path(p) for p in inputs if p is not None]
+    for out in (Path(p) for p in outputs if p is not None):
+        for source in sources:
+            if _same_file(out, source):
+                raise ToolkitError(
+                    f"output {os.fspath(out)!r} is the input {os.fspath(source)!r}; inputs are never overwritten: "
+                    "choose another output path"
+                )
+
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    An ``OSError`` (read-only or full file system, the path is a folder, a size limit) becomes a
+    one-line :class:`ToolkitError` naming ``path``; the temporary file is removed on any exit.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+    tmp: str | None = None
     try:
+        if target.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        tmp = None
+    except OSError as err:
+        raise ToolkitError(
+            f"cannot write {os.fspath(target)!r}: {err.strerror or err}; choose a writable path"
+        ) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then act on them (e.g. while an artefact and its
+    sidecar are renamed into place together). Main thread only, where Python runs signal handlers."""
+    arrived: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, _frame: arrived.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])
+
+
+def sha256_file(path: PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

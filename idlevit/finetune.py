@@ -29,8 +29,9 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .cli import cli_parser, run_cli
 from .configs import list_archs
-from .errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError, cli_parser, run_cli
+from .errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError
 from .losses import CUT_LOSSES
 from .model import IdleViT
 from .schedule import add_schedule_arguments, schedule_arguments

@@ -25,16 +25,9 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .configs import ArchConfig
+from .names import LOGITS, kept_indices_name
 from .schedule import Schedule
 from .stem import ConvStem
-
-LOGITS = "logits"
-IMAGES = "images"
-
-
-def kept_indices_name(layer: int) -> str:
-    """Name of the graph output carrying the kept token positions of idle block ``layer``."""
-    return f"kept_indices_{layer}"
 
 
 def cls_token_scores(block: Block, xn: Tensor) -> tuple[Tensor, Tensor]:
@@ -251,14 +244,7 @@ class IdleViT(nn.Module):
     @property
     def data_config(self) -> dict[str, object]:
         """Preprocessing the model expects (timm's data-config keys)."""
-        cfg = self.cfg
-        return {
-            "input_size": (3, cfg.img_size, cfg.img_size),
-            "mean": cfg.mean,
-            "std": cfg.std,
-            "crop_pct": cfg.crop_pct,
-            "interpolation": cfg.interpolation,
-        }
+        return self.cfg.data_config
 
 
 class _ExportForward(nn.Module):

@@ -145,7 +145,7 @@ def fit(
     loader = _batches(train_set, cfg, generator, workers)
     steps = cfg.epochs * len(loader)
     warmup = max(1, int(cfg.warmup_epochs * len(loader)))
-    from timm.optim import param_groups_weight_decay
+    from timm.optim import param_groups_weight_decay  # lazy: timm's optimiser helpers for training only
 
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=("cls_token", "pos_embed"))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)

@@ -3,7 +3,8 @@
 Logit error and cosine similarity are Polygraphy's own ``SimpleCompareFunc`` (max statistic) and
 ``CosineSimilarityCompareFunc``, restricted to ``logits``. Two things Polygraphy has no function
 for are added in its protocol (``BaseCompareFunc`` -> ``CompareResult`` checked by a
-``Threshold``): top-1 agreement of the logits, and the kept-token check of every idle layer,
+``Threshold``): top-1 agreement of the logits (a class flip at a near-tie of the reference's
+logits counts as agreeing; NaN or Inf logits never do), and the kept-token check of every idle layer,
 which compares index sets (TopK's order on ties is free, so Polygraphy's order-sensitive
 ``IndicesCompareFunc`` would flag harmless reorderings) and counts rows apart as
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from polygraphy.comparator import (
@@ -36,8 +36,7 @@ from polygraphy.comparator import (
     Threshold,
 )
 
-from idlevit.errors import ToolkitError
-from idlevit.model import LOGITS, kept_indices_name
+from idlevit.names import LOGITS, kept_indices_name, token_scores_name
 
 from .metrics import (
     CASCADE,
@@ -46,48 +45,9 @@ from .metrics import (
     NEAR_TIE,
     cascaded_selection_status,
     kept_token_agreement,
-    top1_agreement,
+    top1_status,
 )
-from .reference import token_scores_name
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What a backend must reach against the reference, per group of inputs (kind x batch size)."""
-
-    atol: float  # max abs logit error; a batch fails only when it exceeds atol AND rtol (Polygraphy's rule)
-    rtol: float  # max relative logit error, |a - b| / |b|
-    min_cosine: float  # cosine similarity of the batch's logits
-    min_top1: float  # fraction of samples with the reference's arg-max class
-    max_mismatch: float  # fraction of samples, per idle layer, whose kept set differs beyond a near-tie
-    tie_rtol: float  # near-tie tolerance on reference scores, relative to the row's max |score|
-
-    def with_overrides(self, **changes: float | None) -> Thresholds:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-#: Defaults by the precision a graph or engine computes in (FP32 strict, reduced precisions looser).
-PRESETS: dict[str, Thresholds] = {
-    "fp32": Thresholds(atol=1e-3, rtol=1e-3, min_cosine=0.99999, min_top1=1.0, max_mismatch=0.0, tie_rtol=1e-4),
-    "tf32": Thresholds(atol=2e-2, rtol=2e-2, min_cosine=0.9995, min_top1=0.98, max_mismatch=0.02, tie_rtol=5e-3),
-    "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98, max_mismatch=0.02, tie_rtol=1e-2),
-    "bf16": Thresholds(atol=1e-1, rtol=1e-1, min_cosine=0.998, min_top1=0.97, max_mismatch=0.04, tie_rtol=2e-2),
-    "int8": Thresholds(atol=5e-1, rtol=5e-1, min_cosine=0.99, min_top1=0.9, max_mismatch=0.1, tie_rtol=5e-2),
-}
-THRESHOLD_FIELDS = tuple(f.name for f in fields(Thresholds))
-
-
-def preset(precision: str) -> Thresholds:
-    """The default thresholds of a precision name (as recorded in the ONNX metadata)."""
-    try:
-        return PRESETS[precision.lower()]
-    except KeyError:
-        raise ToolkitError(
-            f"no default thresholds for precision {precision!r}; pass --precision one of {', '.join(PRESETS)}"
-        ) from None
+from .presets import Thresholds
 
 
 def only(*names: str):
@@ -105,22 +65,35 @@ def only(*names: str):
 
 # ---- top-1 agreement -------------------------------------------------------------------
 class Top1Threshold(Threshold):
-    METRIC_FIELDS = ["top1_agreement"]
+    METRIC_FIELDS = ["top1_beyond_ties", "nonfinite"]
 
     def __init__(self, min_agreement: float) -> None:
         self.min_agreement = min_agreement
 
     def passed(self, metric_values: dict[str, float]) -> bool:
-        return metric_values["top1_agreement"] >= self.min_agreement
+        return metric_values["top1_beyond_ties"] >= self.min_agreement and metric_values["nonfinite"] == 0
 
 
 class Top1Result(CompareResult):
+    """Arg-max classes of one batch: samples that agree, that flip at a near-tie, and non-finite rows."""
+
     _THRESHOLD_CLASS = Top1Threshold
 
-    def __init__(self, top1_agreement: float, samples: int, thresholds: Top1Threshold | None = None) -> None:
+    def __init__(self, status: np.ndarray, nonfinite: int, thresholds: Top1Threshold | None = None) -> None:
         super().__init__(thresholds)
-        self.top1_agreement = top1_agreement
-        self.samples = samples
+        self.samples = int(status.size)
+        self.matched = int(np.sum(status == MATCH))
+        self.near_tie = int(np.sum(status == NEAR_TIE))
+        self.nonfinite = nonfinite  # samples whose logits (backend's or reference's) hold NaN or Inf
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.matched / self.samples if self.samples else 1.0
+
+    @property
+    def top1_beyond_ties(self) -> float:
+        """Agreement with flips at a near-tie of the reference's logits counted as agreeing."""
+        return (self.matched + self.near_tie) / self.samples if self.samples else 1.0
 
 
 class _PerBackend(BaseCompareFunc):
@@ -135,7 +108,11 @@ class _PerBackend(BaseCompareFunc):
 
 
 class Top1CompareFunc(_PerBackend):
-    """Fraction of samples whose arg-max class the backend shares with the reference."""
+    """Arg-max agreement with the reference, near-ties by the backend's ``tie_rtol``, and finite logits.
+
+    A sample whose logits hold NaN or Inf on either side counts as a disagreement and is
+    reported apart: comparisons of non-finite values would otherwise pass silently.
+    """
 
     _RESULT_CLASS = Top1Result
 
@@ -146,9 +123,13 @@ class Top1CompareFunc(_PerBackend):
         if LOGITS not in iter_result0 or LOGITS not in iter_result1:
             return OrderedDict()
         ref, got = np.asarray(iter_result0[LOGITS]), np.asarray(iter_result1[LOGITS])
-        agreement = top1_agreement(ref, got) if ref.shape == got.shape else 0.0
         threshold = self.thresholds_for(LOGITS, iter_result1.runner_name)
-        return OrderedDict([(LOGITS, Top1Result(agreement, ref.shape[0], threshold))])
+        if ref.shape != got.shape:
+            return OrderedDict([(LOGITS, Top1Result(np.full(ref.shape[0], MISMATCH), 0, threshold))])
+        finite = np.isfinite(ref).all(-1) & np.isfinite(got).all(-1)
+        status = top1_status(ref, got, self._thresholds(iter_result1.runner_name).tie_rtol)
+        status = np.where(finite, status, MISMATCH)
+        return OrderedDict([(LOGITS, Top1Result(status, int(np.sum(~finite)), threshold))])
 
 
 # ---- kept-token selection --------------------------------------------------------------

@@ -8,7 +8,6 @@ Each group holds feed dicts for one (kind, batch size): bugs that appear only at
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,10 +18,10 @@ from polygraphy.common import TensorMetadata
 from polygraphy.comparator import DataLoader
 from polygraphy.datatype import DataType
 
-from export.metadata import ExportMetadata
 from idlevit.data import DIGITS, load_dataset
 from idlevit.errors import ToolkitError
-from idlevit.model import IMAGES
+from idlevit.metadata import ExportMetadata
+from idlevit.names import IMAGES
 
 REAL, RANDOM = "real", "random"
 
@@ -128,14 +127,3 @@ def parity_inputs(meta: ExportMetadata, spec: InputSpec = InputSpec()) -> list[I
     if not groups:
         raise ToolkitError("no inputs: give --num-images > 0 with --data, or --random-batches > 0")
     return groups
-
-
-def add_data_arguments(group: argparse._ArgumentGroup, split_help: str) -> None:
-    """``--data`` and ``--split``, as every validate command takes them."""
-    group.add_argument(
-        "--data",
-        default=DIGITS,
-        help="real images: 'digits' (bundled scikit-learn digits) or an ImageFolder root (ROOT/val is used "
-        "when present) (default digits)",
-    )
-    group.add_argument("--split", default="test", help=split_help)

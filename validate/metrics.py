@@ -6,6 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+#: Per-row verdicts of :func:`top1_status` and :func:`selection_status`; CASCADE (set by callers that follow a sample
+#: through the idle layers) marks a flip downstream of an earlier flip of the same sample.
+MATCH, NEAR_TIE, MISMATCH, CASCADE = 0, 1, 2, 3
+
 
 def max_abs_error(reference: np.ndarray, other: np.ndarray) -> float:
     return float(np.max(np.abs(reference.astype(np.float64) - other.astype(np.float64)))) if reference.size else 0.0
@@ -16,6 +20,20 @@ def top1_agreement(reference_logits: np.ndarray, other_logits: np.ndarray) -> fl
     return float(np.mean(reference_logits.argmax(-1) == other_logits.argmax(-1)))
 
 
+def top1_status(reference_logits: np.ndarray, other_logits: np.ndarray, tie_rtol: float) -> np.ndarray:
+    """Per-sample verdict (MATCH, NEAR_TIE or MISMATCH) of a backend's arg-max class.
+
+    A different class is a NEAR_TIE when the reference's own logits put it within
+    ``tie_rtol * max|logit|`` of the reference's best: rounding explains that flip. The same
+    rule as :func:`selection_status`, on logits instead of token scores.
+    """
+    best, chosen = reference_logits.argmax(-1), other_logits.argmax(-1)
+    rows = np.arange(reference_logits.shape[0])
+    margin = reference_logits[rows, best] - reference_logits[rows, chosen]
+    near = margin <= tie_rtol * np.abs(reference_logits).max(-1)
+    return np.where(best == chosen, MATCH, np.where(near, NEAR_TIE, MISMATCH)).astype(np.int64)
+
+
 def kept_token_agreement(reference_kept: np.ndarray, other_kept: np.ndarray) -> float:
     """Mean fraction of the reference's kept tokens that the other also kept (set semantics).
 
@@ -24,11 +42,6 @@ def kept_token_agreement(reference_kept: np.ndarray, other_kept: np.ndarray) -> 
     ref, oth = np.sort(reference_kept, axis=-1), np.sort(other_kept, axis=-1)
     shared = [np.intersect1d(r, o, assume_unique=True).size for r, o in zip(ref, oth, strict=True)]
     return float(np.mean(shared) / reference_kept.shape[-1])
-
-
-#: Per-row verdicts of :func:`selection_status`; CASCADE (set by callers that follow a sample
-#: through the idle layers) marks a flip downstream of an earlier flip of the same sample.
-MATCH, NEAR_TIE, MISMATCH, CASCADE = 0, 1, 2, 3
 
 
 def selection_status(

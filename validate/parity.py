@@ -16,130 +16,20 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import onnx
-from polygraphy.comparator import Comparator
-from polygraphy.exception import PolygraphyException
-from polygraphy.logger import G_LOGGER
-from tqdm import tqdm
-
-from export.metadata import read_metadata
+from idlevit.cli import cli_parser, run_cli
 from idlevit.errors import (
     EXIT_BAD_INPUT,
     EXIT_CHECK_FAILED,
     EXIT_MISSING_DEPENDENCY,
     EXIT_OK,
-    CheckFailed,
-    ToolkitError,
-    cli_parser,
-    run_cli,
 )
-from idlevit.fileio import sha256_file
-from idlevit.model import LOGITS, kept_indices_name
 
-from .compare import PRESETS, THRESHOLD_FIELDS, compare_funcs, preset
-from .inputs import InputGroup, InputSpec, add_data_arguments, parity_inputs
-from .reference import REFERENCE, TorchRunner, load_reference
-from .report import ParityReport, aggregate
-from .runners import TENSORRT, add_backend_arguments, backend_runners, engine_precision
+from .options import add_backend_arguments, add_data_arguments, parse_batch_sizes
+from .presets import PRESETS, THRESHOLD_FIELDS
 
-
-@contextlib.contextmanager
-def polygraphy_quiet(verbose: bool) -> Iterator[None]:
-    """Polygraphy logs every comparison; keep its errors only unless asked (our report explains failures)."""
-    with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL):
-        yield
-
-
-def graph_outputs(onnx_path: str | os.PathLike[str]) -> list[str]:
-    return [o.name for o in onnx.load(os.fspath(onnx_path), load_external_data=False).graph.output]
-
-
-def run_parity(
-    onnx_path: str | os.PathLike[str],
-    ckpt: str | os.PathLike[str],
-    engine: str | os.PathLike[str] | None = None,
-    *,
-    inputs: InputSpec = InputSpec(),
-    precision: str | None = None,
-    overrides: Mapping[str, float | None] | None = None,
-    ort: str = "auto",
-    threads: int = 0,
-    progress: bool = True,
-    verbose: bool = False,
-) -> ParityReport:
-    """Compare every backend with the PyTorch reference.
-
-    Each backend is judged by the preset of its precision (``precision`` for all, else the ONNX
-    metadata's for ONNX Runtime and the engine sidecar's for TensorRT), with ``overrides``
-    (threshold field -> value) applied on top.
-    """
-    meta = read_metadata(onnx_path)
-    outputs = graph_outputs(onnx_path)
-    if LOGITS not in outputs:
-        raise ToolkitError(f"{os.fspath(onnx_path)} has no '{LOGITS}' output; export it with `python -m export.onnx`")
-    model = load_reference(ckpt, meta)
-    backends = backend_runners(onnx_path, engine, ort, threads)
-    precisions = {
-        runner.name: precision
-        or (engine_precision(engine, onnx_path) if runner.name == TENSORRT else None)
-        or meta.precision
-        for runner in backends
-    }
-    thresholds = {name: preset(p).with_overrides(**(overrides or {})) for name, p in precisions.items()}
-    runners = [TorchRunner(model, with_indices=True, with_scores=True, threads=threads), *backends]
-    funcs = compare_funcs(thresholds, list(meta.idle_layers))
-    with polygraphy_quiet(verbose):
-        groups = parity_inputs(meta, inputs)
-        feeds = tqdm([feed for group in groups for feed in group.feeds], "parity", unit="batch", disable=not progress)
-        try:
-            stream = Comparator.run(runners, data_loader=feeds, streaming=True)
-            pairs = [(0, i) for i in range(1, len(runners))]
-            accuracy = Comparator.compare_accuracy(stream, comparisons=pairs, compare_func=funcs)
-        except PolygraphyException as err:
-            raise CheckFailed(
-                f"a backend failed to run ({_first_line(err)}); rerun with --verbose for details"
-            ) from None
-    rows = aggregate(accuracy, REFERENCE, thresholds, groups)
-    setup = {
-        "onnx": os.fspath(onnx_path),
-        "onnx_sha256": sha256_file(onnx_path),
-        "checkpoint": os.fspath(ckpt),
-        "checkpoint_recorded": meta.checkpoint,
-        "engine": None if engine is None else os.fspath(engine),
-        "arch": meta.arch,
-        "precision": precisions,
-        "reference": REFERENCE,
-        "backends": list(precisions),
-        "idle_layers": list(meta.idle_layers),
-        "keep_tokens": list(meta.keep_tokens),
-        "kept_indices_checked": [layer for layer in meta.idle_layers if kept_indices_name(layer) in outputs],
-        "inputs": [_group_setup(group) for group in groups],
-    }
-    return ParityReport(setup, thresholds, rows)
-
-
-def _group_setup(group: InputGroup) -> dict[str, object]:
-    return {
-        "kind": group.kind,
-        "source": group.source,
-        "batch": group.batch,
-        "batches": len(group.feeds),
-        "images": group.images,
-    }
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(err).__name__
-
-
-# ---- command line -----------------------------------------------------------------------
 EPILOG = f"""
 thresholds: defaults follow each backend's precision (--precision; else the ONNX metadata's 'precision' for
 ONNX Runtime and the engine sidecar's for TensorRT):
@@ -155,16 +45,6 @@ exit codes: {EXIT_OK} every threshold holds; {EXIT_CHECK_FAILED} a threshold fai
 metric, backend and batch) or a backend failed to run; {EXIT_BAD_INPUT} bad file, checkpoint or flag;
 {EXIT_MISSING_DEPENDENCY} TensorRT or onnxruntime-gpu missing.
 """
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ToolkitError(f"cannot read batch sizes {text!r}; write e.g. '1,8'") from None
-    if not sizes or any(size < 1 for size in sizes):
-        raise ToolkitError(f"batch sizes {text!r} must be integers >= 1, e.g. '1,8'")
-    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .inputs import InputSpec  # lazy: torch, onnx and Polygraphy load after the arguments parse
+    from .judge import run_parity  # lazy: as above
+
     spec = InputSpec(
         data=args.data,
         split=args.split,

@@ -19,17 +19,13 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
-from export.metadata import ExportMetadata
 from idlevit.checkpoint import load_checkpoint
 from idlevit.errors import CheckpointError
-from idlevit.model import IMAGES, LOGITS, IdleViT, cls_token_scores, kept_indices_name
+from idlevit.metadata import ExportMetadata
+from idlevit.model import IdleViT, cls_token_scores
+from idlevit.names import IMAGES, LOGITS, kept_indices_name, token_scores_name
 
 REFERENCE = "pytorch"
-
-
-def token_scores_name(layer: int) -> str:
-    """Reference-only output: the (B, N) CLS scores of the image tokens in idle block ``layer``."""
-    return f"token_scores_{layer}"
 
 
 def load_reference(ckpt: str | os.PathLike[str], meta: ExportMetadata) -> IdleViT:

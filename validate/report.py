@@ -16,7 +16,7 @@ from typing import Any
 from polygraphy.comparator import AccuracyResults, SimpleThreshold
 
 from idlevit.fileio import atomic_write
-from idlevit.model import LOGITS
+from idlevit.names import LOGITS
 
 from .compare import FUNCS, SelectionResult, Thresholds
 from .inputs import InputGroup
@@ -46,9 +46,20 @@ class LayerSelection:
         if result.example and not self.example:
             self.example = f"{where}, {result.example}"
 
+    def merge(self, other: LayerSelection) -> None:
+        """Add another group's counts (for a backend's totals over all its input groups)."""
+        for name in ("rows", "matched", "near_tie", "cascade", "mismatch", "agreement_sum"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.shape_note = self.shape_note or other.shape_note
+        self.example = self.example or other.example
+
     @property
     def agreement(self) -> float:
         return self.agreement_sum / self.rows if self.rows else 1.0
+
+    @property
+    def flipped(self) -> int:
+        return self.rows - self.matched
 
     @property
     def mismatch_rate(self) -> float:
@@ -69,7 +80,9 @@ class GroupResult:
     max_abs: float = 0.0
     max_rel: float = 0.0
     min_cosine: float = 1.0
-    top1_matches: float = 0.0
+    top1_matches: int = 0
+    top1_near_tie: int = 0  # samples of another class, at a near-tie of the reference's logits
+    nonfinite: int = 0  # samples whose logits hold NaN or Inf
     samples: int = 0
     tie_flipped: int = 0  # samples first flipped at a near-tie: left out of the logit error and cosine checks
     selection: dict[int, LayerSelection] = field(default_factory=dict)
@@ -79,6 +92,10 @@ class GroupResult:
     @property
     def top1_agreement(self) -> float:
         return self.top1_matches / self.samples if self.samples else 1.0
+
+    @property
+    def top1_beyond_ties(self) -> float:
+        return (self.top1_matches + self.top1_near_tie) / self.samples if self.samples else 1.0
 
     @property
     def passed(self) -> bool:
@@ -98,6 +115,8 @@ class GroupResult:
                 "max_rel_error": self.max_rel,
                 "min_cosine_similarity": self.min_cosine,
                 "top1_agreement": self.top1_agreement,
+                "top1_near_tie": self.top1_near_tie,
+                "nonfinite_samples": self.nonfinite,
             },
             "kept_tokens": {str(layer): sel.to_dict() for layer, sel in self.selection.items()} or None,
             "passed": self.passed,
@@ -128,7 +147,9 @@ def _add_batch(row: GroupResult, matches: list[dict], where: str) -> None:
     if LOGITS not in top1:
         row.failures.append(f"{row.backend} | {row.group.label}, {where}: the backend returned no '{LOGITS}'")
         return
-    row.top1_matches += top1[LOGITS].top1_agreement * top1[LOGITS].samples
+    row.top1_matches += top1[LOGITS].matched
+    row.top1_near_tie += top1[LOGITS].near_tie
+    row.nonfinite += top1[LOGITS].nonfinite
     row.samples += top1[LOGITS].samples
     for name, sel in selection.items():
         layer = int(name.rsplit("_", 1)[1])
@@ -151,6 +172,8 @@ def _add_batch(row: GroupResult, matches: list[dict], where: str) -> None:
 def _judge(row: GroupResult) -> None:
     t = row.thresholds
     prefix = f"{row.backend} | {row.group.label}"
+    if row.nonfinite:
+        row.failures.append(f"{prefix}: logits are not finite (NaN or Inf) in {row.nonfinite} of {row.samples} samples")
     if row.error_failed:
         row.failures.append(
             f"{prefix}: logits differ beyond both atol {t.atol:g} and rtol {t.rtol:g} in {len(row.error_failed)} of "
@@ -159,10 +182,10 @@ def _judge(row: GroupResult) -> None:
         )
     if row.min_cosine < t.min_cosine:
         row.failures.append(f"{prefix}: logit cosine similarity {row.min_cosine:.6f} < {t.min_cosine:g}")
-    if row.samples and row.top1_agreement < t.min_top1:
-        differ = round(row.samples * (1 - row.top1_agreement))
+    if row.samples and row.top1_beyond_ties < t.min_top1:
+        differ = row.samples - row.top1_matches - row.top1_near_tie
         row.failures.append(
-            f"{prefix}: top-1 agreement {row.top1_agreement:.2%} < {t.min_top1:.2%} "
+            f"{prefix}: top-1 agreement {row.top1_beyond_ties:.2%} beyond near-ties < {t.min_top1:.2%} "
             f"({differ} of {row.samples} samples predict another class)"
         )
     failing = {layer: sel for layer, sel in row.selection.items() if sel.mismatch_rate > t.max_mismatch}
@@ -179,6 +202,24 @@ def _judge(row: GroupResult) -> None:
 
 def _few(items: list[str], limit: int = 3) -> str:
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@dataclass
+class BackendTotals:
+    """A backend's figures over every input group of a report."""
+
+    backend: str
+    passed: bool
+    samples: int = 0
+    top1_matches: int = 0
+    top1_near_tie: int = 0
+    max_abs: float = 0.0
+    min_cosine: float = 1.0
+    layers: dict[int, LayerSelection] = field(default_factory=dict)
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.top1_matches / self.samples if self.samples else 1.0
 
 
 @dataclass
@@ -206,6 +247,46 @@ class ParityReport:
             "failures": self.failures,
         }
 
+    def backend(self, name: str) -> BackendTotals:
+        """One backend's figures summed over all its input groups."""
+        rows = [row for row in self.rows if row.backend == name]
+        if not rows:
+            raise KeyError(f"no backend {name!r} in this report (have {sorted({r.backend for r in self.rows})})")
+        totals = BackendTotals(name, passed=all(row.passed for row in rows))
+        for row in rows:
+            totals.samples += row.samples
+            totals.top1_matches += row.top1_matches
+            totals.top1_near_tie += row.top1_near_tie
+            totals.max_abs = max(totals.max_abs, row.max_abs)
+            totals.min_cosine = min(totals.min_cosine, row.min_cosine)
+            for layer, sel in row.selection.items():
+                totals.layers.setdefault(layer, LayerSelection()).merge(sel)
+        return totals
+
+    def summary_lines(self) -> list[str]:
+        """Per backend: top-1, logit error and verdict, then kept-token agreement per idle layer."""
+        lines = []
+        for name in dict.fromkeys(row.backend for row in self.rows):
+            t = self.backend(name)
+            lines.append(
+                f"{name}: top-1 agreement {t.top1_agreement:.2%} of {t.samples} samples ({t.top1_near_tie} near-tie), "
+                f"max abs logit error {t.max_abs:.2e}, min cosine {t.min_cosine:.6f}, {'PASS' if t.passed else 'FAIL'}"
+            )
+            if t.layers:
+                lines.append(
+                    "  kept-token agreement per idle layer: "
+                    + ", ".join(
+                        f"L{layer} {sel.agreement:.2%}"
+                        + (
+                            f" ({sel.near_tie} near-tie, {sel.cascade} cascade, {sel.mismatch} mismatch)"
+                            if sel.flipped
+                            else ""
+                        )
+                        for layer, sel in t.layers.items()
+                    )
+                )
+        return lines
+
     def markdown(self) -> str:
         """One row per (backend, inputs, batch size); kept tokens summed over idle layers."""
         head = (
@@ -225,9 +306,10 @@ class ParityReport:
             else:
                 kept, near, cascade, mismatch = "n/a", "-", "-", "-"
             images = f"{row.group.images}" + (f" ({row.tie_flipped} tie-flipped)" if row.tie_flipped else "")
+            top1 = f"{row.top1_agreement:.2%}" + (f" ({row.top1_near_tie} near-tie)" if row.top1_near_tie else "")
             lines.append(
                 f"| {row.backend} | {row.group.kind} | {row.group.batch} | {images} | {row.max_abs:.2e} "
-                f"| {row.max_rel:.2e} | {row.min_cosine:.6f} | {row.top1_agreement:.2%} | {kept} | {near} "
+                f"| {row.max_rel:.2e} | {row.min_cosine:.6f} | {top1} | {kept} | {near} "
                 f"| {cascade} | {mismatch} | {'PASS' if row.passed else 'FAIL'} |"
             )
         return head + "\n".join(lines) + "\n"

@@ -1,42 +1,31 @@
-"""Every backend is a Polygraphy runner with one contract, shared by validate/ and benchmarks/.
+"""The backends a check runs: every one a Polygraphy runner with one contract, shared with benchmarks/.
 
 Contract: ``infer({"images": float32 (B, 3, H, W), normalised})`` returns an ordered dict with
 ``"logits"`` (B, classes) and, when the graph exports them, ``"kept_indices_<layer>"`` (B, k+1)
 int64 with CLS (0) first; ``last_inference_time()`` is the seconds the backend itself took.
 
-Backends: the PyTorch reference (:mod:`validate.reference`), ONNX Runtime (:mod:`validate.ort`)
-and TensorRT (``engines.runtime.TrtEngineRunner``, imported only when an engine is given).
-Adding one is a file with a ``BaseRunner`` subclass and a line in :func:`backend_runners`.
+Backends: the PyTorch reference (:mod:`validate.reference`), ONNX Runtime (:mod:`engines.ort`)
+and TensorRT (:mod:`engines.runtime`). Adding one is a file with a ``BaseRunner`` subclass and a
+line in :func:`backend_runners`.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from polygraphy.backend.base import BaseRunner
+from polygraphy.logger import G_LOGGER
 
+from engines.ort import cuda_usable, ort_runner
+from engines.runtime import tensorrt_runner
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import sha256_file
+from idlevit.sidecar import EngineSidecar, sidecar_path
 
-from .ort import ORT_CHOICES, ort_runner, resolve_devices
-
-TENSORRT = "tensorrt"
-
-
-def tensorrt_runner(engine_path: str | os.PathLike[str]) -> BaseRunner:
-    """``engines.runtime.TrtEngineRunner`` for a serialized engine, named ``tensorrt``."""
-    if not Path(engine_path).is_file():
-        raise ToolkitError(f"engine {os.fspath(engine_path)!r} does not exist; build one with `python -m export.trt`")
-    try:
-        from engines.runtime import TrtEngineRunner
-    except ImportError as err:
-        raise MissingDependencyError(
-            f"the TensorRT runner cannot be loaded ({err}); install TensorRT (pip install -e '.[trt]') "
-            "on a machine with a CUDA GPU, or leave out --engine"
-        ) from None
-    return TrtEngineRunner(os.fspath(engine_path), name=TENSORRT)
+from .options import ORT_CHOICES
 
 
 def engine_precision(engine_path: str | os.PathLike[str], onnx_path: str | os.PathLike[str]) -> str | None:
@@ -45,8 +34,6 @@ def engine_precision(engine_path: str | os.PathLike[str], onnx_path: str | os.Pa
     Refuses an engine whose sidecar says it was built from another graph than ``onnx_path``
     (neither the exported graph nor the mixed-precision one made from it).
     """
-    from engines.sidecar import EngineSidecar, sidecar_path  # plain JSON: no TensorRT import
-
     path = sidecar_path(engine_path)
     if not path.is_file():
         return None
@@ -81,16 +68,24 @@ def backend_runners(
     return runners
 
 
-def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
-    """``--engine``, ``--ort`` and ``--threads``, as every command that runs backends takes them."""
-    group.add_argument("--engine", default=None, help="TensorRT engine built from the ONNX (needs TensorRT and a GPU)")
-    group.add_argument(
-        "--ort",
-        choices=ORT_CHOICES,
-        default="auto",
-        help="ONNX Runtime device: auto (CUDA when onnxruntime-gpu and a GPU exist, else CPU), cpu, cuda, "
-        "both, or none (engine only) (default auto)",
-    )
-    group.add_argument(
-        "--threads", type=int, default=0, help="CPU threads of ONNX Runtime and PyTorch (default: their own choice)"
-    )
+@contextlib.contextmanager
+def polygraphy_quiet(verbose: bool) -> Iterator[None]:
+    """Polygraphy logs every comparison; keep its errors only unless asked (our report explains failures)."""
+    with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL):
+        yield
+
+
+def resolve_devices(choice: str) -> list[str]:
+    """Devices for an ``--ort`` choice: "auto" is CUDA when usable, else CPU."""
+    if choice not in ORT_CHOICES:
+        raise ToolkitError(f"unknown ONNX Runtime device {choice!r}; choose one of: {', '.join(ORT_CHOICES)}")
+    if choice == "none":
+        return []
+    if choice == "auto":
+        return ["cuda" if cuda_usable() else "cpu"]
+    devices = ["cpu", "cuda"] if choice == "both" else [choice]
+    if "cuda" in devices and not cuda_usable():
+        raise MissingDependencyError(
+            "ONNX Runtime on CUDA needs onnxruntime-gpu (pip install -e '.[gpu]') and a CUDA GPU; use --ort cpu here"
+        )
+    return devices

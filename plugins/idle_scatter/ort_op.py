@@ -56,7 +56,7 @@ def _declare_op() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from onnxruntime_extensions import PyCustomOpDef, onnx_op
+    from onnxruntime_extensions import PyCustomOpDef, onnx_op  # lazy: optional package
 
     @onnx_op(
         op_type=f"{DOMAIN}::{OP_TYPE}",
@@ -72,7 +72,7 @@ def _declare_op() -> None:
 
 def register_custom_ops(options: ort.SessionOptions) -> None:
     """Make ``idlevit::IdleScatter`` available to sessions created with ``options``."""
-    from onnxruntime_extensions import get_library_path
+    from onnxruntime_extensions import get_library_path  # lazy: optional package
 
     _declare_op()
     options.register_custom_ops_library(get_library_path())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import idlevit
-from benchmarks.latency import (
+from benchmarks.harness import (
     DENSE,
     Timing,
     build_models,

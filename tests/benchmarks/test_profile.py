@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.profile import profile_onnx
+from benchmarks.op_profile import profile_onnx
 from export.exporter import export_onnx
 
 from ..conftest import make_model

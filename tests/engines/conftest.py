@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from engines import tensorrt_api
-from engines.precision import FP16, plan_precision, write_mixed_onnx
+from engines.plan import FP16
+from engines.precision import plan_precision, write_mixed_onnx
 from engines.target import Target
 from export.exporter import export_onnx
 

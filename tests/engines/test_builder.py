@@ -12,12 +12,14 @@ import pytest
 
 from engines import tensorrt_api
 from engines.builder import BuildOptions, build_engine, command_line
-from engines.precision import FP16, FP32, PrecisionPlan, plan_precision, scoring_path_nodes
-from engines.sidecar import EngineMismatchError, sidecar_path
+from engines.compatibility import EngineMismatchError
+from engines.plan import FP16, FP32, Method, PrecisionPlan
+from engines.precision import plan_precision, scoring_path_nodes
 from engines.target import Target
-from export.metadata import read_metadata
 from idlevit.errors import BuildError
 from idlevit.fileio import sha256_file
+from idlevit.metadata import read_metadata
+from idlevit.sidecar import sidecar_path
 
 from .conftest import requires_rtx
 
@@ -94,11 +96,11 @@ def test_parser_names_layers_after_scoring_nodes(tiny_onnx: Path) -> None:
 
 def test_command_lines(tiny_onnx: Path) -> None:
     meta = read_metadata(tiny_onnx)
-    jetson = PrecisionPlan(FP16, "tensorrt 10.3", False, "builder-flags", ["/TopK", "/Div"])
+    jetson = PrecisionPlan(FP16, "tensorrt 10.3", False, Method.BUILDER_FLAGS, ["/TopK", "/Div"])
     line = command_line(Target.parse("tensorrt-10.3"), "m.onnx", "m.engine", jetson, FAST, meta)
     assert line.startswith("trtexec --onnx=m.onnx --saveEngine=m.engine --minShapes=images:1x3x64x64")
     assert "--fp16 --precisionConstraints=obey --layerPrecisions=/TopK:fp32,/Div:fp32" in line and "--noTF32" in line
-    mixed = PrecisionPlan(FP16, "tensorrt-rtx 1.7", True, "mixed-onnx", ["/TopK"])
+    mixed = PrecisionPlan(FP16, "tensorrt-rtx 1.7", True, Method.MIXED_ONNX, ["/TopK"])
     rtx = command_line(RTX, "m.onnx", "m.engine", mixed, FAST, meta)
     assert rtx.startswith("tensorrt_rtx ") and "--fp16" not in rtx and "--maxShapes=images:4x3x64x64" in rtx
 
@@ -118,9 +120,9 @@ def test_runner_matches_onnx_runtime_on_the_gpu(tiny_onnx: Path, tmp_path: Path)
     """Build for this GPU (TensorRT-RTX targets RTX-class compute capabilities only) and run it."""
     import torch
 
+    from engines.ort import create_session
     from engines.runtime import TrtEngineRunner
     from validate.metrics import kept_token_agreement, top1_agreement
-    from validate.ort import create_session
 
     major, minor = torch.cuda.get_device_capability()
     cc = f"{major}.{minor}"

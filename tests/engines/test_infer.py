@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from engines.infer import load_images, main, open_backend
-from engines.sidecar import EngineSidecar, sidecar_path
-from export.metadata import read_metadata
+from engines.classify import load_images, open_backend
+from engines.infer import main
 from idlevit.errors import ToolkitError
+from idlevit.metadata import read_metadata
+from idlevit.sidecar import EngineSidecar, sidecar_path
 
 from ..conftest import make_model
 

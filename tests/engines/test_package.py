@@ -12,10 +12,10 @@ import pytest
 from google.protobuf import text_format
 
 from engines.package import deepstream_preprocessing, main, read_deepstream_config, read_source, write_package
-from engines.sidecar import EngineSidecar, sidecar_path
 from export.exporter import export_onnx
-from export.metadata import read_metadata, write_metadata
 from idlevit.errors import ToolkitError
+from idlevit.metadata import read_metadata, write_metadata
+from idlevit.sidecar import EngineSidecar, sidecar_path
 
 from ..conftest import make_model
 

@@ -11,10 +11,8 @@ import pytest
 import torch
 
 import idlevit
-from engines.mixed_check import EMULATED_NAME, MIXED_NAME, check_mixed_onnx
+from engines.plan import FP16, FP32
 from engines.precision import (
-    FP16,
-    FP32,
     convert_mixed,
     emulate_fp16,
     fp16_nodes,
@@ -24,8 +22,10 @@ from engines.precision import (
 )
 from engines.target import Target
 from export.exporter import export_onnx
-from export.metadata import read_metadata
 from idlevit.errors import ToolkitError
+from idlevit.metadata import read_metadata
+from validate.inputs import InputSpec
+from validate.reduced import EMULATED_NAME, REDUCED_NAME, check_reduced_precision
 
 from ..conftest import make_model
 
@@ -61,7 +61,7 @@ def test_plan_per_target(tiny_onnx: Path) -> None:
     jetson = plan_precision(model, FP16, Target.parse("tensorrt-10.3"))
     assert jetson.method == "builder-flags" and not jetson.strongly_typed and jetson.fp32_nodes == rtx.fp32_nodes
     fp32 = plan_precision(model, FP32, Target.parse("tensorrt-rtx"))
-    assert fp32.method == FP32 and not fp32.fp32_nodes and not fp32.tf32
+    assert fp32.method == FP32 and not fp32.fp32_nodes
     with pytest.raises(ToolkitError, match="not supported yet"):
         plan_precision(model, "int8", Target.parse("tensorrt-rtx"))
 
@@ -86,11 +86,15 @@ def test_mixed_graph_keeps_the_plan(tiny_onnx: Path, tiny_mixed: Path) -> None:
 
 
 def test_mixed_graph_agrees_with_fp32(tiny_onnx: Path, tiny_mixed: Path) -> None:
-    report = check_mixed_onnx(tiny_onnx, tiny_mixed, random_batches=2, batch=8)
+    report = check_reduced_precision(tiny_onnx, tiny_mixed, inputs=random_inputs(2, 8))
     assert report.passed, report.failures
-    result = report.results[MIXED_NAME]
+    result = report.backend(REDUCED_NAME)
     assert result.samples == 16 and result.top1_agreement >= 0.99
     assert list(result.layers) == read_metadata(tiny_onnx).idle_layers
+
+
+def random_inputs(batches: int, batch: int) -> InputSpec:
+    return InputSpec(data=None, random_batches=batches, batch_sizes=(batch,))
 
 
 def _offset_models() -> tuple[idlevit.IdleViT, idlevit.IdleViT]:
@@ -142,14 +146,14 @@ def test_fp16_scoring_path_selects_worse_than_the_plan(tmp_path: Path) -> None:
     plan_path = tmp_path / "offset_fp16_mixed.onnx"
     onnx.save(plan_mixed, plan_path)
     naive_emulated = emulate_fp16(fp32, fp16_nodes(naive_mixed))
-    report = check_mixed_onnx(source, plan_path, others={"naive": naive_emulated}, random_batches=2, batch=16)
-    plan, naive = report.results[EMULATED_NAME], report.results["naive"]
+    report = check_reduced_precision(source, plan_path, others={"naive": naive_emulated}, inputs=random_inputs(2, 16))
+    plan, naive = report.backend(EMULATED_NAME), report.backend("naive")
     plan_flips = np.array([sel.flipped for sel in plan.layers.values()])
     naive_flips = np.array([sel.flipped for sel in naive.layers.values()])
     print(f"flipped selections per idle layer (32 samples): plan {plan_flips.tolist()}, naive {naive_flips.tolist()}")
     assert naive_flips.sum() > 4 * plan_flips.sum()
     assert all(n.agreement < p.agreement for n, p in zip(naive.layers.values(), plan.layers.values()))
-    assert report.results[EMULATED_NAME].top1_agreement > naive.top1_agreement
+    assert plan.top1_agreement > naive.top1_agreement
 
 
 @pytest.mark.gpu
@@ -159,5 +163,5 @@ def test_fp16_scoring_path_selects_worse_than_the_plan(tmp_path: Path) -> None:
 )
 def test_mixed_graph_on_cuda_keeps_the_selection(tiny_onnx: Path, tiny_mixed: Path) -> None:
     """On real FP16 kernels (CUDA provider) the plan's graph still agrees with the FP32 graph."""
-    report = check_mixed_onnx(tiny_onnx, tiny_mixed, random_batches=4, batch=16, device="cuda")
+    report = check_reduced_precision(tiny_onnx, tiny_mixed, inputs=random_inputs(4, 16), device="cuda")
     assert report.passed, report.failures

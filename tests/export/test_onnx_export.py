@@ -10,9 +10,9 @@ import pytest
 from onnx import numpy_helper
 
 import idlevit
+from engines.ort import create_session
 from export.exporter import FORBIDDEN_OPS, export_onnx
-from export.metadata import read_metadata
-from validate.ort import create_session
+from idlevit.metadata import read_metadata
 
 from ..conftest import assert_onnx_matches_reference, make_model, run_module
 
@@ -75,9 +75,11 @@ def test_onnxruntime_matches_reference(deit_small: idlevit.IdleViT, deit_small_o
 def test_opsets_export_and_run(tmp_path: Path, opset: int) -> None:
     model = make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)
     path = tmp_path / f"opset{opset}.onnx"
-    summary = export_onnx(model, path, opset=opset, with_indices=True, verify_batch=2, progress=False)
+    report = export_onnx(model, path, opset=opset, with_indices=True, verify_batch=2, progress=False)
     assert onnx.load(path).opset_import[0].version == opset
-    assert summary is not None and summary.max_abs_error <= 1e-4 and summary.kept_token_agreement == 1.0
+    assert report is not None and report.passed
+    totals = report.backend("onnxruntime-cpu")
+    assert totals.max_abs <= 1e-4 and all(sel.agreement == 1.0 for sel in totals.layers.values())
 
 
 def test_static_batch(tmp_path: Path) -> None:

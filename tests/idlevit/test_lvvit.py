@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import idlevit
-from export.metadata import read_metadata
-from validate.ort import create_session
+from engines.ort import create_session
+from idlevit.metadata import read_metadata
 
 from ..conftest import assert_onnx_matches_reference, make_model, run_module
 

@@ -163,8 +163,8 @@ def test_bundled_demo_selects_better_than_chance(
 def test_export_onnx_defaults_to_the_demo_and_onnx_runtime_agrees(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from export.metadata import read_metadata
     from export.onnx import main
+    from idlevit.metadata import read_metadata
 
     out = tmp_path / "demo.onnx"
     assert main(["--out", str(out), "--quiet", "--no-verify"]) == 0

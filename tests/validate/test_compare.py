@@ -7,7 +7,7 @@ import pytest
 from polygraphy.comparator import Comparator, IterationResult, RunResults
 from polygraphy.logger import G_LOGGER
 
-from validate.compare import FUNCS, PRESETS, SelectionCompareFunc, Top1CompareFunc, compare_funcs, preset
+from validate.compare import FUNCS, SelectionCompareFunc, Top1CompareFunc, compare_funcs
 from validate.metrics import (
     CASCADE,
     MATCH,
@@ -17,6 +17,7 @@ from validate.metrics import (
     selection_status,
     topk_correct,
 )
+from validate.presets import PRESETS, preset
 
 #: Reference scores of 8 image tokens (positions 1..8). With k = 3 the reference keeps
 #: positions {1, 2, 3}; tokens 3 and 4 (positions 3, 4) sit 1e-6 apart at the k-th boundary,
@@ -104,6 +105,25 @@ def test_top1_agreement_counts_samples() -> None:
     top1 = Top1CompareFunc({"backend": preset("fp32")})(ref, got)["logits"]
     assert top1.top1_agreement == 0.75 and top1.samples == 4 and not bool(top1)  # fp32 asks for 100%
     assert bool(Top1CompareFunc({"backend": preset("fp32").with_overrides(min_top1=0.75)})(ref, got)["logits"])
+
+
+def test_a_top1_flip_at_a_near_tie_of_the_reference_logits_agrees() -> None:
+    # sample 0: the reference's two classes are 1e-3 apart (of max |logit| 5): a near-tie at
+    # tie_rtol 1e-3, not at 1e-4; sample 1: a flip across a margin of 1.
+    ref = result("pytorch", logits=np.array([[5.0, 4.999], [1.0, 2.0]]))
+    got = result("backend", logits=np.array([[4.999, 5.0], [2.0, 1.0]]))
+    loose = Top1CompareFunc({"backend": preset("fp32").with_overrides(tie_rtol=1e-3)})(ref, got)["logits"]
+    assert (loose.matched, loose.near_tie, loose.top1_beyond_ties) == (0, 1, 0.5)
+    strict = Top1CompareFunc({"backend": preset("fp32").with_overrides(tie_rtol=1e-4)})(ref, got)["logits"]
+    assert (strict.matched, strict.near_tie) == (0, 0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_fail_even_where_everything_else_agrees(bad: float) -> None:
+    ref = result("pytorch", logits=np.array([[1.0, 0.0], [0.0, 1.0]]))
+    got = result("backend", logits=np.array([[1.0, bad], [0.0, 1.0]]))
+    top1 = Top1CompareFunc({"backend": preset("fp32").with_overrides(min_top1=0.0)})(ref, got)["logits"]
+    assert top1.nonfinite == 1 and not bool(top1)
 
 
 def test_topk_correct() -> None:

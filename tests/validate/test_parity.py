@@ -12,12 +12,13 @@ import pytest
 import torch
 from polygraphy.comparator import IndicesCompareFunc, IterationResult
 
-from engines.sidecar import EngineSidecar, sidecar_path
-from export.metadata import read_metadata
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError, run_cli
+from engines.ort import create_session
+from idlevit.cli import run_cli
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError
 from idlevit.fileio import sha256_file
+from idlevit.metadata import read_metadata
+from idlevit.sidecar import EngineSidecar, sidecar_path
 from validate import parity
-from validate.ort import create_session
 
 #: Small, fast runs: 8 real digits and one random batch per size, at batch 1 and 4.
 FAST = ["--num-images", "8", "--random-batches", "1", "--batch-sizes", "1,4", "--threads", "1", "--quiet"]

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import idlevit
-from export.metadata import read_metadata
+from engines.ort import create_session, cuda_usable, providers_for
 from idlevit.errors import CheckpointError
-from validate.ort import create_session, cuda_usable, providers_for
-from validate.reference import TorchRunner, load_reference, token_scores_name
+from idlevit.metadata import read_metadata
+from idlevit.names import token_scores_name
+from validate.reference import TorchRunner, load_reference
 
 from ..conftest import assert_onnx_matches_reference
 

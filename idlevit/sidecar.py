@@ -3,8 +3,9 @@
 An engine file says nothing a user can read; the sidecar (``model.engine.json``) records the
 runtime and version that built it, the GPU or target compute capabilities it runs on, the
 precision plan, the optimization profiles, the IdleViT schedule (from the ONNX metadata) and
-the sha256 of the ONNX and of the engine. The runtime checks it before loading an engine
-(:func:`check_compatible`), so a mismatch is one clear sentence instead of a TensorRT crash.
+the sha256 of the ONNX and of the engine. This is its schema; ``engines.compatibility``
+checks it before an engine is loaded, so a mismatch is one clear sentence instead of a
+TensorRT crash.
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from idlevit.errors import ToolkitError
-from idlevit.fileio import atomic_write
+from .errors import ToolkitError
+from .fileio import atomic_write
 
 SIDECAR_FORMAT = 1
-
-
-class EngineMismatchError(ToolkitError):
-    """An engine was built for another TensorRT, GPU or graph than the one at hand."""
 
 
 def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
@@ -75,49 +72,3 @@ class EngineSidecar:
             raise ToolkitError(f"engine sidecar {os.fspath(path)!r} has format {data.get('format')!r}; rebuild it")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _major_minor(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-
-
-def check_compatible(
-    sidecar: EngineSidecar, runtime: str, runtime_version: str, gpu_compute_capability: str | None
-) -> None:
-    """Refuse an engine whose sidecar names another TensorRT or GPU than the running ones.
-
-    TensorRT engines load only in the TensorRT version that built them, on a GPU of the same
-    compute capability; TensorRT-RTX engines load in the same major.minor, on any of the
-    compute capabilities they were built for.
-    """
-    fix = "rebuild it here with `python -m export.trt`"
-    if sidecar.runtime != runtime:
-        raise EngineMismatchError(f"{sidecar.engine} was built with {sidecar.runtime} but this is {runtime}; {fix}")
-    if sidecar.runtime == "tensorrt-rtx":
-        if _major_minor(sidecar.runtime_version) != _major_minor(runtime_version):
-            raise EngineMismatchError(
-                f"{sidecar.engine} was built with TensorRT-RTX {sidecar.runtime_version} but this is "
-                f"{runtime_version}; {fix}"
-            )
-    elif sidecar.runtime_version != runtime_version:
-        raise EngineMismatchError(
-            f"{sidecar.engine} was built with TensorRT {sidecar.runtime_version} but this is {runtime_version}; {fix}"
-        )
-    if gpu_compute_capability is None:
-        raise EngineMismatchError(f"{sidecar.engine} needs a CUDA GPU and none is visible here")
-    if sidecar.compute_capabilities and gpu_compute_capability not in sidecar.compute_capabilities:
-        raise EngineMismatchError(
-            f"{sidecar.engine} runs on compute capability {', '.join(sidecar.compute_capabilities)} but this GPU is "
-            f"{gpu_compute_capability}; {fix}"
-            + (" --compute-capabilities " + gpu_compute_capability if sidecar.runtime == "tensorrt-rtx" else "")
-        )
-
-
-def current_gpu() -> dict[str, str] | None:
-    """Name and compute capability ("8.9") of the visible CUDA GPU, or None (via torch, no TensorRT)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.sidecar import EngineMismatchError, EngineSidecar, check_compatible, sidecar_path
+from engines.compatibility import EngineMismatchError, check_compatible
 from idlevit.errors import ToolkitError
+from idlevit.sidecar import EngineSidecar, sidecar_path
 
 
 def _sidecar(runtime: str = "tensorrt", version: str = "10.13.0.35", ccs: tuple[str, ...] = ("8.9",)) -> EngineSidecar:

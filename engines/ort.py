@@ -8,12 +8,10 @@ from collections.abc import Sequence
 import onnxruntime as ort
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
-from idlevit.errors import MissingDependencyError, ToolkitError
+from idlevit.errors import MissingDependencyError
 
 #: Execution provider of each device an ONNX Runtime runner can use.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-#: ``--ort`` choices: one device, both, the best one here ("auto"), or no ONNX Runtime runner.
-ORT_CHOICES = ("auto", "cpu", "cuda", "both", "none")
 
 
 def available_providers() -> list[str]:
@@ -47,7 +45,7 @@ def create_session(
 def _register_custom_ops(options: ort.SessionOptions) -> None:
     """Register the CPU reference of the toolkit's custom ops (no-op when they are unavailable)."""
     try:
-        from plugins.idle_scatter.ort_op import register_custom_ops
+        from plugins.idle_scatter.ort_op import register_custom_ops  # lazy: needs the optional onnxruntime-extensions
     except ImportError:
         return
     register_custom_ops(options)
@@ -57,25 +55,9 @@ def cuda_usable() -> bool:
     """onnxruntime-gpu is installed and a CUDA GPU is visible."""
     if PROVIDERS["cuda"] not in available_providers():
         return False
-    import torch
+    import torch  # lazy: torch only to ask whether a CUDA GPU is visible
 
     return torch.cuda.is_available()
-
-
-def resolve_devices(choice: str) -> list[str]:
-    """Devices for an ``--ort`` choice: "auto" is CUDA when usable, else CPU."""
-    if choice not in ORT_CHOICES:
-        raise ToolkitError(f"unknown ONNX Runtime device {choice!r}; choose one of: {', '.join(ORT_CHOICES)}")
-    if choice == "none":
-        return []
-    if choice == "auto":
-        return ["cuda" if cuda_usable() else "cpu"]
-    devices = ["cpu", "cuda"] if choice == "both" else [choice]
-    if "cuda" in devices and not cuda_usable():
-        raise MissingDependencyError(
-            "ONNX Runtime on CUDA needs onnxruntime-gpu (pip install -e '.[gpu]') and a CUDA GPU; use --ort cpu here"
-        )
-    return devices
 
 
 def providers_for(device: str) -> list[str]:
@@ -84,11 +66,17 @@ def providers_for(device: str) -> list[str]:
 
 
 def ort_runner(
-    onnx_path: str | os.PathLike[str], device: str = "cpu", threads: int = 0, options: ort.SessionOptions | None = None
+    onnx_path: str | os.PathLike[str],
+    device: str = "cpu",
+    threads: int = 0,
+    options: ort.SessionOptions | None = None,
+    name: str | None = None,
 ) -> OnnxrtRunner:
     """A Polygraphy runner over :func:`create_session` (so the plugin's custom op is registered).
 
-    Named ``onnxruntime-<device>``; the session is created when the runner is activated.
+    Named ``onnxruntime-<device>`` unless ``name`` is given; the session is created when the
+    runner is activated.
     """
     providers = providers_for(device)
-    return OnnxrtRunner(lambda: create_session(onnx_path, providers, threads, options), name=f"onnxruntime-{device}")
+    session = lambda: create_session(onnx_path, providers, threads, options)  # noqa: E731 - Polygraphy's loader
+    return OnnxrtRunner(session, name=name or f"onnxruntime-{device}")

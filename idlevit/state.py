@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from idlevit.fileio import atomic_write
+from .fileio import atomic_write
 
 
 def state_file() -> Path:

@@ -1,0 +1,105 @@
+"""Classify image files with an engine or an exported ONNX, preprocessed as the model was evaluated.
+
+Images go through timm's eval transform for the data config the model records (resize by
+crop_pct, center crop, normalise with its mean/std); an engine runs in TensorRT when TensorRT
+and a GPU are here, else the ONNX it was built from runs in ONNX Runtime, and the caller is
+told which.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from polygraphy.backend.base import BaseRunner
+from timm.data import create_transform, resolve_data_config
+
+from idlevit.errors import MissingDependencyError, ToolkitError
+from idlevit.metadata import ExportMetadata, read_metadata
+from idlevit.names import IMAGES, LOGITS
+from idlevit.sidecar import EngineSidecar, sidecar_path
+
+from .ort import ort_runner
+from .runtime import tensorrt_runner
+
+
+@dataclass
+class Prediction:
+    """Top classes of one image: (class index, probability), best first."""
+
+    image: str
+    top: list[tuple[int, float]]
+
+
+def eval_transform(meta: ExportMetadata):
+    """timm's eval transform (resize by crop_pct, center crop, normalise) for the model's data config."""
+    return create_transform(**resolve_data_config(pretrained_cfg=meta.data_config), is_training=False)
+
+
+def load_images(paths: Sequence[str | os.PathLike[str]], meta: ExportMetadata) -> np.ndarray:
+    """Decode, convert to RGB and preprocess image files into a float32 (B, 3, H, W) batch."""
+    transform = eval_transform(meta)
+    tensors = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                tensors.append(transform(image.convert("RGB")))
+        except FileNotFoundError:
+            raise ToolkitError(f"image {os.fspath(path)!r} does not exist") from None
+        except (UnidentifiedImageError, OSError) as err:
+            raise ToolkitError(
+                f"cannot read image {os.fspath(path)!r} ({err}); pass JPEG, PNG or another PIL format"
+            ) from None
+    return torch.stack(tensors).numpy().astype(np.float32)
+
+
+def open_backend(model: str | os.PathLike[str], threads: int = 0) -> tuple[BaseRunner, ExportMetadata, str]:
+    """A runner for an engine (TensorRT) or an ONNX (ONNX Runtime), the model's metadata, and a note.
+
+    An engine falls back to the ONNX it was built from when TensorRT cannot run here; the note
+    says so.
+    """
+    path = Path(model)
+    if not path.is_file():
+        raise ToolkitError(f"model {os.fspath(path)!r} does not exist; pass --model an .onnx or .engine")
+    if path.suffix != ".engine":
+        return ort_runner(path, "cpu", threads), read_metadata(path), f"ONNX Runtime (CPU) on {path.name}"
+    sidecar = EngineSidecar.read(sidecar_path(path))
+    meta = ExportMetadata(**sidecar.idlevit)
+    try:
+        if not torch.cuda.is_available():
+            raise MissingDependencyError("TensorRT engines need a CUDA GPU and none is visible")
+        return tensorrt_runner(path), meta, f"TensorRT ({sidecar.runtime} {sidecar.runtime_version}) on {path.name}"
+    except MissingDependencyError as err:
+        source = Path(sidecar.source_onnx)
+        source = source if source.is_file() else path.parent / source.name
+        if not source.is_file():
+            raise MissingDependencyError(f"{err}; and the ONNX it was built from ({sidecar.source_onnx}) is not here")
+        return ort_runner(source, "cpu", threads), meta, f"ONNX Runtime (CPU) on {source.name}: {err}"
+
+
+def classify(runner: BaseRunner, images: np.ndarray, names: Sequence[str], top: int = 5, batch: int = 8) -> list:
+    """Softmax probabilities of the top classes of each image, batch by batch."""
+    results = []
+    for start in range(0, len(images), batch):
+        logits = runner.infer({IMAGES: images[start : start + batch]})[LOGITS]
+        probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=-1)
+        values, indices = probs.topk(min(top, probs.shape[-1]), dim=-1)
+        for name, v, i in zip(names[start : start + batch], values.tolist(), indices.tolist(), strict=True):
+            results.append(Prediction(name, list(zip(i, v, strict=True))))
+    return results
+
+
+def format_predictions(predictions: list[Prediction], labels: Sequence[str] | None) -> str:
+    lines = []
+    for pred in predictions:
+        lines.append(pred.image)
+        for rank, (index, prob) in enumerate(pred.top, 1):
+            label = labels[index] if labels else f"class {index}"
+            lines.append(f"  {rank}. {label:<30} {prob:7.2%}")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Whether an engine can run here: its sidecar against the running TensorRT and the visible GPU."""
+
+from __future__ import annotations
+
+from idlevit.errors import ToolkitError
+from idlevit.sidecar import EngineSidecar
+
+
+class EngineMismatchError(ToolkitError):
+    """An engine was built for another TensorRT, GPU or graph than the one at hand."""
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+
+
+def check_compatible(
+    sidecar: EngineSidecar, runtime: str, runtime_version: str, gpu_compute_capability: str | None
+) -> None:
+    """Refuse an engine whose sidecar names another TensorRT or GPU than the running ones.
+
+    TensorRT engines load only in the TensorRT version that built them, on a GPU of the same
+    compute capability; TensorRT-RTX engines load in the same major.minor, on any of the
+    compute capabilities they were built for.
+    """
+    fix = "rebuild it here with `python -m export.trt`"
+    if sidecar.runtime != runtime:
+        raise EngineMismatchError(f"{sidecar.engine} was built with {sidecar.runtime} but this is {runtime}; {fix}")
+    if sidecar.runtime == "tensorrt-rtx":
+        if _major_minor(sidecar.runtime_version) != _major_minor(runtime_version):
+            raise EngineMismatchError(
+                f"{sidecar.engine} was built with TensorRT-RTX {sidecar.runtime_version} but this is "
+                f"{runtime_version}; {fix}"
+            )
+    elif sidecar.runtime_version != runtime_version:
+        raise EngineMismatchError(
+            f"{sidecar.engine} was built with TensorRT {sidecar.runtime_version} but this is {runtime_version}; {fix}"
+        )
+    if gpu_compute_capability is None:
+        raise EngineMismatchError(f"{sidecar.engine} needs a CUDA GPU and none is visible here")
+    if sidecar.compute_capabilities and gpu_compute_capability not in sidecar.compute_capabilities:
+        raise EngineMismatchError(
+            f"{sidecar.engine} runs on compute capability {', '.join(sidecar.compute_capabilities)} but this GPU is "
+            f"{gpu_compute_capability}; {fix}"
+            + (" --compute-capabilities " + gpu_compute_capability if sidecar.runtime == "tensorrt-rtx" else "")
+        )
+
+
+def current_gpu() -> dict[str, str] | None:
+    """Name and compute capability ("8.9") of the visible CUDA GPU, or None (via torch, no TensorRT)."""
+    import torch  # lazy: torch only to ask which GPU is visible
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}

@@ -1,0 +1,108 @@
+"""The one way every command of the toolkit runs: parse, work, and end with a documented exit code.
+
+:func:`run_cli` wraps a command's ``main``: a :class:`~idlevit.errors.ToolkitError` becomes one
+line on stderr (``error: <what is wrong>; <how to fix it>``) and its exit code, Ctrl-C exits
+130 and SIGTERM 143 (temporary files are removed on the way out, see
+:func:`idlevit.fileio.atomic_write`), and anything unexpected exits 70 with one line that asks
+for a report (``IDLEVIT_DEBUG=1`` prints the traceback too). :func:`cli_parser` makes every
+command's parser, whose usage errors are one line as well, and :func:`progress` its progress
+bars, which stay off when stderr is not a terminal.
+
+This module imports nothing heavy: a command parses its arguments (and answers ``--help``)
+before torch, onnx or TensorRT load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ToolkitError
+
+#: Set to 1 to see the traceback of an unexpected error.
+DEBUG_ENV = "IDLEVIT_DEBUG"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised in the main thread so that ``finally`` blocks clean up."""
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar so that the message that follows starts on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with ``code``."""
+    _close_progress_bars()
+    sys.stdout.flush()
+    print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
+    """Run a command's ``main`` and exit with the code the README documents for what happened."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        code = main(argv)
+    except ToolkitError as err:
+        fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C)", EXIT_SIGINT)
+    except Terminated:
+        fail("terminated (SIGTERM)", EXIT_SIGTERM)
+    except Exception as err:  # noqa: BLE001 - the one place that turns a bug into a report line
+        if os.environ.get(DEBUG_ENV) == "1":
+            _close_progress_bars()
+            traceback.print_exc()
+        fail(
+            f"internal error: {type(err).__name__}: {_one_line(str(err))[:500]}; please report it, "
+            f"{DEBUG_ENV}=1 shows the traceback",
+            EXIT_INTERNAL,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sys.stdout.flush()
+    sys.exit(code or EXIT_OK)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``error: ...; see <prog> --help``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message}; see `{self.prog} --help`", EXIT_BAD_INPUT)
+
+
+def cli_parser(prog: str, doc: str | None, epilog: str) -> argparse.ArgumentParser:
+    """The toolkit's argument parser: the module docstring's first paragraph, an epilog kept as written."""
+    return _Parser(
+        prog=prog,
+        description=(doc or "").split("\n\n")[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def progress(iterable: Iterable[Any] | None = None, enabled: bool = True, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr, shown only when stderr is a terminal (no carriage returns in logs)."""
+    from tqdm.auto import tqdm  # lazy: tqdm is needed only once work starts
+
+    show = enabled and sys.stderr.isatty()
+    return tqdm(iterable, disable=not show, **kwargs)

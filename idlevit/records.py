@@ -1,0 +1,70 @@
+"""Typed records read back from JSON (ONNX metadata, engine sidecars): each field checked against its type.
+
+A record written by this toolkit and edited by hand, truncated or written by another tool
+must fail with one line that names the field, not with a TypeError three modules later.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import MISSING, fields
+from typing import Any, TypeVar
+
+from .errors import ToolkitError
+
+R = TypeVar("R")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def record_from_dict(cls: type[R], values: dict[str, Any], where: str, fix: str) -> R:
+    """``cls(**values)`` for a dataclass ``cls``, after checking that every required field is there and
+    every field has its declared type; unknown keys are ignored. Errors name the field, ``where``
+    it was read and the ``fix``."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    missing = [
+        f.name
+        for f in fields(cls)  # type: ignore[arg-type]
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in values
+    ]
+    if missing:
+        raise ToolkitError(f"{where} lacks the field(s) {', '.join(missing)}; {fix}")
+    for name in known & set(values):
+        if not _matches(values[name], hints[name]):
+            shown = repr(values[name])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise ToolkitError(f"{where}: field {name} is {shown}, not {_describe(hints[name])}; {fix}")
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return f"a list of {_describe(args[0])}s"
+    if origin is dict:
+        return "an object"
+    if args:
+        return " or ".join(_describe(a) for a in args)
+    names = {str: "text", int: "an integer", float: "a finite number", bool: "true/false", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

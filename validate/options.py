@@ -1,0 +1,47 @@
+"""Command-line options shared by the validate commands (plain argparse: parsed before anything heavy loads)."""
+
+from __future__ import annotations
+
+import argparse
+
+from idlevit.errors import ToolkitError
+from idlevit.names import DIGITS
+
+#: ``--ort`` choices: one device, both, the best one here ("auto"), or no ONNX Runtime runner.
+ORT_CHOICES = ("auto", "cpu", "cuda", "both", "none")
+
+
+def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--engine``, ``--ort`` and ``--threads``, as every command that runs backends takes them."""
+    group.add_argument("--engine", default=None, help="TensorRT engine built from the ONNX (needs TensorRT and a GPU)")
+    group.add_argument(
+        "--ort",
+        choices=ORT_CHOICES,
+        default="auto",
+        help="ONNX Runtime device: auto (CUDA when onnxruntime-gpu and a GPU exist, else CPU), cpu, cuda, "
+        "both, or none (engine only) (default auto)",
+    )
+    group.add_argument(
+        "--threads", type=int, default=0, help="CPU threads of ONNX Runtime and PyTorch (default: their own choice)"
+    )
+
+
+def add_data_arguments(group: argparse._ArgumentGroup, split_help: str) -> None:
+    """``--data`` and ``--split``, as every validate command takes them."""
+    group.add_argument(
+        "--data",
+        default=DIGITS,
+        help="real images: 'digits' (bundled scikit-learn digits) or an ImageFolder root (ROOT/val is used "
+        "when present) (default digits)",
+    )
+    group.add_argument("--split", default="test", help=split_help)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ToolkitError(f"cannot read batch sizes {text!r}; write e.g. '1,8'") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise ToolkitError(f"batch sizes {text!r} must be integers >= 1, e.g. '1,8'")
+    return sizes

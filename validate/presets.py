@@ -1,0 +1,52 @@
+"""Thresholds of the one judge, by the precision a graph or engine computes in.
+
+Every "does this artefact still compute the model?" question (parity against PyTorch, the
+reduced-precision check against the FP32 graph, the export's own check) is judged by one of
+these presets, with user overrides on top. Plain data: the commands list them in ``--help``
+without importing anything heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from idlevit.errors import ToolkitError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a backend must reach against the reference, per group of inputs (kind x batch size)."""
+
+    atol: float  # max abs logit error; a batch fails only when it exceeds atol AND rtol (Polygraphy's rule)
+    rtol: float  # max relative logit error, |a - b| / |b|
+    min_cosine: float  # cosine similarity of the batch's logits
+    min_top1: float  # fraction of samples with the reference's arg-max class, near-ties counted as agreeing
+    max_mismatch: float  # fraction of samples, per idle layer, whose kept set differs beyond a near-tie
+    tie_rtol: float  # near-tie tolerance on the reference's token scores and logits, relative to the row's max |value|
+
+    def with_overrides(self, **changes: float | None) -> Thresholds:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+#: Defaults by the precision a graph or engine computes in (FP32 strict, reduced precisions looser).
+PRESETS: dict[str, Thresholds] = {
+    "fp32": Thresholds(atol=1e-3, rtol=1e-3, min_cosine=0.99999, min_top1=1.0, max_mismatch=0.0, tie_rtol=1e-4),
+    "tf32": Thresholds(atol=2e-2, rtol=2e-2, min_cosine=0.9995, min_top1=0.98, max_mismatch=0.02, tie_rtol=5e-3),
+    "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98, max_mismatch=0.02, tie_rtol=1e-2),
+    "bf16": Thresholds(atol=1e-1, rtol=1e-1, min_cosine=0.998, min_top1=0.97, max_mismatch=0.04, tie_rtol=2e-2),
+    "int8": Thresholds(atol=5e-1, rtol=5e-1, min_cosine=0.99, min_top1=0.9, max_mismatch=0.1, tie_rtol=5e-2),
+}
+THRESHOLD_FIELDS = tuple(f.name for f in fields(Thresholds))
+
+
+def preset(precision: str) -> Thresholds:
+    """The default thresholds of a precision name (as recorded in the ONNX metadata)."""
+    try:
+        return PRESETS[precision.lower()]
+    except KeyError:
+        raise ToolkitError(
+            f"no default thresholds for precision {precision!r}; pass --precision one of {', '.join(PRESETS)}"
+        ) from None

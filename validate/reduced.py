@@ -1,0 +1,143 @@
+"""The reduced-precision check: a parity run whose reference is the FP32 graph.
+
+Before an engine is built from a reduced-precision graph (``--fp16``'s mixed-precision ONNX),
+that graph runs in ONNX Runtime beside the FP32 graph it came from, on the same real and
+seeded random images, and the one judge (:mod:`validate.judge`) compares them with the preset
+of the reduced precision: logit error and cosine, top-1 agreement, and the kept tokens of every
+idle layer with near-tie and cascade accounting. The FP32 graph matches PyTorch to ~1e-6
+(``python -m validate.parity`` checks that side against the checkpoint), so it stands in for
+the model here.
+
+Two probe copies make the selection check possible for any export: each exposes every idle
+layer's kept positions (``kept_indices_<layer>``), and the reference also exposes the scores
+TopK ranks (``token_scores_<layer>``). ONNX Runtime's CPU kernels compute many FP16 ops in
+FP32 and skip the rounding, so an FP16 graph is also judged with FP16 storage rounding
+emulated (:func:`engines.precision.emulate_fp16`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from engines.ort import ort_runner
+from engines.plan import FP16
+from engines.precision import emulate_fp16, fp16_nodes
+from idlevit.errors import ToolkitError
+from idlevit.fileio import sha256_file
+from idlevit.metadata import load_onnx, read_metadata
+from idlevit.names import kept_indices_name, token_scores_name
+
+from .inputs import InputSpec, parity_inputs
+from .judge import compare_runners, group_setup
+from .presets import preset
+from .report import ParityReport
+from .runners import polygraphy_quiet
+
+#: Runner names in the report: the FP32 graph, the reduced graph as ONNX Runtime's kernels run it,
+#: and the reduced graph with FP16 storage rounding emulated.
+REFERENCE_NAME, REDUCED_NAME, EMULATED_NAME = "fp32", "reduced", "fp16-emulated"
+#: The check's default inputs: 16 real images when a dataset is named, two seeded random batches of 8.
+CHECK_INPUTS = InputSpec(data=None, num_images=16, random_batches=2, batch_sizes=(8,))
+
+
+def probe_copy(model: onnx.ModelProto, idle_layers: Sequence[int], with_scores: bool) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs each idle layer's kept positions (and scores).
+
+    Kept positions are TopK's indices, the (B, k+1) tensor the layer gathers with (CLS 0 first).
+    Scores are TopK's input without its CLS column (B, N), cast to FP32.
+    """
+    graph = gs.import_onnx(model)
+    top_ks = [node for node in graph.nodes if node.op == "TopK"]
+    if len(top_ks) != len(idle_layers):
+        raise ToolkitError(
+            f"the graph has {len(top_ks)} TopK nodes but its metadata lists {len(idle_layers)} idle layers"
+        )
+    present = {tensor.name for tensor in graph.outputs}
+    for layer, top_k in zip(idle_layers, top_ks, strict=True):
+        name = kept_indices_name(layer)
+        if name not in present:
+            kept = top_k.outputs[1]
+            kept.name, kept.dtype = name, np.int64
+            graph.outputs.append(kept)
+        if with_scores:
+            scores = graph.layer(
+                op="Cast",
+                attrs={"to": onnx.TensorProto.FLOAT},
+                inputs=[top_k.inputs[0]],
+                outputs=[gs.Variable(f"{token_scores_name(layer)}_with_cls", dtype=np.float32)],
+            )[0]
+            bounds = (1, 2**62, 1)  # starts, ends, axes: columns 1.. (the image tokens)
+            image_tokens = [
+                gs.Constant(f"{name}_slice{i}", np.array([v], dtype=np.int64)) for i, v in enumerate(bounds)
+            ]
+            out = gs.Variable(token_scores_name(layer), dtype=np.float32)
+            graph.layer(op="Slice", inputs=[scores, *image_tokens], outputs=[out])
+            graph.outputs.append(out)
+    probe = gs.export_onnx(graph)
+    probe.ir_version = model.ir_version
+    return probe
+
+
+def check_reduced_precision(
+    fp32_onnx: str | os.PathLike[str],
+    reduced_onnx: str | os.PathLike[str],
+    *,
+    inputs: InputSpec = CHECK_INPUTS,
+    others: Mapping[str, str | os.PathLike[str] | onnx.ModelProto] | None = None,
+    precision: str | None = None,
+    overrides: Mapping[str, float | None] | None = None,
+    device: str = "cpu",
+    threads: int = 0,
+    progress: bool = False,
+) -> ParityReport:
+    """Judge ``reduced_onnx`` (and ``others``, by name) against ``fp32_onnx`` on the same inputs.
+
+    The preset is the reduced graph's precision (its metadata, or ``precision``), with
+    ``overrides`` on top; an FP16 graph is also judged with FP16 rounding emulated. ``others``
+    may be ONNX paths or in-memory models (e.g. a graph under study).
+    """
+    meta = read_metadata(reduced_onnx)
+    layers = list(meta.idle_layers)
+    precision = precision or meta.precision
+    limits = preset(precision).with_overrides(**(overrides or {}))
+    fp32 = load_onnx(fp32_onnx)
+    candidates: dict[str, onnx.ModelProto] = {REDUCED_NAME: load_onnx(reduced_onnx)}
+    if precision == FP16:
+        candidates[EMULATED_NAME] = emulate_fp16(fp32, fp16_nodes(candidates[REDUCED_NAME]))
+    for name, other in (others or {}).items():
+        candidates[name] = other if isinstance(other, onnx.ModelProto) else load_onnx(other)
+    with polygraphy_quiet(False):
+        groups = parity_inputs(meta, inputs)
+    with tempfile.TemporaryDirectory(prefix="idlevit-reduced-check-") as tmp:
+        reference_path = Path(tmp, "reference.onnx")
+        onnx.save(probe_copy(fp32, layers, with_scores=True), reference_path)
+        backends = []
+        for i, (name, model) in enumerate(candidates.items()):
+            path = Path(tmp, f"candidate{i}.onnx")
+            onnx.save(probe_copy(model, layers, with_scores=False), path)
+            backends.append(ort_runner(path, device, threads, name=name))
+        thresholds = {name: limits for name in candidates}
+        reference = ort_runner(reference_path, device, threads, name=REFERENCE_NAME)
+        rows = compare_runners(reference, backends, thresholds, layers, groups, progress=progress)
+    setup = {
+        "onnx": os.fspath(reduced_onnx),
+        "onnx_sha256": sha256_file(reduced_onnx),
+        "reference_onnx": os.fspath(fp32_onnx),
+        "arch": meta.arch,
+        "precision": {name: precision for name in candidates},
+        "reference": REFERENCE_NAME,
+        "backends": list(candidates),
+        "device": device,
+        "idle_layers": layers,
+        "keep_tokens": list(meta.keep_tokens),
+        "kept_indices_checked": layers,
+        "inputs": [group_setup(group) for group in groups],
+    }
+    return ParityReport(setup, thresholds, rows)
