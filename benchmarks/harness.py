@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import idlevit
 from export.exporter import export_onnx
@@ -33,6 +32,7 @@ from idlevit.fileio import atomic_write
 from idlevit.names import IMAGES
 
 from .backends import BACKENDS, REFERENCE, default_threads
+from .flops import count_flops
 from .options import DEFAULT_KEEP_RATES
 
 Runner = Callable[[dict[str, np.ndarray]], object]  # a runner's infer on a feed dict
@@ -58,19 +58,6 @@ def build_models(
         model.load_state_dict(state)
         models[rate] = model.eval()
     return models
-
-
-def count_flops(model: idlevit.IdleViT, forward: Callable[[torch.Tensor], object] | None = None) -> int:
-    """FLOPs of one image (matmuls and convolutions, 2 per multiply-add) with ``flop_counter``.
-
-    ``forward`` defaults to the reference forward; pass ``model.forward_export`` to count the
-    graph that is exported.
-    """
-    size = model.cfg.img_size
-    images = torch.zeros(1, 3, size, size, device=model.cls_token.device)  # "meta" models count too
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        (forward or model)(images)
-    return int(counter.get_total_flops())
 
 
 # ---- measurement --------------------------------------------------------------------------

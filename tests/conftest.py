@@ -1,9 +1,11 @@
-"""Shared fixtures: deterministic random-init models and their exports (no downloads)."""
+"""Shared fixtures: deterministic random-init models and their exports (no downloads); per-file progress."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,47 @@ def assert_onnx_matches_reference(model: idlevit.IdleViT, session: ort.Inference
     assert np.abs(outputs[0] - logits.numpy()).max() <= 1e-4
     for layer, got in zip(model.schedule.idle_layers, outputs[1:], strict=True):
         np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(kept[layer].numpy(), axis=1))
+
+
+class FileProgress:
+    """One line per test file when its last test has run: ``tests/x.py: 12 passed, 1 skipped (34 s)``.
+
+    The suite runs on two workers (pytest-xdist), whose dots do not say where the run is.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.total: Counter[str] = Counter()
+        self.outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+        self.started = time.monotonic()
+        self.first_seen: dict[str, float] = {}
+
+    def count(self, nodeids: list[str]) -> None:
+        if not self.total:
+            self.total.update(nodeid.split("::")[0] for nodeid in nodeids)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.count([item.nodeid for item in session.items])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
+        self.count(ids)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        path = report.nodeid.split("::")[0]
+        self.first_seen.setdefault(path, time.monotonic())
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            self.outcomes[path][report.outcome] += 1
+            done = sum(self.outcomes[path].values())
+            if self.total[path] and done == self.total[path]:
+                parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.outcomes[path].items()))
+                seconds = time.monotonic() - self.first_seen[path]
+                reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+                if reporter is not None:
+                    reporter.ensure_newline()
+                    reporter.write_line(f"{path}: {parts} ({seconds:.0f} s)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without workers) reports
+        config.pluginmanager.register(FileProgress(config), "idlevit-file-progress")

@@ -1,10 +1,34 @@
 #!/usr/bin/env bash
-# The test command: installs the test-only tools that cannot be package extras, then runs pytest.
-# tensorrt-stubs declares a dependency on the real tensorrt (not installable here): --no-deps.
+# The test command. Installs what the tests need beyond ".[dev]" when it is missing (a quick no-op
+# otherwise), then runs pytest on two workers, printing a line as each test file finishes.
+#   tensorrt-stubs: TensorRT's types for mypy (it declares a dependency on TensorRT itself, which
+#     cannot be installed here: --no-deps); tritonclient: Triton's ModelConfig proto (--no-deps);
+#   the rtx and fp16 extras: TensorRT-RTX builds real engines without a GPU, ModelOpt writes the
+#     reduced-precision graphs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q --no-deps tensorrt-stubs tritonclient  # tritonclient: Triton's ModelConfig proto for the package tests
-# TensorRT-RTX builds engines without a GPU (CI builds real engines) and ModelOpt AutoCast writes
-# the mixed-precision graphs: the package's rtx and fp16 extras.
-python -m pip install -q -e ".[rtx,fp16]"
+missing() {
+    python - "$@" <<'PY'
+import sys
+from importlib import metadata
+for name in sys.argv[1:]:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        print(name)
+PY
+}
+no_deps=$(missing tensorrt-stubs tritonclient)
+extras=$(missing tensorrt-rtx-cu13 nvidia-modelopt onnxslim lief cppimport)
+if [ -n "$no_deps" ]; then
+    echo "tests/run.sh: installing $(echo $no_deps) (--no-deps)"
+    python -m pip install -q --no-deps $no_deps
+fi
+if [ -n "$extras" ]; then
+    echo "tests/run.sh: installing the rtx and fp16 extras ($(echo $extras) missing; a minute or two)"
+    python -m pip install -q -e ".[rtx,fp16]"
+fi
+if [ -z "$no_deps$extras" ]; then
+    echo "tests/run.sh: test tools already installed"
+fi
 python -m pytest -n 2 "$@"

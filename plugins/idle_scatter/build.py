@@ -1,7 +1,7 @@
 """Build helpers for the IdleScatter CUDA/C++ sources (nvcc directly, or the CMake project in plugins/).
 
 Used by the tests and by :mod:`.cuda_kernel`; each function returns the path it built and raises
-:class:`BuildError` with the compiler's output when a step fails.
+:class:`idlevit.errors.BuildError` (exit 4) with the compiler's output when a step fails.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from idlevit.errors import BuildError
+
 from . import SOURCE_DIR
 
 PLUGINS_DIR = SOURCE_DIR.parent
@@ -20,10 +22,6 @@ CAPI_SOURCE = SOURCE_DIR / "idle_scatter_capi.cu"
 HOST_TEST_SOURCE = SOURCE_DIR / "test_idle_scatter_host.cu"
 #: Architectures compiled by default: Ampere and Hopper (CUDA 13 supports sm_75 and newer).
 DEFAULT_ARCHS = ("80", "90")
-
-
-class BuildError(RuntimeError):
-    """A compile, link or CMake step failed; the message holds its output."""
 
 
 def find_nvcc() -> str | None:
@@ -58,7 +56,7 @@ def _run(cmd: Sequence[str], cwd: Path | None = None, timeout: float = 300) -> s
 def _nvcc() -> str:
     nvcc = find_nvcc()
     if nvcc is None:
-        raise BuildError("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)")
+        raise BuildError("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda); install the CUDA toolkit or set CUDA_HOME")
     return nvcc
 
 
@@ -111,7 +109,7 @@ def cmake_build(
     """Configure and build plugins/CMakeLists.txt, then run its CTest tests; returns ``build_dir``."""
     cmake = shutil.which("cmake")
     if cmake is None:
-        raise BuildError("cmake not found")
+        raise BuildError("cmake not found; install CMake 3.18 or newer")
     args = [
         cmake,
         "-S",

@@ -25,8 +25,8 @@ from validate.judge import run_parity
 from validate.reduced import REDUCED_NAME, check_reduced_precision
 
 SPEC = InputSpec(data="digits", num_images=48, random_batches=2, batch_sizes=(8,))
-TIE_RTOL = 1e-2
-#: FP32 thresholds with the tie tolerance of FP16 (the rule under test) and room for the bias in the logit checks.
+TIE_RTOL = 5e-2
+#: FP32 thresholds with the tie tolerance of INT8 (the rule under test) and room for the bias in the logit checks.
 LIMITS = {"tie_rtol": TIE_RTOL, "atol": 10.0, "rtol": 10.0, "min_cosine": 0.0}
 
 
@@ -64,17 +64,19 @@ def verdicts(model: idlevit.IdleViT, fp32: Path, candidate: Path, tie_rtol: floa
 def closest_pair(digits_onnx: Path) -> tuple[int, float, float]:
     """(class to raise, bias that flips only near-tie samples to it, bias that flips samples far from a tie)."""
     logits = reference_logits(digits_onnx)
-    order = np.argsort(-logits, axis=1)
     rows = np.arange(len(logits))
-    margin = logits[rows, order[:, 0]] - logits[rows, order[:, 1]]
+    best = logits.argmax(1)
     tolerance = TIE_RTOL * np.abs(logits).max(1)
-    sample = int(np.argmin(margin / tolerance))
-    cls = int(order[sample, 1])
-    small = 1.05 * float(margin[sample])
-    # every sample the small bias flips must be a near-tie by its own logits (else the plant proves nothing)
-    flipped = (logits + small * np.eye(logits.shape[1])[cls]).argmax(1) != logits.argmax(1)
-    gap = logits[rows, logits.argmax(1)] - logits[:, cls]
-    assert flipped.any() and np.all(gap[flipped] <= tolerance[flipped]), "no near-tie among the inputs"
+    for sample in np.argsort(np.sort(logits, 1)[:, -1] - np.sort(logits, 1)[:, -2]):
+        cls = int(np.argsort(-logits[sample])[1])
+        gap = logits[rows, best] - logits[:, cls]
+        small = 1.05 * float(gap[sample])
+        flipped = (gap > 0) & (gap < small)
+        # every sample the small bias flips must be a near-tie by its own logits (else the plant proves nothing)
+        if np.all(gap[flipped] <= tolerance[flipped]):
+            break
+    else:
+        pytest.fail("no class whose bias flips only near-ties among the inputs")
     large = float(np.median(gap[gap > 0])) + 1.0  # flips about half of the samples, most far from any tie
     return cls, small, large
 
