@@ -1,0 +1,249 @@
+"""The model being packaged, and every fact the generated files need.
+
+An exported ONNX carries its facts in its metadata (:mod:`idlevit.metadata`); an engine in its
+JSON sidecar (:mod:`idlevit.sidecar`), beside the ONNX it was built from, whose inputs and
+outputs the configs describe. Everything a user can get wrong here (a missing or foreign file,
+a checkpoint instead of an export, a truncated sidecar, the wrong ONNX for an engine) is one
+line that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from idlevit.errors import ToolkitError
+from idlevit.fileio import sha256_file
+from idlevit.metadata import ExportMetadata, load_onnx, read_metadata
+from idlevit.names import IMAGES, kept_indices_name
+from idlevit.records import record_from_dict
+from idlevit.sidecar import SIDECAR_FORMAT, EngineSidecar, sidecar_path
+from idlevit.state import last_export, state_file
+
+from ..target import RUNTIMES, TENSORRT_RTX
+from .layout import KIND_ONNX, KIND_RTX, KIND_TENSORRT
+
+REBUILD = "rebuild the engine with `python -m export.trt`"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+
+
+@dataclass
+class TensorSpec:
+    """One graph input or output: name, ONNX element type, dims without the batch axis (-1: dynamic)."""
+
+    name: str
+    elem_type: int
+    dims: list[int]
+
+
+@dataclass
+class EngineFacts:
+    """What an engine's sidecar says about where it runs."""
+
+    runtime: str  # "tensorrt" or "tensorrt-rtx"
+    runtime_version: str
+    gpu: dict[str, str] | None  # the GPU that built it (full TensorRT)
+    compute_capabilities: list[str]
+    sidecar: Path
+    min_batch: int
+
+
+@dataclass
+class DeploySource:
+    """The model being packaged and every fact the generated files need."""
+
+    model: Path  # the file packaged (.onnx or engine)
+    kind: str  # "onnx", "tensorrt" or "tensorrt-rtx"
+    graph: Path  # the ONNX whose inputs and outputs are described (an engine's source ONNX)
+    meta: ExportMetadata
+    precision: str  # the engine's; for an ONNX, the one device engines are built with
+    max_batch: int  # 0: the graph has a static batch (meta.batch)
+    opt_batch: int
+    plugins: list[Path] = field(default_factory=list)  # plugin libraries an engine was built with
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    engine: EngineFacts | None = None
+
+    @property
+    def uses_plugin(self) -> bool:
+        return bool(self.meta.plugin or self.plugins)
+
+    @property
+    def is_engine(self) -> bool:
+        return self.engine is not None
+
+
+def resolve_model(model: str | os.PathLike[str] | None) -> Path:
+    """``model``, else the ONNX ``python -m export.onnx`` wrote last in this folder."""
+    if model:
+        return Path(model)
+    found = last_export()
+    if found is None:
+        raise ToolkitError(
+            f"no MODEL given and no export recorded in {state_file()}; run `python -m export.onnx` here first "
+            "or pass the .onnx or .engine to package"
+        )
+    return found
+
+
+def graph_io(onnx_path: str | os.PathLike[str]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of a graph (external weights are not loaded); the leading batch axis is dropped."""
+    graph = load_onnx(onnx_path, load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        return TensorSpec(value.name, tensor.elem_type, dims[1:])
+
+    inputs = [spec(v) for v in graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in graph.output]
+
+
+def read_sidecar(engine: Path) -> EngineSidecar:
+    """The engine's sidecar, every field checked: a missing, truncated or hand-broken one is one line."""
+    path = sidecar_path(engine)
+    where = f"engine sidecar {os.fspath(path)!r}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ToolkitError(
+            f"{where} is missing (an engine is packaged with the sidecar `python -m export.trt` writes beside it); "
+            f"{REBUILD}, or package the ONNX instead"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ToolkitError(f"cannot read {where}: {getattr(err, 'strerror', None) or err}; {REBUILD}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ToolkitError(f"{where} is not JSON ({err}); {REBUILD}") from None
+    if not isinstance(data, dict):
+        raise ToolkitError(f"{where} is not a JSON object; {REBUILD}")
+    if data.get("format") != SIDECAR_FORMAT:
+        raise ToolkitError(f"{where} has format {data.get('format')!r}, not {SIDECAR_FORMAT}; {REBUILD}")
+    sidecar = record_from_dict(EngineSidecar, data, where, REBUILD)
+    if sidecar.runtime not in RUNTIMES:
+        raise ToolkitError(f"{where}: runtime {sidecar.runtime!r} is not one of {', '.join(RUNTIMES)}; {REBUILD}")
+    return sidecar
+
+
+def _profile(sidecar: EngineSidecar, where: str) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the engine's image profile."""
+    try:
+        shapes = sidecar.profiles[0][IMAGES]
+        batches = tuple(shapes[key][0] for key in ("min", "opt", "max"))
+    except (IndexError, KeyError, TypeError):
+        raise ToolkitError(f"{where}: profiles hold no {IMAGES} min/opt/max shapes; {REBUILD}") from None
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+        raise ToolkitError(
+            f"{where}: the {IMAGES} profile's batch sizes {batches} are not positive integers; {REBUILD}"
+        )
+    return batches  # type: ignore[return-value]
+
+
+def _source_onnx(engine: Path, sidecar: EngineSidecar, given: str | os.PathLike[str] | None) -> Path:
+    """The ONNX the engine was built from: ``given``, else the sidecar's path, else that name beside the engine."""
+    if given:
+        graph = Path(given)
+        if not graph.is_file():
+            raise ToolkitError(
+                f"--source-onnx {os.fspath(graph)!r} does not exist; pass the ONNX the engine was built from"
+            )
+    else:
+        graph = Path(sidecar.source_onnx)
+        if not graph.is_file():
+            graph = engine.parent / graph.name
+        if not graph.is_file():
+            raise ToolkitError(
+                f"the ONNX {engine.name} was built from ({sidecar.source_onnx}) is not here; pass it with --source-onnx"
+            )
+    if sidecar.source_onnx_sha256 and sha256_file(graph) != sidecar.source_onnx_sha256:
+        raise ToolkitError(
+            f"{os.fspath(graph)!r} is not the ONNX {engine.name} was built from (its sha256 differs from the "
+            "sidecar's source_onnx_sha256); pass that ONNX with --source-onnx"
+        )
+    return graph
+
+
+def _read_engine(path: Path, given_onnx: str | os.PathLike[str] | None) -> DeploySource:
+    sidecar = read_sidecar(path)
+    where = f"engine sidecar {os.fspath(sidecar_path(path))!r}"
+    if sidecar.engine_sha256 and sha256_file(path) != sidecar.engine_sha256:
+        raise ToolkitError(
+            f"{path.name}'s sha256 is not the one its sidecar records: the sidecar belongs to another build; {REBUILD}"
+        )
+    meta = record_from_dict(ExportMetadata, sidecar.idlevit, f"{where}'s idlevit record", REBUILD)
+    meta.check(where)
+    precision = sidecar.precision_plan.get("precision")
+    if not isinstance(precision, str) or not precision:
+        raise ToolkitError(f"{where}: precision_plan.precision is {precision!r}, not a precision name; {REBUILD}")
+    low, opt, high = _profile(sidecar, where)
+    graph = _source_onnx(path, sidecar, given_onnx)
+    facts = EngineFacts(
+        sidecar.runtime,
+        sidecar.runtime_version,
+        sidecar.gpu,
+        list(sidecar.compute_capabilities),
+        sidecar_path(path),
+        low,
+    )
+    kind = KIND_RTX if sidecar.runtime == TENSORRT_RTX else KIND_TENSORRT
+    max_batch, opt_batch = (0, meta.batch) if meta.batch else (high, opt)
+    if any(not p.get("file") for p in sidecar.plugins):
+        raise ToolkitError(f"{where}: a plugins entry names no file; {REBUILD}")
+    plugins = [path.parent / p["file"] for p in sidecar.plugins]
+    return DeploySource(path, kind, graph, meta, precision, max_batch, opt_batch, plugins, engine=facts)
+
+
+def read_source(
+    model: str | os.PathLike[str] | None,
+    source_onnx: str | os.PathLike[str] | None = None,
+    max_batch: int = 32,
+    precision: str | None = None,
+) -> DeploySource:
+    """Facts about an ONNX file, or an engine (from its sidecar and the ONNX it was built from).
+
+    ``model`` None: the ONNX ``python -m export.onnx`` wrote last here. ``precision`` is the one
+    the device engine will be built with (an ONNX's default: its own); an engine's is fixed.
+    """
+    path = resolve_model(model)
+    where = os.fspath(path)
+    if path.is_dir():
+        raise ToolkitError(f"{where!r} is a folder; pass an exported .onnx or an engine with its .json sidecar")
+    if not path.is_file():
+        raise ToolkitError(f"{where!r} does not exist; pass an exported .onnx or an engine with its .json sidecar")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ToolkitError(
+            f"{where!r} looks like a checkpoint; export it first (`python -m export.onnx --ckpt {where}`) "
+            "and package the .onnx"
+        )
+    if path.suffix == ".onnx":
+        if source_onnx:
+            raise ToolkitError("--source-onnx is for an engine (the ONNX it was built from); drop it for an ONNX")
+        meta = read_metadata(path)
+        if not meta.batch and max_batch < 1:
+            raise ToolkitError(f"--max-batch {max_batch} must be >= 1")
+        batch = 0 if meta.batch else max_batch
+        source = DeploySource(path, KIND_ONNX, path, meta, meta.precision, batch, min(8, batch) or meta.batch)
+    elif sidecar_path(path).is_file() or path.suffix in (".engine", ".plan", ".trt"):
+        source = _read_engine(path, source_onnx)
+    else:
+        raise ToolkitError(
+            f"{where!r} is neither an exported .onnx nor an engine with its .json sidecar; package what "
+            "`python -m export.onnx` or `python -m export.trt` wrote"
+        )
+    if precision and precision != source.precision:
+        if source.is_engine:
+            raise ToolkitError(f"{path.name} is a {source.precision} engine; drop --precision or rebuild it")
+        source.precision = precision
+    source.inputs, source.outputs = graph_io(source.graph)
+    # the exporter declares the kept-index outputs with a symbolic width; TopK's static k fixes it
+    widths = {kept_indices_name(layer): k + 1 for layer, k in zip(source.meta.idle_layers, source.meta.keep_tokens)}
+    for spec in source.outputs:
+        if spec.name in widths and spec.dims[-1:] == [-1]:
+            spec.dims[-1] = widths[spec.name]
+    return source

@@ -1,0 +1,296 @@
+"""engines.package on disk: packages never eat edits, never escape their folder, never overwrite an input,
+and every failure is one line with the documented exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from idlevit.sidecar import sidecar_path
+
+from .deploy_support import fake_engine, one_line_error, run
+
+MANIFEST = ".idlevit-package.json"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def model(tiny_onnx: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.onnx"
+    shutil.copy(tiny_onnx, path)
+    return path
+
+
+@pytest.fixture
+def package(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    out = tmp_path / "deploy"
+    code, _, err = run([str(model), "--out", str(out)], capsys)
+    assert code == 0, err
+    return out
+
+
+# ---- overwriting ------------------------------------------------------------------------------------
+def test_a_non_empty_folder_is_refused_without_force(model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    code, _, err = run([str(model), "--out", str(out)], capsys)
+    assert code == 2 and "--force" in one_line_error(err)
+    assert snapshot(out) == {"notes.txt": b"my notes\n"}
+
+
+def test_a_second_run_without_force_changes_nothing(package: Path, model: Path, capsys) -> None:
+    before = snapshot(package)
+    code, _, err = run([str(model), "--out", str(package)], capsys)
+    assert code == 2 and "not empty" in one_line_error(err)
+    assert snapshot(package) == before
+
+
+def test_force_replaces_only_unedited_files_of_the_earlier_package(package: Path, model: Path, capsys) -> None:
+    config = package / "triton" / "tiny" / "config.pbtxt"
+    edited = config.read_text().replace("count: 1", "count: 2")
+    config.write_text(edited)
+    (package / "notes.txt").write_text("mine\n")  # foreign, and not a file the package writes
+    stale_guide = (package / "DEPLOY.md").read_text()
+    code, out, _ = run([str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
+    assert code == 0
+    assert config.read_text() == edited  # the edit survives
+    assert (package / "notes.txt").read_text() == "mine\n"
+    assert (package / "DEPLOY.md").read_text() != stale_guide  # unedited: replaced (max batch 4 now)
+    assert "kept      triton/tiny/config.pbtxt (edited since engines.package wrote it" in out
+    assert "replaced  DEPLOY.md" in out and "notes.txt" not in out
+    manifest = json.loads((package / MANIFEST).read_text())["files"]
+    assert "triton/tiny/config.pbtxt" not in manifest  # the user's now: kept on every later run too
+    code, out, _ = run([str(model), "--out", str(package), "--force"], capsys)
+    assert code == 0 and config.read_text() == edited
+    assert "kept      triton/tiny/config.pbtxt (not written by engines.package" in out
+
+
+def test_force_keeps_a_foreign_file_where_the_package_would_write(model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "deploy"
+    (out / "deepstream").mkdir(parents=True)
+    (out / "deepstream" / "labels.txt").write_text("cat;dog\n")
+    code, stdout, _ = run([str(model), "--out", str(out), "--force"], capsys)
+    assert code == 0 and (out / "deepstream" / "labels.txt").read_text() == "cat;dog\n"
+    assert "kept      deepstream/labels.txt (not written by engines.package" in stdout
+    assert (out / "triton" / "tiny" / "config.pbtxt").is_file()
+
+
+def test_force_removes_what_the_earlier_package_no_longer_has(package: Path, model: Path, capsys) -> None:
+    old_entry = package / "triton" / "tiny"
+    (old_entry / "labels.txt").write_text("edited\n")
+    code, out, _ = run([str(model), "--out", str(package), "--force", "--name", "renamed"], capsys)
+    assert code == 0
+    assert (package / "triton" / "renamed" / "config.pbtxt").is_file()
+    assert not (old_entry / "config.pbtxt").exists() and not (old_entry / "1").exists()
+    assert (old_entry / "labels.txt").read_text() == "edited\n"  # edited: kept
+    assert "removed   triton/tiny/config.pbtxt" in out and "kept      triton/tiny/labels.txt" in out
+
+
+def test_an_interrupted_run_leaves_a_folder_the_next_run_reads_right(model: Path, tmp_path: Path, monkeypatch, capsys):
+    from engines.deploy import writer
+
+    out = tmp_path / "deploy"
+    real_write, written = writer._write_file, []
+
+    def write_then_fail(root: Path, item) -> None:
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        real_write(root, item)
+        written.append(item.path)
+
+    monkeypatch.setattr(writer, "_write_file", write_then_fail)
+    code, _, err = run([str(model), "--out", str(out)], capsys)
+    assert code == 130 and len(written) == 3
+    monkeypatch.setattr(writer, "_write_file", real_write)
+    code, stdout, _ = run([str(model), "--out", str(out), "--force"], capsys)
+    assert code == 0 and "kept" not in stdout  # what the first run wrote is still known as the package's own
+    assert all(f"replaced  {path}" in stdout for path in written)
+
+
+def test_a_manifest_cannot_point_outside_the_package(package: Path, model: Path, tmp_path: Path, capsys) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    manifest = json.loads((package / MANIFEST).read_text())
+    manifest["files"]["../victim.txt"] = manifest["files"]["DEPLOY.md"]
+    (package / MANIFEST).write_text(json.dumps(manifest))
+    code, _, err = run([str(model), "--out", str(package), "--force"], capsys)
+    assert code == 2 and "manifest" in one_line_error(err)
+    assert victim.read_text() == "keep me\n"
+
+
+def test_a_corrupt_manifest_is_one_line(package: Path, model: Path, capsys) -> None:
+    (package / MANIFEST).write_text("{not json")
+    code, _, err = run([str(model), "--out", str(package), "--force"], capsys)
+    assert code == 2 and "manifest" in one_line_error(err)
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", ".", "a\\b", "", "tiny model"])
+def test_name_is_a_plain_name(name: str, model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "deep" / "er" / "deploy"
+    code, _, err = run([str(model), "--out", str(out), "--name", name], capsys)
+    assert code == 2 and "--name" in one_line_error(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]  # nothing written anywhere
+
+
+def test_a_dotted_name_is_fine(model: Path, tmp_path: Path, capsys) -> None:
+    code, _, _ = run([str(model), "--out", str(tmp_path / "d"), "--name", "idlevit_deit-s.r0.7"], capsys)
+    assert code == 0 and (tmp_path / "d" / "triton" / "idlevit_deit-s.r0.7" / "config.pbtxt").is_file()
+
+
+def test_no_input_is_overwritten(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    onnx_path = folder / "tiny.onnx"
+    shutil.copy(tiny_onnx, onnx_path)
+    engine = fake_engine(folder, onnx_path, "fp16")
+    before = snapshot(folder)
+    # the engine's package would copy tiny.onnx to <out>/tiny.onnx: here that is the input itself
+    code, _, err = run([str(engine), "--out", str(folder), "--force"], capsys)
+    assert code == 2 and "inputs are never overwritten" in one_line_error(err)
+    assert snapshot(folder) == before
+
+
+# ---- failures: one line, exit 2 -----------------------------------------------------------------------
+def _sidecar_edit(engine: Path, edit) -> None:
+    path = sidecar_path(engine)
+    data = json.loads(path.read_text())
+    path.write_text(edit(data) if callable(edit) else edit)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ("{truncated", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        (lambda d: json.dumps({k: v for k, v in d.items() if k != "profiles"}), "lacks the field(s) profiles"),
+        (lambda d: json.dumps({**d, "runtime_version": 10}), "field runtime_version"),
+        (lambda d: json.dumps({**d, "idlevit": {**d["idlevit"], "img_size": "big"}}), "field img_size"),
+        (lambda d: json.dumps({**d, "idlevit": {"arch": "deit_tiny"}}), "lacks the field(s)"),
+        (lambda d: json.dumps({**d, "profiles": [{"images": {"min": [1]}}]}), "min/opt/max"),
+        (lambda d: json.dumps({**d, "precision_plan": {}}), "precision_plan.precision"),
+        (lambda d: json.dumps({**d, "runtime": "openvino"}), "runtime 'openvino'"),
+        (lambda d: json.dumps({**d, "format": 99}), "format 99"),
+        (lambda d: json.dumps({**d, "engine_sha256": "0" * 64}), "sidecar belongs to another build"),
+        (lambda d: json.dumps({**d, "source_onnx_sha256": "0" * 64}), "is not the ONNX"),
+    ],
+    ids=[
+        "truncated",
+        "list",
+        "missing-field",
+        "mistyped",
+        "mistyped-meta",
+        "missing-meta",
+        "profile",
+        "precision",
+        "runtime",
+        "format",
+        "engine-sha",
+        "onnx-sha",
+    ],
+)
+def test_a_broken_sidecar_is_one_line(edit, expected: str, tiny_onnx: Path, tmp_path: Path, capsys) -> None:
+    engine = fake_engine(tmp_path, tiny_onnx, "fp16")
+    _sidecar_edit(engine, edit)
+    code, _, err = run([str(engine), "--out", str(tmp_path / "deploy")], capsys)
+    assert code == 2 and expected in one_line_error(err)
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_an_engine_without_its_sidecar_is_one_line(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
+    engine = fake_engine(tmp_path, tiny_onnx, "fp16")
+    sidecar_path(engine).unlink()
+    code, _, err = run([str(engine), "--out", str(tmp_path / "deploy")], capsys)
+    assert code == 2 and "sidecar" in one_line_error(err)
+
+
+def test_missing_foreign_and_wrong_models_are_one_line(tmp_path: Path, capsys) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    foreign = tmp_path / "foreign.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), str(foreign))
+    (tmp_path / "model.pth").write_bytes(b"PK")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    (tmp_path / "notes.md").write_text("hi")
+    cases = {
+        "missing.onnx": "does not exist",
+        "foreign.onnx": "no IdleViT metadata",
+        "junk.onnx": "not an ONNX model",
+        "model.pth": "export it first",
+        "notes.md": "neither an exported .onnx nor an engine",
+        ".": "is a folder",
+    }
+    for name, expected in cases.items():
+        code, _, err = run([str(tmp_path / name), "--out", str(tmp_path / "deploy")], capsys)
+        assert code == 2 and expected in one_line_error(err), (name, err)
+    assert not (tmp_path / "deploy").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read --labels"),
+        (b"\xff\xfe\x00bad", "not UTF-8"),
+        (b"\n  \n", "holds no class names"),
+        (b"a\nb\n", "2 names but the model has 10"),
+        ("".join(f"n{i};x\n" for i in range(10)).encode(), "contains ';'"),
+        ("folder", "is a folder"),
+    ],
+    ids=["missing", "binary", "empty", "count", "semicolon", "folder"],
+)
+def test_a_bad_labels_file_is_one_line(content, expected: str, model: Path, tmp_path: Path, capsys) -> None:
+    labels = tmp_path / "labels.txt"
+    if content == "folder":
+        labels.mkdir()
+    elif content is not None:
+        labels.write_bytes(content)
+    code, _, err = run([str(model), "--out", str(tmp_path / "deploy"), "--labels", str(labels)], capsys)
+    assert code == 2 and expected in one_line_error(err)
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_an_unwritable_folder_is_one_line(model: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = run([str(model), "--out", str(blocker / "deploy")], capsys)
+    assert code == 2 and "writable" in one_line_error(err)
+    code, _, err = run([str(model), "--out", str(blocker)], capsys)
+    assert code == 2 and "is a file" in one_line_error(err)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--max-batch", "0"], "--max-batch 0 must be >= 1"),
+        (["--ds-batch-size", "0"], "--ds-batch-size 0 must be >= 1"),
+        (["--ds-batch-size", "64"], "exceeds the model's largest batch 32"),
+        (["--plugin-lib", "x.so"], "--plugin-lib is for graphs"),
+        (["--precision", "int4"], "invalid choice"),
+        (["--onnx", "x.onnx"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_are_one_line(flags: list[str], expected: str, model: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = run([str(model), "--out", str(tmp_path / "deploy"), *flags], capsys)
+    assert code == 2 and expected in one_line_error(err)
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_an_engine_keeps_its_precision(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
+    engine = fake_engine(tmp_path, tiny_onnx, "fp16")
+    code, _, err = run([str(engine), "--out", str(tmp_path / "d"), "--precision", "fp32"], capsys)
+    assert code == 2 and "is a fp16 engine" in one_line_error(err)
+    code, _, err = run([str(engine), "--out", str(tmp_path / "d"), "--ds-batch-size", "9"], capsys)
+    assert code == 2 and "largest batch 8" in one_line_error(err)
