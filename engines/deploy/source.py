@@ -49,7 +49,6 @@ class EngineFacts:
     gpu: dict[str, str] | None  # the GPU that built it (full TensorRT)
     compute_capabilities: list[str]
     sidecar: Path
-    min_batch: int
 
 
 @dataclass
@@ -181,15 +180,14 @@ def _read_engine(path: Path, given_onnx: str | os.PathLike[str] | None) -> Deplo
     precision = sidecar.precision_plan.get("precision")
     if not isinstance(precision, str) or not precision:
         raise ToolkitError(f"{where}: precision_plan.precision is {precision!r}, not a precision name; {REBUILD}")
-    low, opt, high = _profile(sidecar, where)
+    _, opt, high = _profile(sidecar, where)
     graph = _source_onnx(path, sidecar, given_onnx)
     facts = EngineFacts(
-        sidecar.runtime,
-        sidecar.runtime_version,
-        sidecar.gpu,
-        list(sidecar.compute_capabilities),
-        sidecar_path(path),
-        low,
+        runtime=sidecar.runtime,
+        runtime_version=sidecar.runtime_version,
+        gpu=sidecar.gpu,
+        compute_capabilities=list(sidecar.compute_capabilities),
+        sidecar=sidecar_path(path),
     )
     kind = KIND_RTX if sidecar.runtime == TENSORRT_RTX else KIND_TENSORRT
     max_batch, opt_batch = (0, meta.batch) if meta.batch else (high, opt)
