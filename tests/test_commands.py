@@ -17,7 +17,7 @@ COMMANDS = (
     "validate.parity",
     "validate.accuracy",
     "engines.infer",
-    pytest.param("engines.package", marks=NOT_YET_THIN),
+    "engines.package",
     "benchmarks.latency",
     "benchmarks.profile",
     pytest.param("idlevit.finetune", marks=NOT_YET_THIN),
