@@ -54,9 +54,14 @@ class PackageFile:
     together: str = ""  # files with the same tag appear together (an engine and its sidecar)
 
     def sha256(self) -> str:
-        if self.copy_of is not None:
+        if self.copy_of is None:
+            return hashlib.sha256((self.text or "").encode("utf-8")).hexdigest()
+        try:
             return sha256_file(self.copy_of)
-        return hashlib.sha256((self.text or "").encode("utf-8")).hexdigest()
+        except OSError as err:
+            raise ToolkitError(
+                f"cannot read {os.fspath(self.copy_of)!r}: {err.strerror or err}; check its permissions"
+            ) from None
 
 
 @dataclass
@@ -233,8 +238,8 @@ def _write_file(root: Path, item: PackageFile) -> None:
     if item.copy_of is not None:
         _copy(item.copy_of, target)
     else:
-        with atomic_write(target, "w") as handle:
-            handle.write(item.text or "")
+        with atomic_write(target) as handle:
+            handle.write((item.text or "").encode("utf-8"))
 
 
 def _remove_empty_dirs(root: Path, path: Path) -> None:
@@ -252,8 +257,12 @@ def write_files(root: Path, files: list[PackageFile], force: bool, report: Packa
     old = read_manifest(root) if force else {}
     manifest: dict[str, list[str]] = {}
     todo: list[tuple[PackageFile, str]] = []
+    inside = root.resolve()
     for item in files:
         target = root / item.path
+        if not target.resolve().is_relative_to(inside):  # a linked folder would lead the write elsewhere
+            report.kept_foreign.append(item.path)
+            continue
         if not target.exists() and not target.is_symlink():
             report.written.append(item.path)
         elif _ours(target, old.get(item.path)):

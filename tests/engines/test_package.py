@@ -340,11 +340,12 @@ def test_the_engine_source_onnx_is_named_by_source_onnx(tiny_onnx: Path, tmp_pat
 
 
 def test_labels_file_names_the_classes(tiny_onnx: Path, tmp_path: Path) -> None:
-    names = [f"digit {i}" for i in range(10)]
-    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n\n")
+    names = [f"chiffre {i} (é)" for i in range(10)]
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n\n", encoding="utf-8")
     main([str(tiny_onnx), "--out", str(tmp_path / "deploy"), "--labels", str(tmp_path / "labels.txt")])
-    assert (tmp_path / "deploy" / "triton" / "tiny" / "labels.txt").read_text().splitlines() == names
-    assert (tmp_path / "deploy" / "deepstream" / "labels.txt").read_text() == ";".join(names) + "\n"
+    triton_labels = tmp_path / "deploy" / "triton" / "tiny" / "labels.txt"
+    assert triton_labels.read_text(encoding="utf-8").splitlines() == names
+    assert (tmp_path / "deploy" / "deepstream" / "labels.txt").read_text(encoding="utf-8") == ";".join(names) + "\n"
     assert "placeholders" not in (tmp_path / "deploy" / "DEPLOY.md").read_text()
 
 

@@ -114,6 +114,18 @@ def test_an_interrupted_run_leaves_a_folder_the_next_run_reads_right(model: Path
     assert all(f"replaced  {path}" in stdout for path in written)
 
 
+def test_a_linked_folder_does_not_lead_writes_outside(model: Path, tmp_path: Path, capsys) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "triton").symlink_to(outside, target_is_directory=True)
+    code, stdout, _ = run([str(model), "--out", str(out), "--force"], capsys)
+    assert code == 0 and list(outside.iterdir()) == []
+    assert "kept      triton/tiny/config.pbtxt (not written by engines.package" in stdout
+    assert (out / "deepstream" / "config_infer_idlevit.txt").is_file()
+
+
 def test_a_manifest_cannot_point_outside_the_package(package: Path, model: Path, tmp_path: Path, capsys) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me\n")
