@@ -1,15 +1,19 @@
 """Build a TensorRT engine from an exported IdleViT graph and its precision plan.
 
-The steps follow TensorRT's samples: parse the ONNX (errors reported one by one), configure the
-builder (batch optimization profile, workspace, builder optimization level, timing cache where
-the runtime has one, plugin libraries, FP16 flag and per-layer FP32 for weakly typed targets),
-build, then write the engine atomically with its JSON sidecar (:mod:`engines.sidecar`). Every
-TensorRT call goes through :mod:`engines.tensorrt_api`.
+Polygraphy's loaders do the work (:mod:`engines.tensorrt`): parse the ONNX (errors reported one
+by one), configure the builder (batch optimization profile, workspace, builder optimization
+level, TF32 off, timing cache where the runtime has one, plugin libraries, FP16 flag and
+per-layer FP32 for weakly typed targets, target compute capabilities for TensorRT-RTX) and
+build; Ctrl-C or SIGTERM cancels the build. The engine and its JSON sidecar
+(:mod:`idlevit.sidecar`) are then written together: both or neither.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
+import json
 import os
 import shlex
 import time
@@ -18,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import idlevit
-from idlevit.errors import BuildError, ToolkitError
-from idlevit.fileio import atomic_write, sha256_file
+from idlevit.errors import ToolkitError
+from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file, signals_deferred
 from idlevit.metadata import ExportMetadata, read_metadata
 from idlevit.names import IMAGES
 from idlevit.sidecar import EngineSidecar, sidecar_path
@@ -113,31 +117,28 @@ def build_engine(
     options: BuildOptions,
     engine_path: str | os.PathLike[str],
     echo: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> EngineSidecar:
-    """Parse ``onnx_path``, build, write ``engine_path`` and its sidecar; returns the sidecar.
+    """Parse ``onnx_path``, build, write ``engine_path`` and its sidecar together; returns the sidecar.
 
     ``onnx_path`` is what TensorRT parses (the mixed-precision graph for strongly typed FP16);
     ``source_onnx`` is the exported FP32 graph it came from. TensorRT must already be bound
-    (:func:`engines.tensorrt_api.use_runtime`).
+    (:func:`engines.tensorrt.use_runtime`). Ctrl-C or SIGTERM cancels the build and leaves no file;
+    ``verbose`` echoes Polygraphy's and TensorRT's messages.
     """
-    from . import tensorrt_api as api  # lazy: TensorRT is optional
+    from . import tensorrt as api  # lazy: TensorRT is optional
 
     runtime = api.bound_runtime()
     meta = read_metadata(onnx_path)
     options.validate(meta)
+    engine_path = Path(engine_path)
+    refuse_overwriting_inputs(
+        [engine_path, sidecar_path(engine_path)], [onnx_path, source_onnx, options.timing_cache, *options.plugins]
+    )
     started = time.perf_counter()
-    net = api.parse_onnx(onnx_path, plan.strongly_typed, options.plugins, echo=None)
-    if net.issues:
-        for issue in net.issues:
-            echo(f"  parser error: {issue}")
-        raise BuildError(
-            f"TensorRT's ONNX parser rejected {os.fspath(onnx_path)} with {len(net.issues)} error(s); "
-            f"first: {net.issues[0]}"
-        )
-    if plan.strongly_typed and not net.strongly_typed:
-        raise BuildError(f"{runtime.name} {runtime.version} cannot build strongly typed networks; use --trt-version")
     settings = api.BuildSettings(
         profiles=[options.profile(meta)],
+        strongly_typed=plan.strongly_typed,
         workspace_bytes=options.workspace_mib * (1 << 20) if options.workspace_mib else None,
         optimization_level=options.optimization_level,
         fp16_flag=plan.method is Method.BUILDER_FLAGS,
@@ -146,10 +147,7 @@ def build_engine(
         compute_capabilities=options.compute_capabilities,
         plugins=options.plugins,
     )
-    serialized, pinned = api.build_serialized(net, settings)
-    engine_path = Path(engine_path)
-    with atomic_write(engine_path) as handle:
-        handle.write(serialized)
+    built = api.build_serialized(onnx_path, settings, verbose, echo)
     gpu = None if runtime.name == TENSORRT_RTX else current_gpu()
     if runtime.name == TENSORRT_RTX:
         capabilities = list(options.compute_capabilities or RTX_DEFAULT_COMPUTE_CAPABILITIES)
@@ -158,7 +156,7 @@ def build_engine(
     low, opt, high = options.profile(meta)[IMAGES]
     sidecar = EngineSidecar(
         engine=engine_path.name,
-        engine_sha256=sha256_file(engine_path),
+        engine_sha256=hashlib.sha256(built.engine).hexdigest(),
         runtime=runtime.name,
         runtime_version=runtime.version,
         gpu=gpu,
@@ -169,8 +167,8 @@ def build_engine(
             "optimization_level": options.optimization_level,
             "workspace_mib": options.workspace_mib,
             "timing_cache": options.timing_cache if api.has_timing_cache() else None,
-            "strongly_typed": net.strongly_typed,
-            "layers_pinned_fp32": len(pinned),
+            "strongly_typed": built.strongly_typed,
+            "layers_pinned_fp32": len(built.layers_pinned_fp32),
             "build_seconds": round(time.perf_counter() - started, 2),
         },
         plugins=[{"file": Path(p).name, "sha256": sha256_file(p)} for p in options.plugins],
@@ -179,9 +177,24 @@ def build_engine(
         source_onnx=os.fspath(source_onnx),
         source_onnx_sha256=sha256_file(source_onnx),
         idlevit=asdict(meta),
-        outputs=[net.network.get_output(i).name for i in range(net.network.num_outputs)],
+        outputs=built.outputs,
         toolkit_version=idlevit.__version__,
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    sidecar.write(sidecar_path(engine_path))
+    write_engine(engine_path, built.engine, sidecar)
     return sidecar
+
+
+def write_engine(engine_path: Path, engine: bytes, sidecar: EngineSidecar) -> None:
+    """Write the engine and its sidecar to temporary names, then rename both with SIGINT/SIGTERM held.
+
+    The engine lands first and its sidecar (which names the engine's sha256) last, so the two
+    appear together or not at all; a failure or a signal before the renames leaves neither.
+    """
+    with contextlib.ExitStack() as files:
+        described = files.enter_context(atomic_write(sidecar_path(engine_path), "w"))
+        files.enter_context(atomic_write(engine_path)).write(engine)
+        json.dump(sidecar.to_dict(), described, indent=2)
+        described.write("\n")
+        with signals_deferred():
+            files.close()  # the renames: the engine, then its sidecar

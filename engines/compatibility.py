@@ -1,8 +1,8 @@
-"""Whether an engine can run here: its sidecar against the running TensorRT and the visible GPU."""
+"""Whether an engine can run here: its sidecar against the visible GPU and the running TensorRT."""
 
 from __future__ import annotations
 
-from idlevit.errors import ToolkitError
+from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.sidecar import EngineSidecar
 
 
@@ -21,8 +21,10 @@ def check_compatible(
 
     TensorRT engines load only in the TensorRT version that built them, on a GPU of the same
     compute capability; TensorRT-RTX engines load in the same major.minor, on any of the
-    compute capabilities they were built for.
+    compute capabilities they were built for. No GPU at all is a missing dependency (exit 3).
     """
+    if gpu_compute_capability is None:
+        raise no_gpu(sidecar)
     fix = "rebuild it here with `python -m export.trt`"
     if sidecar.runtime != runtime:
         raise EngineMismatchError(f"{sidecar.engine} was built with {sidecar.runtime} but this is {runtime}; {fix}")
@@ -36,14 +38,28 @@ def check_compatible(
         raise EngineMismatchError(
             f"{sidecar.engine} was built with TensorRT {sidecar.runtime_version} but this is {runtime_version}; {fix}"
         )
-    if gpu_compute_capability is None:
-        raise EngineMismatchError(f"{sidecar.engine} needs a CUDA GPU and none is visible here")
     if sidecar.compute_capabilities and gpu_compute_capability not in sidecar.compute_capabilities:
         raise EngineMismatchError(
             f"{sidecar.engine} runs on compute capability {', '.join(sidecar.compute_capabilities)} but this GPU is "
             f"{gpu_compute_capability}; {fix}"
             + (" --compute-capabilities " + gpu_compute_capability if sidecar.runtime == "tensorrt-rtx" else "")
         )
+
+
+def no_gpu(sidecar: EngineSidecar) -> MissingDependencyError:
+    """Running an engine needs a CUDA GPU (exit 3 without one)."""
+    return MissingDependencyError(
+        f"TensorRT engine {sidecar.engine} needs a CUDA GPU and none is visible here; run it on a machine with an "
+        f"NVIDIA GPU, or run the graph it was built from ({sidecar.onnx}) in ONNX Runtime"
+    )
+
+
+def require_gpu(sidecar: EngineSidecar) -> str:
+    """The visible GPU's compute capability; :func:`no_gpu`'s error without one (asked before TensorRT loads)."""
+    gpu = current_gpu()
+    if gpu is None:
+        raise no_gpu(sidecar)
+    return gpu["compute_capability"]
 
 
 def current_gpu() -> dict[str, str] | None:

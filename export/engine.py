@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from engines import lint
-from engines import tensorrt_api as api
+from engines import tensorrt as api
 from engines.builder import BuildOptions, build_engine, command_line
 from engines.plan import FP32
 from engines.precision import mixed_onnx_path, plan_precision, write_mixed_onnx
@@ -123,7 +123,7 @@ def export_engine(
             f"{target.runtime} is not installed, so no engine was built; {api.INSTALL_HINTS[target.runtime]}"
         )
     started = time.perf_counter()
-    sidecar = build_engine(build_onnx, source, plan, options, engine)
+    sidecar = build_engine(build_onnx, source, plan, options, engine, echo, verbose)
     size = engine.stat().st_size / 2**20
     echo(
         f"wrote {engine} ({size:.1f} MiB, {sidecar.runtime} {sidecar.runtime_version}, runs on compute capability "

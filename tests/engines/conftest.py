@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engines import tensorrt_api
+from engines import tensorrt
 from engines.plan import FP16
 from engines.precision import plan_precision, write_mixed_onnx
 from engines.target import Target
@@ -15,7 +15,7 @@ from export.exporter import export_onnx
 from ..conftest import make_model
 
 requires_rtx = pytest.mark.skipif(
-    not tensorrt_api.is_installed("tensorrt-rtx"),
+    not tensorrt.is_installed("tensorrt-rtx"),
     reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13)",
 )
 

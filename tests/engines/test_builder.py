@@ -1,8 +1,11 @@
-"""Real TensorRT-RTX builds on the CPU (ahead of time), parser errors, and the runtime's refusals."""
+"""Real TensorRT-RTX builds on the CPU (ahead of time) through Polygraphy, parser errors, and the runtime's refusals."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +13,12 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from engines import tensorrt_api
+from engines import tensorrt
 from engines.builder import BuildOptions, build_engine, command_line
-from engines.compatibility import EngineMismatchError
 from engines.plan import FP16, FP32, Method, PrecisionPlan
 from engines.precision import plan_precision, scoring_path_nodes
 from engines.target import Target
-from idlevit.errors import BuildError
+from idlevit.errors import BuildError, MissingDependencyError, ToolkitError
 from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata
 from idlevit.sidecar import sidecar_path
@@ -36,7 +38,7 @@ def _cuda() -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_mixed: Path, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tensorrt_api.use_runtime("tensorrt-rtx")
+    tensorrt.use_runtime("tensorrt-rtx")
     plan = plan_precision(onnx.load(tiny_onnx), FP16, RTX)
     engine = tmp_path_factory.mktemp("rtx") / "tiny_fp16_rtx.engine"
     build_engine(tiny_mixed, tiny_onnx, plan, FAST, engine, echo=print)
@@ -44,6 +46,7 @@ def tiny_engine(tiny_mixed: Path, tiny_onnx: Path, tmp_path_factory: pytest.Temp
 
 
 def test_mixed_engine_and_sidecar(tiny_engine: Path, tiny_mixed: Path, tiny_onnx: Path) -> None:
+    assert sorted(p.name for p in tiny_engine.parent.iterdir()) == [tiny_engine.name, tiny_engine.name + ".json"]
     sidecar = json.loads(sidecar_path(tiny_engine).read_text())
     assert sidecar["engine_sha256"] == sha256_file(tiny_engine)
     assert sidecar["runtime"] == "tensorrt-rtx" and sidecar["runtime_version"].startswith("1.")
@@ -57,6 +60,45 @@ def test_mixed_engine_and_sidecar(tiny_engine: Path, tiny_mixed: Path, tiny_onnx
         sidecar["idlevit"]["idle_layers"] == meta.idle_layers and sidecar["idlevit"]["keep_tokens"] == meta.keep_tokens
     )
     assert sidecar["outputs"][0] == "logits" and len(sidecar["outputs"]) == 1 + len(meta.idle_layers)
+    assert sidecar["builder"]["optimization_level"] == 0 and sidecar["builder"]["layers_pinned_fp32"] == 0
+
+
+def test_config_has_the_builder_settings(tiny_mixed: Path) -> None:
+    """Polygraphy's config loaders, called as the build calls them: what TensorRT-RTX is told."""
+    tensorrt.use_runtime("tensorrt-rtx")
+    trt = tensorrt.trt
+    net = tensorrt.parse_onnx(tiny_mixed, strongly_typed=True)
+    settings = tensorrt.BuildSettings(
+        profiles=[FAST.profile(read_metadata(tiny_mixed))],
+        workspace_bytes=256 << 20,
+        optimization_level=2,
+        compute_capabilities=["8.6", "12.0"],
+    )
+    config = tensorrt._create_config(settings, tensorrt.progress_monitor(lambda: False))(net.builder, net.network)
+    assert not config.get_flag(trt.BuilderFlag.TF32)  # TensorRT-RTX turns it on by default
+    assert config.profiling_verbosity == trt.ProfilingVerbosity.LAYER_NAMES_ONLY
+    assert config.builder_optimization_level == 2 and config.num_optimization_profiles == 1
+    assert config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) == 256 << 20
+    capabilities = [config.get_compute_capability(i) for i in range(config.num_compute_capabilities)]
+    assert capabilities == [trt.ComputeCapability.SM86, trt.ComputeCapability.SM120]
+    assert config.progress_monitor is not None
+    with pytest.raises(ToolkitError, match=r"9\.0.*not supported.*takes .*8\.6"):
+        tensorrt._create_config(tensorrt.BuildSettings(profiles=settings.profiles, compute_capabilities=["9.0"]), None)
+
+
+def test_one_tensorrt_per_process(tmp_path: Path) -> None:
+    """Polygraphy's TensorRT backend, once loaded for tensorrt, cannot switch to TensorRT-RTX in that process."""
+    code = (
+        "import polygraphy.backend.trt\n"
+        "from engines.tensorrt import use_runtime\n"
+        "from idlevit.errors import ToolkitError\n"
+        "try:\n    use_runtime('tensorrt-rtx')\nexcept ToolkitError as err:\n    print(err)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "POLYGRAPHY_USE_TENSORRT_RTX": "0"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "already loaded for tensorrt" in done.stdout and "one TensorRT per process" in done.stdout
 
 
 def test_strong_typing_violation_fails_with_the_parser_message(tiny_mixed: Path, tmp_path: Path) -> None:
@@ -74,7 +116,7 @@ def test_strong_typing_violation_fails_with_the_parser_message(tiny_mixed: Path,
     model = gs.export_onnx(graph.toposort())
     model.metadata_props.extend(onnx.load(tiny_mixed, load_external_data=False).metadata_props)
     onnx.save(model, bad)
-    tensorrt_api.use_runtime("tensorrt-rtx")
+    tensorrt.use_runtime("tensorrt-rtx")
     shown: list[str] = []
     with pytest.raises(BuildError, match="same input types") as err:
         build_engine(bad, bad, plan_precision(model, FP32, RTX), FAST, tmp_path / "bad.engine", echo=shown.append)
@@ -85,11 +127,11 @@ def test_strong_typing_violation_fails_with_the_parser_message(tiny_mixed: Path,
 
 def test_parser_names_layers_after_scoring_nodes(tiny_onnx: Path) -> None:
     """Per-layer FP32 (TensorRT 10.x) finds its layers by node name; check that on the shared parser."""
-    tensorrt_api.use_runtime("tensorrt-rtx")
-    net = tensorrt_api.parse_onnx(tiny_onnx, strongly_typed=True)
-    names = list(tensorrt_api.layer_names(net.network))
+    tensorrt.use_runtime("tensorrt-rtx")
+    net = tensorrt.parse_onnx(tiny_onnx, strongly_typed=True)
+    names = list(tensorrt.layer_names(net.network))
     wanted = set(scoring_path_nodes(onnx.load(tiny_onnx)))
-    matched = {tensorrt_api._layer_node(name, wanted) for name in names} - {None}
+    matched = {tensorrt._layer_node(name, wanted) for name in names} - {None}
     compute = {n.name for n in onnx.load(tiny_onnx).graph.node if n.name in wanted and n.op_type not in ("Slice",)}
     assert compute <= matched, sorted(compute - matched)[:5]
 
@@ -107,9 +149,12 @@ def test_command_lines(tiny_onnx: Path) -> None:
 
 @pytest.mark.skipif(_cuda(), reason="checks the refusal on a machine without a CUDA GPU")
 def test_runner_refuses_without_a_gpu(tiny_engine: Path) -> None:
-    from engines.runtime import TrtEngineRunner
+    from engines.runtime import TrtEngineRunner, tensorrt_runner
 
-    with pytest.raises(EngineMismatchError, match="needs a CUDA GPU"):
+    with pytest.raises(MissingDependencyError, match="needs a CUDA GPU") as refused:
+        tensorrt_runner(tiny_engine)
+    assert refused.value.exit_code == 3 and "tiny_fp16_mixed.onnx" in str(refused.value)
+    with pytest.raises(MissingDependencyError, match="needs a CUDA GPU"):
         with TrtEngineRunner(tiny_engine):
             pass
 
@@ -128,7 +173,7 @@ def test_runner_matches_onnx_runtime_on_the_gpu(tiny_onnx: Path, tmp_path: Path)
     cc = f"{major}.{minor}"
     if cc not in ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"):
         pytest.skip(f"TensorRT-RTX builds no engine for compute capability {cc} (an RTX-class GPU is needed)")
-    tensorrt_api.use_runtime("tensorrt-rtx")
+    tensorrt.use_runtime("tensorrt-rtx")
     engine = tmp_path / "tiny.engine"
     build_engine(
         tiny_onnx,
@@ -141,5 +186,7 @@ def test_runner_matches_onnx_runtime_on_the_gpu(tiny_onnx: Path, tmp_path: Path)
     reference = create_session(tiny_onnx).run(None, {"images": images})
     with TrtEngineRunner(engine) as runner:
         got = runner.infer({"images": images})
+    assert list(got) == ["logits", *(f"kept_indices_{layer}" for layer in read_metadata(tiny_onnx).idle_layers)]
+    assert got["logits"].shape == (11, 10) and got["logits"].dtype == np.float32
     assert top1_agreement(reference[0], got["logits"]) == 1.0
     assert kept_token_agreement(reference[1], got[f"kept_indices_{read_metadata(tiny_onnx).idle_layers[0]}"]) > 0.99

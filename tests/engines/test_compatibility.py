@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engines.compatibility import EngineMismatchError, check_compatible
-from idlevit.errors import ToolkitError
+from idlevit.errors import EXIT_MISSING_DEPENDENCY, MissingDependencyError, ToolkitError
 from idlevit.sidecar import EngineSidecar, sidecar_path
 
 
@@ -57,10 +57,17 @@ def test_matching_engine_is_accepted() -> None:
         (_sidecar(), "tensorrt-rtx", "1.7.1", "8.9", "built with tensorrt but this is tensorrt-rtx"),
         (_sidecar(), "tensorrt", "10.12.0.36", "8.9", "TensorRT 10.13.0.35 but this is 10.12.0.36"),
         (_sidecar(), "tensorrt", "10.13.0.35", "9.0", "runs on compute capability 8.9 but this GPU is 9.0"),
-        (_sidecar(), "tensorrt", "10.13.0.35", None, "needs a CUDA GPU"),
         (_sidecar("tensorrt-rtx", "1.7.1"), "tensorrt-rtx", "1.8.0", "8.9", "TensorRT-RTX 1.7.1 but this is 1.8.0"),
     ],
 )
 def test_mismatches_are_refused(sidecar, runtime, version, cc, message) -> None:
     with pytest.raises(EngineMismatchError, match=message):
         check_compatible(sidecar, runtime, version, cc)
+
+
+def test_no_gpu_is_a_missing_dependency() -> None:
+    """Without a CUDA GPU no engine runs, whichever TensorRT built it: exit 3, naming the graph to run instead."""
+    for sidecar in (_sidecar(), _sidecar("tensorrt-rtx", "1.7.1", ("8.6",))):
+        with pytest.raises(MissingDependencyError, match="needs a CUDA GPU and none is visible here") as refused:
+            check_compatible(sidecar, "tensorrt", "10.13.0.35", None)
+        assert refused.value.exit_code == EXIT_MISSING_DEPENDENCY and "m.onnx" in str(refused.value)

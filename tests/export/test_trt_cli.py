@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
 import pytest
 
-from engines import tensorrt_api
+from engines import tensorrt
 from export.exporter import export_onnx
 from export.trt import build_parser, main
 from idlevit.cli import run_cli
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_SIGINT, EXIT_SIGTERM
 from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata, write_metadata
 from idlevit.state import record_last_export
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ASSETS = sorted((ROOT / "idlevit" / "assets").glob("*.pth"))
 FAST = ["--opt-level", "0", "--min-batch", "1", "--opt-batch", "1", "--max-batch", "2"]
 requires_rtx = pytest.mark.skipif(
-    not tensorrt_api.is_installed("tensorrt-rtx"), reason="TensorRT-RTX is not installed (pip install -e '.[rtx]')"
+    not tensorrt.is_installed("tensorrt-rtx"), reason="TensorRT-RTX is not installed (pip install -e '.[rtx]')"
 )
 #: A sitecustomize that makes both TensorRT modules unimportable, as on a machine without them.
 HIDE_TENSORRT = """
@@ -81,6 +83,9 @@ def test_deit_small_engines(deit_small_onnx: Path, precision: str, tmp_path: Pat
         deit_small_onnx
     )
     assert "equivalent command: tensorrt_rtx --onnx=" in result.stdout
+    mixed = {"deit_small_fp16_mixed.onnx"} if precision == "--fp16" else set()
+    assert {p.name for p in tmp_path.iterdir()} == {engine.name, engine.name + ".json", *mixed}  # no temporary file
+    assert not [line for line in result.stdout.splitlines() if line.startswith("[")]  # Polygraphy's log stays quiet
     if precision == "--fp16":
         mixed = tmp_path / "deit_small_fp16_mixed.onnx"  # beside --out
         assert sidecar["precision_plan"]["method"] == "mixed-onnx" and sidecar["onnx"] == str(mixed)
@@ -88,6 +93,42 @@ def test_deit_small_engines(deit_small_onnx: Path, precision: str, tmp_path: Pat
         assert engine.stat().st_size < 0.7 * deit_small_onnx.stat().st_size  # FP16 weights
     else:
         assert sidecar["precision_plan"]["method"] == "fp32" and sidecar["onnx"] == str(deit_small_onnx)
+
+
+@requires_rtx
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [(signal.SIGINT, EXIT_SIGINT, "interrupted (Ctrl-C)"), (signal.SIGTERM, EXIT_SIGTERM, "terminated (SIGTERM)")],
+    ids=["sigint", "sigterm"],
+)
+def test_a_signal_during_the_build_cancels_it_and_leaves_nothing(
+    deit_small_onnx: Path, tmp_path: Path, signum: int, code: int, said: str
+) -> None:
+    """Ctrl-C or SIGTERM a few seconds into a real build: the exit code, one stderr line, and no file at all."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "export.trt", "--onnx", str(deit_small_onnx), "--fp32", "--no-check", *FAST]
+    build = subprocess.Popen(
+        [*command, "--out", str(out / "deit_small.engine")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert build.stdout is not None
+    shown = []
+    for line in build.stdout:  # the command line is printed just before the build starts
+        shown.append(line)
+        if line.startswith("equivalent command:"):
+            break
+    time.sleep(3)
+    assert build.poll() is None, "".join(shown)
+    build.send_signal(signum)
+    stdout, stderr = build.communicate(timeout=600)
+    assert build.returncode == code, "".join(shown) + stdout + stderr
+    assert stderr.splitlines() == [f"error: {said}"] and "Traceback" not in stdout
+    assert not out.exists() or not list(out.iterdir())
+    assert not [p.name for p in deit_small_onnx.parent.iterdir() if p.suffix in (".engine", ".json", ".tmp")]
 
 
 @requires_rtx
