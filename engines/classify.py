@@ -1,9 +1,8 @@
 """Classify image files with an engine or an exported ONNX, preprocessed as the model was evaluated.
 
 Images go through timm's eval transform for the data config the model records (resize by
-crop_pct, center crop, normalise with its mean/std); an engine runs in TensorRT when TensorRT
-and a GPU are here, else the ONNX it was built from runs in ONNX Runtime, and the caller is
-told which.
+crop_pct, center crop, normalise with its mean/std); an engine runs in TensorRT when it can run
+here, else the graph it was built from runs in ONNX Runtime, and the caller is told which and why.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from idlevit.metadata import ExportMetadata, read_metadata
 from idlevit.names import IMAGES, LOGITS
 from idlevit.sidecar import EngineSidecar, sidecar_path
 
+from .compatibility import EngineMismatchError
 from .ort import ort_runner
 from .runtime import tensorrt_runner
 
@@ -58,29 +58,32 @@ def load_images(paths: Sequence[str | os.PathLike[str]], meta: ExportMetadata) -
     return torch.stack(tensors).numpy().astype(np.float32)
 
 
-def open_backend(model: str | os.PathLike[str], threads: int = 0) -> tuple[BaseRunner, ExportMetadata, str]:
-    """A runner for an engine (TensorRT) or an ONNX (ONNX Runtime), the model's metadata, and a note.
+def open_backend(model: str | os.PathLike[str], threads: int = 0) -> tuple[BaseRunner, ExportMetadata, str, str | None]:
+    """A runner for an engine (TensorRT) or an ONNX (ONNX Runtime), the model's metadata, what runs, a fallback note.
 
-    An engine falls back to the ONNX it was built from when TensorRT cannot run here; the note
-    says so.
+    An engine that cannot run here (no CUDA GPU, its TensorRT not installed, built for another
+    TensorRT or GPU) falls back to the graph it was built from, the sidecar's ``onnx`` (for FP16
+    the mixed-precision graph, not the FP32 source), in ONNX Runtime; the note says which graph
+    and why (None when nothing fell back).
     """
     path = Path(model)
     if not path.is_file():
         raise ToolkitError(f"model {os.fspath(path)!r} does not exist; pass --model an .onnx or .engine")
     if path.suffix != ".engine":
-        return ort_runner(path, "cpu", threads), read_metadata(path), f"ONNX Runtime (CPU) on {path.name}"
+        return ort_runner(path, "cpu", threads), read_metadata(path), f"ONNX Runtime (CPU) on {path.name}", None
     sidecar = EngineSidecar.read(sidecar_path(path))
     meta = ExportMetadata(**sidecar.idlevit)
     try:
-        if not torch.cuda.is_available():
-            raise MissingDependencyError("TensorRT engines need a CUDA GPU and none is visible")
-        return tensorrt_runner(path), meta, f"TensorRT ({sidecar.runtime} {sidecar.runtime_version}) on {path.name}"
-    except MissingDependencyError as err:
-        source = Path(sidecar.source_onnx)
-        source = source if source.is_file() else path.parent / source.name
-        if not source.is_file():
-            raise MissingDependencyError(f"{err}; and the ONNX it was built from ({sidecar.source_onnx}) is not here")
-        return ort_runner(source, "cpu", threads), meta, f"ONNX Runtime (CPU) on {source.name}: {err}"
+        runner = tensorrt_runner(path)
+    except (MissingDependencyError, EngineMismatchError) as err:
+        why = str(err).split("; ")[0]
+        graph = Path(sidecar.onnx)
+        graph = graph if graph.is_file() else path.parent / graph.name
+        if not graph.is_file():
+            raise MissingDependencyError(f"{why}; and the graph it was built from ({sidecar.onnx}) is not here")
+        note = f"{path.name} cannot run here ({why}): running the graph it was built from, {graph}, in ONNX Runtime"
+        return ort_runner(graph, "cpu", threads), meta, f"ONNX Runtime (CPU) on {graph.name}", note
+    return runner, meta, f"TensorRT ({sidecar.runtime} {sidecar.runtime_version}) on {path.name}", None
 
 
 def classify(runner: BaseRunner, images: np.ndarray, names: Sequence[str], top: int = 5, batch: int = 8) -> list:

@@ -2,7 +2,8 @@
 
 Images are preprocessed as the model was evaluated (timm's eval transform from the mean, std,
 crop_pct and interpolation the model records), run through TensorRT when given an engine and
-TensorRT is usable here, else through ONNX Runtime on the ONNX, and the top-5 classes printed.
+it can run here, else through ONNX Runtime on the graph the engine was built from (a note says
+which and why), and the top-5 classes printed.
 
 Examples::
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m engines.infer",
         __doc__,
         f"exit codes: {EXIT_OK} classified; {EXIT_BAD_INPUT} missing or unreadable image, model or labels; "
-        f"{EXIT_MISSING_DEPENDENCY} an engine without TensorRT and without its ONNX beside it.",
+        f"{EXIT_MISSING_DEPENDENCY} an engine that cannot run here and without the graph it was built from.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     parser.add_argument(
@@ -56,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     labels = read_labels(args.labels)
     from .classify import classify, format_predictions, load_images, open_backend  # lazy: torch and onnx after parsing
 
-    runner, meta, note = open_backend(model, args.threads)
+    runner, meta, backend, fallback = open_backend(model, args.threads)
     if labels is not None and len(labels) != meta.num_classes:
         raise ToolkitError(f"--labels has {len(labels)} names but the model has {meta.num_classes} classes")
     images = load_images(args.images, meta)
-    print(f"{note}: {meta.arch} IdleViT, {meta.img_size} px, keep tokens {meta.keep_tokens}")
+    if fallback:
+        print(f"note: {fallback}")
+    print(f"{backend}: {meta.arch} IdleViT, {meta.img_size} px, keep tokens {meta.keep_tokens}")
     with runner:
         predictions = classify(runner, images, [os.fspath(p) for p in args.images], args.top, args.batch)
     print(format_predictions(predictions, labels))

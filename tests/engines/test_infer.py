@@ -13,7 +13,7 @@ from torchvision import transforms
 
 from engines.classify import load_images, open_backend
 from engines.infer import main
-from idlevit.errors import ToolkitError
+from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.metadata import read_metadata
 from idlevit.sidecar import EngineSidecar, sidecar_path
 
@@ -61,27 +61,62 @@ def test_top5_matches_the_pytorch_reference(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the engine path is tried for real")
-def test_engine_without_tensorrt_falls_back_to_its_onnx(tiny_onnx: Path, tmp_path: Path) -> None:
-    engine = tmp_path / "tiny.engine"
+def test_engine_that_cannot_run_falls_back_to_the_graph_it_was_built_from(
+    tiny_onnx: Path, tiny_mixed: Path, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An FP16 engine falls back to its mixed-precision graph (the sidecar's ``onnx``), not to the FP32 source."""
+    engine = tmp_path / "tiny_fp16.engine"
     engine.write_bytes(b"serialized engine")
-    sidecar = json.loads(json.dumps(read_metadata(tiny_onnx).__dict__))
+    metadata = json.loads(json.dumps(read_metadata(tiny_mixed).__dict__))
     fields = dict(engine=engine.name, engine_sha256="", runtime="tensorrt", runtime_version="10.3.0", gpu=None)
     EngineSidecar(
         **fields,
+        compute_capabilities=[],
+        precision_plan={"precision": "fp16"},
+        profiles=[],
+        builder={},
+        plugins=[],
+        onnx=str(tiny_mixed),
+        onnx_sha256="",
+        source_onnx=str(tmp_path / "moved_away.onnx"),  # the FP32 source is not needed (nor here)
+        source_onnx_sha256="",
+        idlevit=metadata,
+    ).write(sidecar_path(engine))
+    runner, meta, backend, fallback = open_backend(engine)
+    assert runner.name == "onnxruntime-cpu" and meta.num_classes == 10 and meta.precision == "fp16"
+    assert backend == f"ONNX Runtime (CPU) on {tiny_mixed.name}"
+    assert fallback is not None and "needs a CUDA GPU" in fallback and str(tiny_mixed) in fallback
+
+    assert main([str(images[0]), "--model", str(engine)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"note: {fallback}"
+    assert out[1].startswith(f"ONNX Runtime (CPU) on {tiny_mixed.name}: deit_tiny IdleViT, 64 px")
+    assert out[2] == str(images[0]) and out[3].split()[0] == "1."
+
+
+def test_engine_without_its_graph_exits_3(tiny_onnx: Path, tmp_path: Path) -> None:
+    engine = tmp_path / "lonely.engine"
+    engine.write_bytes(b"serialized engine")
+    EngineSidecar(
+        engine=engine.name,
+        engine_sha256="",
+        runtime="tensorrt",
+        runtime_version="10.3.0",
+        gpu=None,
         compute_capabilities=[],
         precision_plan={"precision": "fp32"},
         profiles=[],
         builder={},
         plugins=[],
-        onnx=str(tiny_onnx),
+        onnx=str(tmp_path / "gone.onnx"),
         onnx_sha256="",
-        source_onnx=str(tiny_onnx),
+        source_onnx=str(tmp_path / "gone.onnx"),
         source_onnx_sha256="",
-        idlevit=sidecar,
+        idlevit=json.loads(json.dumps(read_metadata(tiny_onnx).__dict__)),
     ).write(sidecar_path(engine))
-    runner, meta, note = open_backend(engine)
-    assert runner.name == "onnxruntime-cpu" and meta.num_classes == 10
-    assert "ONNX Runtime" in note and "GPU" in note
+    with pytest.raises(MissingDependencyError, match="gone.onnx.*is not here") as missing:
+        open_backend(engine)
+    assert missing.value.exit_code == 3
 
 
 def test_missing_image_is_a_one_line_error(tiny_onnx: Path, tmp_path: Path) -> None:
