@@ -17,10 +17,11 @@ import onnxruntime as ort
 from polygraphy.backend.base import BaseRunner
 
 from engines.builder import BuildOptions
+from engines.compatibility import current_gpu
 from engines.ort import cuda_usable, ort_runner
 from engines.runtime import tensorrt_runner
+from engines.target import TENSORRT_RTX
 from export.engine import export_engine
-from idlevit.errors import ToolkitError
 from idlevit.model import IdleViT
 from validate.reference import TorchRunner
 
@@ -67,8 +68,20 @@ def _onnxruntime(device: str) -> Callable[[IdleViT, Path, int, int], BaseRunner]
 
 
 def _tensorrt(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
-    """Build an FP32 engine as ``python -m export.trt`` does (its messages kept quiet), then load it."""
-    options = BuildOptions(min_batch=1, opt_batch=max_batch, max_batch=max_batch)
+    """Build an FP32 engine through the library as ``python -m export.trt`` does (quietly), then load it.
+
+    A TensorRT-RTX engine is built for this GPU's compute capability (its defaults may not include it).
+    """
+    from engines.tensorrt import installed_runtimes  # lazy: TensorRT is optional
+
+    gpu = current_gpu()
+    rtx = installed_runtimes()[:1] == [TENSORRT_RTX]
+    options = BuildOptions(
+        min_batch=1,
+        opt_batch=max_batch,
+        max_batch=max_batch,
+        compute_capabilities=[gpu["compute_capability"]] if rtx and gpu else [],
+    )
     engine = export_engine(
         onnx_path, out=onnx_path.with_suffix(".engine"), options=options, trtcheck=False, echo=lambda _line: None
     )
@@ -80,15 +93,14 @@ def _no_cuda() -> str | None:
 
 
 def _no_tensorrt() -> str | None:
-    import torch  # lazy: torch only to ask whether a CUDA GPU is visible
+    """Why the TensorRT backend cannot run here, in one line (None when it can)."""
+    from engines.tensorrt import MISSING_TENSORRT, installed_runtimes  # lazy: TensorRT is optional
 
-    if not torch.cuda.is_available():
-        return "needs TensorRT and a CUDA GPU"
-    try:
-        from engines.tensorrt_api import installed_runtimes  # lazy: TensorRT is optional
-    except (ImportError, ToolkitError) as err:
-        return f"engines/ cannot load TensorRT ({err})"
-    return None if installed_runtimes() else "TensorRT is not installed (pip install -e '.[trt]')"
+    if not installed_runtimes():
+        return MISSING_TENSORRT
+    if current_gpu() is None:
+        return "TensorRT engines need a CUDA GPU and none is visible here"
+    return None
 
 
 BACKENDS: dict[str, Backend] = {
