@@ -136,18 +136,7 @@ def build_engine(
         [engine_path, sidecar_path(engine_path)], [onnx_path, source_onnx, options.timing_cache, *options.plugins]
     )
     started = time.perf_counter()
-    settings = api.BuildSettings(
-        profiles=[options.profile(meta)],
-        strongly_typed=plan.strongly_typed,
-        workspace_bytes=options.workspace_mib * (1 << 20) if options.workspace_mib else None,
-        optimization_level=options.optimization_level,
-        fp16_flag=plan.method is Method.BUILDER_FLAGS,
-        fp32_nodes=plan.fp32_nodes,
-        timing_cache=options.timing_cache,
-        compute_capabilities=options.compute_capabilities,
-        plugins=options.plugins,
-    )
-    built = api.build_serialized(onnx_path, settings, verbose, echo)
+    built = api.build_serialized(onnx_path, plan, options, options.profile(meta), verbose, echo)
     gpu = None if runtime.name == TENSORRT_RTX else current_gpu()
     if runtime.name == TENSORRT_RTX:
         capabilities = list(options.compute_capabilities or RTX_DEFAULT_COMPUTE_CAPABILITIES)

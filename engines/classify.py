@@ -25,7 +25,7 @@ from idlevit.sidecar import EngineSidecar, sidecar_path
 
 from .compatibility import EngineMismatchError
 from .ort import ort_runner
-from .runtime import tensorrt_runner
+from .runtime import check_runnable, tensorrt_runner
 
 
 @dataclass
@@ -74,7 +74,7 @@ def open_backend(model: str | os.PathLike[str], threads: int = 0) -> tuple[BaseR
     sidecar = EngineSidecar.read(sidecar_path(path))
     meta = ExportMetadata(**sidecar.idlevit)
     try:
-        runner = tensorrt_runner(path)
+        check_runnable(path)
     except (MissingDependencyError, EngineMismatchError) as err:
         why = str(err).split("; ")[0]
         graph = Path(sidecar.onnx)
@@ -83,7 +83,7 @@ def open_backend(model: str | os.PathLike[str], threads: int = 0) -> tuple[BaseR
             raise MissingDependencyError(f"{why}; and the graph it was built from ({sidecar.onnx}) is not here")
         note = f"{path.name} cannot run here ({why}): running the graph it was built from, {graph}, in ONNX Runtime"
         return ort_runner(graph, "cpu", threads), meta, f"ONNX Runtime (CPU) on {graph.name}", note
-    return runner, meta, f"TensorRT ({sidecar.runtime} {sidecar.runtime_version}) on {path.name}", None
+    return tensorrt_runner(path), meta, f"TensorRT ({sidecar.runtime} {sidecar.runtime_version}) on {path.name}", None
 
 
 def classify(runner: BaseRunner, images: np.ndarray, names: Sequence[str], top: int = 5, batch: int = 8) -> list:

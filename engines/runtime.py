@@ -120,6 +120,10 @@ class TrtEngineRunner(BaseRunner):
 
 
 def tensorrt_runner(engine_path: str | os.PathLike[str]) -> TrtEngineRunner:
-    """A runner over a serialized engine, named ``tensorrt``; refuses up front an engine that cannot run here."""
-    check_runnable(engine_path)
+    """A runner over a serialized engine, named ``tensorrt``; refuses a missing file up front.
+
+    Whether the engine can run here is checked when the runner is activated (:func:`check_runnable`).
+    """
+    if not Path(engine_path).is_file():
+        raise ToolkitError(f"engine {os.fspath(engine_path)!r} does not exist; build one with `python -m export.trt`")
     return TrtEngineRunner(os.fspath(engine_path), name=TENSORRT)

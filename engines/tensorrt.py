@@ -28,8 +28,8 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +37,12 @@ from idlevit.cli import Terminated
 from idlevit.errors import BuildError, MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write
 
+from .plan import Method, PrecisionPlan
+
 if TYPE_CHECKING:
     import tensorrt as trt
+
+    from .builder import BuildOptions
 else:
     trt = None  # bound by use_runtime()
 
@@ -242,53 +246,14 @@ def load_plugin_libraries(libraries: Sequence[str | os.PathLike[str]]) -> None:
 
 
 # ---- parsing -------------------------------------------------------------------------------------------
-@dataclass
-class ParserIssue:
-    """One ONNX parser error: the node it names and the parser's own description."""
-
-    node_index: int
-    node_name: str
-    operator: str
-    description: str
-
-    def __str__(self) -> str:
-        lines = [line for line in self.description.splitlines() if not any(s in line for s in _NO_DRIVER_NOISE)]
-        where = f"node {self.node_index} {self.node_name!r} ({self.operator})" if self.node_index >= 0 else "graph"
-        return f"{where}: " + " | ".join(line.strip() for line in lines if line.strip())
-
-
-@dataclass
-class Network:
-    """A parsed ONNX graph: Polygraphy's (builder, network, parser), kept alive together."""
-
-    builder: trt.Builder
-    network: trt.INetworkDefinition
-    parser: trt.OnnxParser
-
-    @property
-    def loaded(self) -> tuple[trt.Builder, trt.INetworkDefinition, trt.OnnxParser]:
-        """What Polygraphy's network loaders pass along."""
-        return self.builder, self.network, self.parser
-
-    @property
-    def strongly_typed(self) -> bool:
-        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # TensorRT 10.0+
-        return flag is not None and bool(self.network.get_flag(flag))
-
-    @property
-    def outputs(self) -> list[str]:
-        return [self.network.get_output(i).name for i in range(self.network.num_outputs)]
-
-
 def parse_onnx(
     onnx_path: str | os.PathLike[str],
     strongly_typed: bool,
     plugins: Sequence[str | os.PathLike[str]] = (),
     verbose: bool = False,
     echo: Callable[[str], None] = print,
-) -> Network:
-    """Parse an ONNX file with Polygraphy's ``NetworkFromOnnxPath``; a rejected graph is a :class:`BuildError`
-    after each parser error is echoed (``  parser error: node ...: message``).
+) -> tuple[trt.Builder, trt.INetworkDefinition, trt.OnnxParser]:
+    """Polygraphy's ``NetworkFromOnnxPath``; a rejected graph echoes each parser error, then is a BuildError.
 
     ``strongly_typed`` asks for a strongly typed network (tensor types from the ONNX, no
     precision flags); TensorRT-RTX networks always are.
@@ -296,64 +261,55 @@ def parse_onnx(
     from polygraphy.backend.trt import NetworkFromOnnxPath  # lazy: bound by use_runtime()
     from polygraphy.exception import PolygraphyException  # lazy: as above
 
-    runtime = bound_runtime()
     if strongly_typed and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        runtime = bound_runtime()
         raise BuildError(f"{runtime.name} {runtime.version} cannot build strongly typed networks; use --trt-version")
     load_plugin_libraries(plugins)
     try:
         with polygraphy_log(verbose, echo) as errors:
-            builder, network, parser = NetworkFromOnnxPath(os.fspath(onnx_path), strongly_typed=strongly_typed)()
+            return NetworkFromOnnxPath(os.fspath(onnx_path), strongly_typed=strongly_typed)()
     except PolygraphyException:
-        issues = _parser_issues(onnx_path, strongly_typed) or [ParserIssue(-1, "", "", _detail(errors, "no message"))]
+        issues = _parser_errors(onnx_path, strongly_typed) or [_detail(errors, "the parser failed without a message")]
         for issue in issues:
             echo(f"  parser error: {issue}")
         raise BuildError(
             f"TensorRT's ONNX parser rejected {os.fspath(onnx_path)} with {len(issues)} error(s); first: {issues[0]}"
         ) from None
-    return Network(builder, network, parser)
 
 
-def _parser_issues(onnx_path: str | os.PathLike[str], strongly_typed: bool) -> list[ParserIssue]:
-    """Polygraphy logs the parser's errors as text and drops the parser: parse once more to read them one by one."""
+def _parser_errors(onnx_path: str | os.PathLike[str], strongly_typed: bool) -> list[str]:
+    """Polygraphy logs the parser's errors as text and drops the parser: parse again to read them one by one."""
     from polygraphy.backend.trt import create_network, get_trt_logger  # lazy: bound by use_runtime()
 
     with polygraphy_log():
         _builder, network = create_network(strongly_typed=strongly_typed)
         parser = trt.OnnxParser(network, get_trt_logger())
         parser.parse_from_file(os.fspath(onnx_path))
-        return [_parser_issue(parser.get_error(i)) for i in range(parser.num_errors)]
-
-
-def _parser_issue(error: trt.ParserError) -> ParserIssue:
-    return ParserIssue(int(error.node()), str(error.node_name()), str(error.node_operator()), str(error.desc()))
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
+    issues = []
+    for error in errors:
+        lines = [line.strip() for line in str(error.desc()).splitlines() if line.strip()]
+        message = " | ".join(line for line in lines if not any(s in line for s in _NO_DRIVER_NOISE))
+        issues.append(f"node {error.node()} {error.node_name()!r} ({error.node_operator()}): {message}")
+    return issues
 
 
 # ---- per-layer precision (weakly typed TensorRT 10.x) --------------------------------------------
-def layer_names(network: trt.INetworkDefinition) -> Iterator[str]:
-    for i in range(network.num_layers):
-        yield network.get_layer(i).name
-
-
 def fp32_layers(network: trt.INetworkDefinition, node_names: Iterable[str]) -> list[str]:
-    """The floating-point layers the parser made from ``node_names`` (Polygraphy names layers, not nodes).
-
-    The parser names a node's main layer after the node and helper layers with the node name
-    plus a suffix; both count.
-    """
+    """The floating-point layers the parser made from ``node_names`` (a node's layer is named after it, its
+    helper layers after it plus a suffix): what Polygraphy's ``SetLayerPrecisions`` is given."""
     wanted = set(node_names)
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     return [layer.name for layer in layers if _layer_node(layer.name, wanted) and _is_float(layer.precision)]
 
 
 def pin_output_types_fp32(network: trt.INetworkDefinition, names: Iterable[str]) -> None:
-    """FP32 output types on the named layers (Polygraphy's ``SetLayerPrecisions`` sets compute precision only)."""
+    """FP32 output types on the named layers (``SetLayerPrecisions`` sets their compute precision only)."""
     wanted = set(names)
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.name in wanted:
-            for j in range(layer.num_outputs):
-                if _is_float(layer.get_output_type(j)):
-                    layer.set_output_type(j, trt.float32)
+    for layer in (network.get_layer(i) for i in range(network.num_layers)):
+        for j in range(layer.num_outputs) if layer.name in wanted else ():
+            if _is_float(layer.get_output_type(j)):
+                layer.set_output_type(j, trt.float32)
 
 
 def _layer_node(layer_name: str, node_names: set[str]) -> str | None:
@@ -372,21 +328,6 @@ def _is_float(dtype: trt.DataType) -> bool:
 
 # ---- building ------------------------------------------------------------------------------------
 @dataclass
-class BuildSettings:
-    """What :func:`build_serialized` configures (all plain values; see ``engines.builder``)."""
-
-    profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]
-    strongly_typed: bool = True
-    workspace_bytes: int | None = None
-    optimization_level: int | None = None
-    fp16_flag: bool = False  # weakly typed FP16 (TensorRT 10.x): FP16 + precision constraints "obey"
-    fp32_nodes: list[str] = field(default_factory=list)
-    timing_cache: str | None = None
-    compute_capabilities: list[str] = field(default_factory=list)  # TensorRT-RTX targets, e.g. ["8.6"]
-    plugins: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Built:
     """A serialized engine and what the sidecar says about its network."""
 
@@ -398,7 +339,9 @@ class Built:
 
 def build_serialized(
     onnx_path: str | os.PathLike[str],
-    settings: BuildSettings,
+    plan: PrecisionPlan,
+    options: BuildOptions,
+    profile: Mapping[str, Sequence[tuple[int, ...]]],
     verbose: bool = False,
     echo: Callable[[str], None] = print,
 ) -> Built:
@@ -410,98 +353,87 @@ def build_serialized(
     from polygraphy.exception import PolygraphyException  # lazy: as above
 
     with cancel_on_signals() as arrived:
-        net = parse_onnx(onnx_path, settings.strongly_typed, settings.plugins, verbose, echo)
+        builder, network, parser = parse_onnx(onnx_path, plan.strongly_typed, options.plugins, verbose, echo)
         pinned: list[str] = []
-        if settings.fp16_flag:
-            pinned = fp32_layers(net.network, settings.fp32_nodes)
+        if plan.method is Method.BUILDER_FLAGS:  # weakly typed FP16: the plan's FP32 nodes, layer by layer
+            pinned = fp32_layers(network, plan.fp32_nodes)
             with polygraphy_log(verbose, echo):
-                SetLayerPrecisions(net.loaded, {name: trt.float32 for name in pinned})()
-            pin_output_types_fp32(net.network, pinned)
+                SetLayerPrecisions((builder, network, parser), {name: trt.float32 for name in pinned})()
+            pin_output_types_fp32(network, pinned)
         try:
             with contextlib.ExitStack() as files, polygraphy_log(verbose, echo) as errors:
                 load_cache = save_cache = None
-                if settings.timing_cache and has_timing_cache():
+                if options.timing_cache and has_timing_cache():
                     # file objects, not paths: Polygraphy locks a path through a `<path>.lock` file it leaves
                     # behind; the updated cache replaces the file only once the build succeeded
-                    if Path(settings.timing_cache).is_file():
-                        load_cache = files.enter_context(open(settings.timing_cache, "rb"))
-                    save_cache = files.enter_context(atomic_write(settings.timing_cache, "w+b"))
-                config = _create_config(settings, progress_monitor(lambda: bool(arrived)), load_cache)
-                serialized = EngineBytesFromNetwork(net.loaded, config, save_timing_cache=save_cache)()
+                    if Path(options.timing_cache).is_file():
+                        load_cache = files.enter_context(open(options.timing_cache, "rb"))
+                    save_cache = files.enter_context(atomic_write(options.timing_cache, "w+b"))
+                config = _create_config(plan, options, profile, progress_monitor(lambda: bool(arrived)), load_cache)
+                serialized = EngineBytesFromNetwork((builder, network, parser), config, save_timing_cache=save_cache)()
         except PolygraphyException:
             raise BuildError(
                 f"TensorRT built no engine ({_detail(errors, 'no message from TensorRT')}); "
                 "rerun with --verbose for the builder log"
             ) from None
         engine = bytes(memoryview(serialized))
-    return Built(engine, net.strongly_typed, net.outputs, pinned)
+    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # TensorRT 10.0+
+    outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    return Built(engine, typed is not None and bool(network.get_flag(typed)), outputs, pinned)
 
 
-def _create_config(settings: BuildSettings, monitor: trt.IProgressMonitor, timing_cache: Any = None) -> Any:
+def _create_config(
+    plan: PrecisionPlan,
+    options: BuildOptions,
+    profile: Mapping[str, Sequence[tuple[int, ...]]],
+    monitor: trt.IProgressMonitor | None = None,
+    timing_cache: Any = None,
+) -> Any:
     """Polygraphy's config loader for the bound runtime (TF32 off, TensorRT's own profiling verbosity)."""
     from polygraphy.backend.trt import CreateConfig, PostprocessConfig, Profile  # lazy: bound by use_runtime()
     from polygraphy.exception import PolygraphyException  # lazy: as above
 
-    profiles = []
-    for shapes in settings.profiles:
-        profile = Profile()
-        for name, (low, opt, high) in shapes.items():
-            profile.add(name, min=low, opt=opt, max=high)
-        profiles.append(profile)
+    shapes = Profile()
+    for name, (low, opt, high) in profile.items():
+        shapes.add(name, min=low, opt=opt, max=high)
     common: dict[str, Any] = {
-        "profiles": profiles,
+        "profiles": [shapes],
         "memory_pool_limits": (
-            {trt.MemoryPoolType.WORKSPACE: settings.workspace_bytes} if settings.workspace_bytes else None
+            {trt.MemoryPoolType.WORKSPACE: options.workspace_mib << 20} if options.workspace_mib else None
         ),
-        "builder_optimization_level": settings.optimization_level,
+        "builder_optimization_level": options.optimization_level,
         "progress_monitor": monitor,
         "load_timing_cache": timing_cache,
-        # Polygraphy defaults to DETAILED; TensorRT's own default keeps the engines as trtexec builds them
+        # Polygraphy defaults to DETAILED; TensorRT's own default builds the engines trtexec builds
         "profiling_verbosity": trt.ProfilingVerbosity.LAYER_NAMES_ONLY,
     }
     if bound_runtime().name == "tensorrt-rtx":
         from polygraphy.backend.tensorrt_rtx import CreateConfigRTX  # lazy: bound by use_runtime()
 
         try:
-            config = CreateConfigRTX(compute_capabilities=_capabilities(settings.compute_capabilities), **common)
-        except PolygraphyException as err:
+            capabilities = [tuple(int(p) for p in cc.split(".", 1)) for cc in options.compute_capabilities]
+            config = CreateConfigRTX(compute_capabilities=capabilities or None, **common)
+        except (ValueError, PolygraphyException) as err:
             members = dir(getattr(trt, "ComputeCapability"))  # TensorRT-RTX only: not in tensorrt-stubs
             known = [m[2:-1] + "." + m[-1] for m in members if m.startswith("SM") and m[2:].isdigit()]
-            raise ToolkitError(f"{err}; --compute-capabilities takes {', '.join(known)}") from None
+            raise ToolkitError(f"{err}; --compute-capabilities takes MAJOR.MINOR among {', '.join(known)}") from None
         # CreateConfigRTX has no tf32 option and TensorRT-RTX turns TF32 on: FP32 layers must stay IEEE FP32
         return PostprocessConfig(config, _without_tf32)
-    if settings.compute_capabilities:
+    if options.compute_capabilities:
         raise ToolkitError("--compute-capabilities is a TensorRT-RTX option; this TensorRT builds for its own GPU")
-    config = CreateConfig(
-        tf32=False,  # TF32 would round the token scores as FP16 does
-        fp16=settings.fp16_flag,
-        precision_constraints="obey" if settings.fp16_flag else None,
-        **common,
-    )
-    if settings.plugins:  # Polygraphy's CreateConfig has no plugins_to_serialize
-        return PostprocessConfig(config, _serializing_plugins(settings.plugins))
+    weak_fp16 = plan.method is Method.BUILDER_FLAGS
+    config = CreateConfig(tf32=False, fp16=weak_fp16, precision_constraints="obey" if weak_fp16 else None, **common)
+    if options.plugins:  # Polygraphy's CreateConfig has no plugins_to_serialize
+        return PostprocessConfig(config, _serializing_plugins(options.plugins))
     return config
-
-
-def _capabilities(capabilities: Sequence[str]) -> list[tuple[int, int]] | None:
-    """Compute capabilities as CreateConfigRTX takes them ("8.6" -> (8, 6)); None for TensorRT-RTX's defaults."""
-    parsed = []
-    for cc in capabilities:
-        major, dot, minor = cc.partition(".")
-        if not (dot and major.isdigit() and minor.isdigit()):
-            raise ToolkitError(f"compute capability {cc!r} is not MAJOR.MINOR (e.g. 8.6)")
-        parsed.append((int(major), int(minor)))
-    return parsed or None
 
 
 def _without_tf32(_builder: trt.Builder, _network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> None:
     config.clear_flag(trt.BuilderFlag.TF32)
 
 
-def _serializing_plugins(
-    plugins: Sequence[str],
-) -> Callable[[trt.Builder, trt.INetworkDefinition, trt.IBuilderConfig], None]:
-    def serialize(_builder: trt.Builder, _network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> None:
+def _serializing_plugins(plugins: Sequence[str]) -> Callable[[Any, Any, trt.IBuilderConfig], None]:
+    def serialize(_builder: Any, _network: Any, config: trt.IBuilderConfig) -> None:
         config.plugins_to_serialize = [os.fspath(p) for p in plugins]
 
     return serialize
@@ -516,7 +448,7 @@ def engine_runner(engine: bytes, plugins: Sequence[str | os.PathLike[str]] = (),
     load_plugin_libraries(plugins)
     runner = TrtRunner(EngineFromBytes(engine), name=name)
     try:
-        with polygraphy_log() as errors:
+        with cancel_on_signals(), polygraphy_log() as errors:
             runner.activate()
     except PolygraphyException as err:
         raise BuildError(f"TensorRT could not load the engine ({_detail(errors, str(err))})") from None

@@ -63,18 +63,16 @@ def test_mixed_engine_and_sidecar(tiny_engine: Path, tiny_mixed: Path, tiny_onnx
     assert sidecar["builder"]["optimization_level"] == 0 and sidecar["builder"]["layers_pinned_fp32"] == 0
 
 
-def test_config_has_the_builder_settings(tiny_mixed: Path) -> None:
+def test_config_has_the_builder_settings(tiny_onnx: Path) -> None:
     """Polygraphy's config loaders, called as the build calls them: what TensorRT-RTX is told."""
     tensorrt.use_runtime("tensorrt-rtx")
     trt = tensorrt.trt
-    net = tensorrt.parse_onnx(tiny_mixed, strongly_typed=True)
-    settings = tensorrt.BuildSettings(
-        profiles=[FAST.profile(read_metadata(tiny_mixed))],
-        workspace_bytes=256 << 20,
-        optimization_level=2,
-        compute_capabilities=["8.6", "12.0"],
-    )
-    config = tensorrt._create_config(settings, tensorrt.progress_monitor(lambda: False))(net.builder, net.network)
+    builder, network, _ = tensorrt.parse_onnx(tiny_onnx, strongly_typed=True)
+    plan = plan_precision(onnx.load(tiny_onnx), FP32, RTX)
+    options = BuildOptions(1, 2, 4, workspace_mib=256, optimization_level=2, compute_capabilities=["8.6", "12.0"])
+    profile = options.profile(read_metadata(tiny_onnx))
+    monitor = tensorrt.progress_monitor(lambda: False)
+    config = tensorrt._create_config(plan, options, profile, monitor)(builder, network)
     assert not config.get_flag(trt.BuilderFlag.TF32)  # TensorRT-RTX turns it on by default
     assert config.profiling_verbosity == trt.ProfilingVerbosity.LAYER_NAMES_ONLY
     assert config.builder_optimization_level == 2 and config.num_optimization_profiles == 1
@@ -82,8 +80,10 @@ def test_config_has_the_builder_settings(tiny_mixed: Path) -> None:
     capabilities = [config.get_compute_capability(i) for i in range(config.num_compute_capabilities)]
     assert capabilities == [trt.ComputeCapability.SM86, trt.ComputeCapability.SM120]
     assert config.progress_monitor is not None
-    with pytest.raises(ToolkitError, match=r"9\.0.*not supported.*takes .*8\.6"):
-        tensorrt._create_config(tensorrt.BuildSettings(profiles=settings.profiles, compute_capabilities=["9.0"]), None)
+    for wrong in ("9.0", "8"):
+        options.compute_capabilities = [wrong]
+        with pytest.raises(ToolkitError, match=r"--compute-capabilities takes MAJOR\.MINOR among .*8\.6"):
+            tensorrt._create_config(plan, options, profile)
 
 
 def test_one_tensorrt_per_process(tmp_path: Path) -> None:
@@ -128,8 +128,8 @@ def test_strong_typing_violation_fails_with_the_parser_message(tiny_mixed: Path,
 def test_parser_names_layers_after_scoring_nodes(tiny_onnx: Path) -> None:
     """Per-layer FP32 (TensorRT 10.x) finds its layers by node name; check that on the shared parser."""
     tensorrt.use_runtime("tensorrt-rtx")
-    net = tensorrt.parse_onnx(tiny_onnx, strongly_typed=True)
-    names = list(tensorrt.layer_names(net.network))
+    _, network, _ = tensorrt.parse_onnx(tiny_onnx, strongly_typed=True)
+    names = [network.get_layer(i).name for i in range(network.num_layers)]
     wanted = set(scoring_path_nodes(onnx.load(tiny_onnx)))
     matched = {tensorrt._layer_node(name, wanted) for name in names} - {None}
     compute = {n.name for n in onnx.load(tiny_onnx).graph.node if n.name in wanted and n.op_type not in ("Slice",)}
@@ -149,10 +149,10 @@ def test_command_lines(tiny_onnx: Path) -> None:
 
 @pytest.mark.skipif(_cuda(), reason="checks the refusal on a machine without a CUDA GPU")
 def test_runner_refuses_without_a_gpu(tiny_engine: Path) -> None:
-    from engines.runtime import TrtEngineRunner, tensorrt_runner
+    from engines.runtime import TrtEngineRunner, check_runnable
 
     with pytest.raises(MissingDependencyError, match="needs a CUDA GPU") as refused:
-        tensorrt_runner(tiny_engine)
+        check_runnable(tiny_engine)
     assert refused.value.exit_code == 3 and "tiny_fp16_mixed.onnx" in str(refused.value)
     with pytest.raises(MissingDependencyError, match="needs a CUDA GPU"):
         with TrtEngineRunner(tiny_engine):
