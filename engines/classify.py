@@ -81,7 +81,7 @@ def open_backend(model: str | os.PathLike[str], threads: int = 0) -> tuple[BaseR
         graph = graph if graph.is_file() else path.parent / graph.name
         if not graph.is_file():
             raise MissingDependencyError(f"{why}; and the graph it was built from ({sidecar.onnx}) is not here")
-        note = f"{path.name} cannot run here ({why}): running the graph it was built from, {graph}, in ONNX Runtime"
+        note = f"{why}; running the graph it was built from instead, {graph}, in ONNX Runtime (CPU)"
         return ort_runner(graph, "cpu", threads), meta, f"ONNX Runtime (CPU) on {graph.name}", note
     return tensorrt_runner(path), meta, f"TensorRT ({sidecar.runtime} {sidecar.runtime_version}) on {path.name}", None
 
