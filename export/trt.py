@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--no-check", action="store_true", help="skip the check")
     parser.add_argument("--no-trtcheck", action="store_true", help="skip trtcheck (the toolkit's own lint still runs)")
-    parser.add_argument("--verbose", action="store_true", help="show info findings and TensorRT errors as they come")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show info findings, and Polygraphy's and TensorRT's messages as they come",
+    )
     return parser
 
 
