@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .configs import ArchConfig
 from .names import LOGITS, kept_indices_name
 from .schedule import Schedule
-from .stem import ConvStem
+from .stem import ConvStem, fold_pixel_normalization
 
 
 def cls_token_scores(block: Block, xn: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,6 +116,8 @@ class IdleViT(nn.Module):
         self.norm = norm(dim)
         self.head = nn.Linear(dim, cfg.num_classes)
         self.aux_head = nn.Linear(dim, cfg.num_classes) if cfg.aux_head else None
+        # set by fold_normalization when the first layer pads: pixels + offset before it (export forward only)
+        self.register_buffer("pixel_offset", None, persistent=False)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -188,6 +190,27 @@ class IdleViT(nn.Module):
         return self.forward_with_indices(images)[0]
 
     # ---- export forward -----------------------------------------------------------------
+    def first_conv(self) -> nn.Conv2d:
+        """The convolution that reads the image: the patch projection (DeiT) or the stem's conv1 (LV-ViT)."""
+        return self.patch_embed.conv1 if isinstance(self.patch_embed, ConvStem) else self.patch_embed.proj
+
+    def embed_export(self, images: Tensor) -> Tensor:
+        """:meth:`embed` written without shape arithmetic on the batch.
+
+        Patch features are reshaped with static sizes, and CLS enters as a zero row padded in
+        front of the patch tokens plus a constant (CLS token + its position embedding), so no
+        Shape/Expand chain copies the batch size: the same sums as :meth:`embed` (``0 + a = a``).
+        """
+        if self.pixel_offset is not None:  # normalisation folded into a padded first layer
+            images = images + self.pixel_offset
+        if isinstance(self.patch_embed, ConvStem):
+            features = self.patch_embed.feature_map(images)
+        else:
+            features = self.patch_embed.proj(images)  # timm's PatchEmbed without its (identity) norm
+        x = features.reshape(-1, self.cfg.embed_dim, self.cfg.num_tokens).transpose(1, 2)
+        cls_and_positions = torch.cat([self.cls_token + self.pos_embed[:, :1], self.pos_embed[:, 1:]], dim=1)
+        return F.pad(x, (0, 0, 1, 0)) + cls_and_positions
+
     def dense_block_export(self, block: Block, x: Tensor) -> Tensor:
         """:meth:`dense_block` with the attention written out, so every opset can express it.
 
@@ -216,7 +239,7 @@ class IdleViT(nn.Module):
     def forward_export(self, images: Tensor, with_indices: bool = False) -> tuple[Tensor, ...]:
         """Export forward: ``(logits,)`` or ``(logits, kept_3, kept_4, ...)`` in idle-layer order."""
         plan = self.idle_plan
-        x = self.embed(images)
+        x = self.embed_export(images)
         kept_all: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             if i in plan:
@@ -234,12 +257,27 @@ class IdleViT(nn.Module):
             names += [kept_indices_name(layer) for layer in self.schedule.idle_layers]
         return names
 
-    def export_module(self, with_indices: bool = False) -> nn.Module:
-        """A copy ready to trace: eval mode, BatchNorm folded, forward = :meth:`forward_export`."""
+    def fold_normalization(self, mean_into_bias: bool | None = None) -> None:
+        """Fold the input normalisation (``cfg.mean``/``cfg.std``) into the first layer, in place.
+
+        The model then takes RGB pixels 0..255 (what DeepStream's nvinfer feeds with
+        ``net-scale-factor=1`` and zero offsets): exact for DeiT's unpadded patch projection; LV-ViT's
+        padded conv1 gets the scale only, and the mean is subtracted from the pixels in front of it
+        (:func:`idlevit.stem.fold_pixel_normalization`; ``mean_into_bias`` overrides that choice).
+        Meant for an export copy (:meth:`export_module`); the reference forward is unchanged.
+        """
+        offset = fold_pixel_normalization(self.first_conv(), self.cfg.mean, self.cfg.std, mean_into_bias)
+        self.pixel_offset = offset
+
+    def export_module(self, with_indices: bool = False, fold_normalization: bool = False) -> nn.Module:
+        """A copy ready to trace: eval mode, BatchNorm folded (and the normalisation, if asked),
+        forward = :meth:`forward_export`."""
         model = copy.deepcopy(self).eval()
         if isinstance(model.patch_embed, ConvStem):
             model.patch_embed.fold_batchnorm()
-        return _ExportForward(model, with_indices)
+        if fold_normalization:
+            model.fold_normalization()
+        return _ExportForward(model, with_indices).eval()
 
     @property
     def data_config(self) -> dict[str, object]:
