@@ -5,6 +5,8 @@ Examples::
     python -m export.onnx                                   # the bundled demo model
     python -m export.onnx --ckpt idlevit_deit_small_ratio0.7.pth
     python -m export.onnx --ckpt ckpt.pth --keep-rate 0.5 --with-indices
+    python -m export.onnx --ckpt ckpt.pth --fold-normalization   # takes RGB pixels 0..255 (DeepStream)
+    python -m export.onnx --ckpt ckpt.pth --exporter torchscript --opset 17
     python -m export.onnx --arch deit_small --random-init   # try the pipeline without weights
 """
 
@@ -18,14 +20,25 @@ from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPEN
 from idlevit.schedule import add_schedule_arguments, schedule_arguments
 from idlevit.state import record_last_export
 
-from .contract import DEFAULT_OPSET, SUPPORTED_OPSETS
+from .contract import (
+    DEFAULT_EXPORTER,
+    DEFAULT_OPSET,
+    DYNAMO,
+    EXPORTERS,
+    SUPPORTED_OPSETS,
+    TORCHSCRIPT,
+    opset_range,
+)
 
 EPILOG = f"""
 exit codes: {EXIT_OK} exported (and checked); {EXIT_CHECK_FAILED} the written graph disagrees with PyTorch
 (FP32 thresholds; the file is kept for inspection); {EXIT_BAD_INPUT} bad checkpoint, arch, schedule or flag;
 {EXIT_MISSING_DEPENDENCY} a needed optional package is missing.
-The output records arch, schedule, k per idle layer, image size, mean/std, opset, toolkit
-version and checkpoint sha256 in its metadata_props; `python -m export.trt` finds it next.
+The output records arch, schedule, k per idle layer, image size, mean/std (and whether they are
+folded into the graph), opset, exporter, toolkit version and checkpoint sha256 in its
+metadata_props; `python -m export.trt` finds it next.
+Opsets: TensorRT 10.0-10.7 (JetPack 6: 10.3) parse up to 20, TensorRT 10.8+ and TensorRT-RTX up
+to 22, TensorRT 8.6 up to 17 (--exporter torchscript).
 """
 
 
@@ -54,12 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size in pixels (default: the checkpoint's, from its position embedding)",
     )
     graph.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default=DEFAULT_EXPORTER,
+        help=f"how the model is traced (default {DEFAULT_EXPORTER}): {DYNAMO} = torch.onnx.export(dynamo=True), "
+        f"built on torch.export; {TORCHSCRIPT} = the TorchScript tracer (deprecated by PyTorch, kept while "
+        "torch ships it); the clean-up gives both the same op contract",
+    )
+    graph.add_argument(
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
         choices=list(SUPPORTED_OPSETS),
         metavar="N",
-        help=f"ONNX opset {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})",
+        help=f"ONNX opset (default {DEFAULT_OPSET}): {opset_range(DYNAMO)} with --exporter {DYNAMO}, "
+        f"{opset_range(TORCHSCRIPT)} with --exporter {TORCHSCRIPT}",
     )
     graph.add_argument("--batch", type=int, default=None, help="static batch size (default: dynamic batch)")
     graph.add_argument(
@@ -73,7 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fuse each idle layer's scatter into the idlevit::IdleScatter TensorRT plugin op (see plugins/README.md)",
     )
-    parser.add_argument("--out", default=None, help="output .onnx (default: next to the checkpoint, same name)")
+    graph.add_argument(
+        "--fold-normalization",
+        action="store_true",
+        help="fold the mean/std into the first layer: the graph takes RGB pixels 0..255 (DeepStream nvinfer with "
+        "net-scale-factor=1 and zero offsets) instead of normalised images; recorded in the metadata",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output .onnx; default: the checkpoint's path with .onnx (foo.pth -> foo.onnx beside it), or "
+        "idlevit_deit_micro_digits_ratio0.7.onnx (the bundled demo) / idlevit_<arch>_random.onnx (--random-init) "
+        "in the working directory; --with-indices, --plugin and --fold-normalization add _indices, _plugin, "
+        "_pixels to the name. Never the checkpoint itself",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -93,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         with_indices=args.with_indices,
         plugin=args.plugin,
+        fold_normalization=args.fold_normalization,
+        exporter=args.exporter,
         verify=not args.no_verify,
         progress=not args.quiet,
         **schedule_arguments(args),
@@ -101,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     model = result.model
     print(
         f"wrote {result.path} ({model.cfg.name}, {model.cfg.img_size} px, opset {args.opset}, "
-        f"{'batch ' + str(args.batch) if args.batch else 'dynamic batch'}) in {result.seconds:.1f} s"
+        f"{'batch ' + str(args.batch) if args.batch else 'dynamic batch'}, {args.exporter} exporter) "
+        f"in {result.seconds:.1f} s"
     )
+    print(f"graph: {result.kind}")
     print(
         "idle layers -> kept image tokens: "
         + ", ".join(f"{k}:{v}" for k, v in model.idle_plan.items())
