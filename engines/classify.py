@@ -1,8 +1,9 @@
 """Classify image files with an engine or an exported ONNX, preprocessed as the model was evaluated.
 
-Images go through timm's eval transform for the data config the model records (resize by
-crop_pct, center crop, normalise with its mean/std); an engine runs in TensorRT when it can run
-here, else the graph it was built from runs in ONNX Runtime, and the caller is told which and why.
+Images go through timm's eval transform for the input config the model records (resize by
+crop_pct, center crop, normalise with its mean/std, or RGB pixels 0..255 for a graph with folded
+normalisation); an engine runs in TensorRT when it can run here, else the graph it was built from
+runs in ONNX Runtime, and the caller is told which and why.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ class Prediction:
 
 
 def eval_transform(meta: ExportMetadata):
-    """timm's eval transform (resize by crop_pct, center crop, normalise) for the model's data config."""
-    return create_transform(**resolve_data_config(pretrained_cfg=meta.data_config), is_training=False)
+    """timm's eval transform (resize by crop_pct, center crop, normalise) for what the graph takes.
+
+    :attr:`~idlevit.metadata.ExportMetadata.input_config`: normalised images, or pixels 0..255
+    when the graph folds the normalisation into its first layer.
+    """
+    return create_transform(**resolve_data_config(pretrained_cfg=meta.input_config), is_training=False)
 
 
 def load_images(paths: Sequence[str | os.PathLike[str]], meta: ExportMetadata) -> np.ndarray:

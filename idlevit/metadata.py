@@ -54,8 +54,20 @@ class ExportMetadata:
 
     @property
     def data_config(self) -> dict[str, Any]:
-        """Preprocessing the graph expects, in timm's data-config keys (as ``IdleViT.data_config``)."""
+        """Preprocessing the *model* expects, in timm's data-config keys (as ``IdleViT.data_config``)."""
         return data_config(self.img_size, self.mean, self.std, self.crop_pct, self.interpolation)
+
+    @property
+    def input_config(self) -> dict[str, Any]:
+        """Preprocessing of what the *graph* takes, in timm's data-config keys: what every feeder uses.
+
+        The model's :attr:`data_config`, except that a graph with folded normalisation takes RGB
+        pixels 0..255: mean 0 and std 1/255 (timm's ``(x - mean) / std`` on [0, 1] images then
+        gives ``255 x``).
+        """
+        if not self.folded_normalization:
+            return self.data_config
+        return data_config(self.img_size, (0.0, 0.0, 0.0), (1 / 255,) * 3, self.crop_pct, self.interpolation)
 
     def to_props(self) -> dict[str, str]:
         """``metadata_props`` entries: ``idlevit.<field>`` -> JSON text."""

@@ -25,7 +25,7 @@ from idlevit.metadata import ExportMetadata, read_metadata
 from idlevit.names import IMAGES, LOGITS
 
 from .metrics import topk_correct
-from .reference import TorchRunner, load_reference
+from .reference import TorchRunner, load_reference, reference_normalization
 from .runners import backend_runners, polygraphy_quiet
 
 
@@ -136,7 +136,7 @@ def measure_accuracy(
     meta = read_metadata(onnx_path)
     if meta.batch and batch_size != meta.batch:
         raise ToolkitError(f"the graph has a static batch of {meta.batch}; pass --batch-size {meta.batch}")
-    dataset = load_dataset(data, split, meta.data_config)
+    dataset = load_dataset(data, split, meta.input_config)  # pixels 0..255 for a graph with folded normalisation
     if num_classes(dataset) > meta.num_classes:
         raise ToolkitError(
             f"the dataset has {num_classes(dataset)} classes but the model {meta.num_classes}; "
@@ -146,7 +146,8 @@ def measure_accuracy(
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     runners: list[BaseRunner] = []
     if ckpt is not None:
-        runners.append(TorchRunner(load_reference(ckpt, meta), with_indices=False, threads=threads))
+        model = load_reference(ckpt, meta)
+        runners.append(TorchRunner(model, with_indices=False, threads=threads, normalize=reference_normalization(meta)))
     runners += backend_runners(onnx_path, engine, ort, threads)
     with polygraphy_quiet(verbose):
         rows = evaluate_accuracy(runners, dataset, batch_size, workers, progress=progress)

@@ -1,8 +1,10 @@
 """Inputs of a parity run: real images and seeded random batches, at several batch sizes.
 
 Real images come from the bundled digits split or an ImageFolder (timm's eval transform with the
-mean/std the ONNX records, via :func:`idlevit.data.load_dataset`); random batches come from
+preprocessing the ONNX records, via :func:`idlevit.data.load_dataset`); random batches come from
 Polygraphy's seeded ``DataLoader`` over the range that pixels in [0, 1] take once normalised.
+Both follow :attr:`~idlevit.metadata.ExportMetadata.input_config`: normalised images, or RGB
+pixels 0..255 for a graph with folded normalisation.
 Each group holds feed dicts for one (kind, batch size): bugs that appear only at batch > 1 exist.
 """
 
@@ -45,8 +47,8 @@ class InputGroup:
 
 
 def sample_images(data: str | os.PathLike[str], split: str, meta: ExportMetadata, count: int) -> np.ndarray:
-    """``count`` normalised images spread evenly over a split (ImageFolders are sorted by class)."""
-    dataset = load_dataset(data, split, meta.data_config)
+    """``count`` images spread evenly over a split (ImageFolders are sorted by class), as the graph takes them."""
+    dataset = load_dataset(data, split, meta.input_config)
     if len(dataset) == 0:
         raise ToolkitError(f"dataset {os.fspath(data)!r} ({split}) holds no images; point --data at an ImageFolder")
     picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int))
@@ -69,9 +71,10 @@ def real_groups(images: np.ndarray, source: str, batch_sizes: Sequence[int]) -> 
 
 
 def random_range(meta: ExportMetadata) -> tuple[float, float]:
-    """Range of normalised values that pixels in [0, 1] can take under the recorded mean/std."""
-    low = min((0.0 - m) / s for m, s in zip(meta.mean, meta.std))
-    high = max((1.0 - m) / s for m, s in zip(meta.mean, meta.std))
+    """Range of the graph's input values that pixels in [0, 1] can take (0..255 for folded normalisation)."""
+    config = meta.input_config
+    low = min((0.0 - m) / s for m, s in zip(config["mean"], config["std"]))
+    high = max((1.0 - m) / s for m, s in zip(config["mean"], config["std"]))
     return low, high
 
 

@@ -28,7 +28,7 @@ from idlevit.names import LOGITS, kept_indices_name
 from .compare import compare_funcs
 from .inputs import InputGroup, InputSpec, parity_inputs
 from .presets import Thresholds, preset
-from .reference import TorchRunner, load_reference
+from .reference import TorchRunner, load_reference, reference_normalization
 from .report import GroupResult, ParityReport, aggregate
 from .runners import backend_runners, engine_precision, polygraphy_quiet
 
@@ -103,7 +103,9 @@ def run_parity(
         for runner in backends
     }
     thresholds = {name: preset(p).with_overrides(**(overrides or {})) for name, p in precisions.items()}
-    torch_runner = TorchRunner(model, with_indices=True, with_scores=True, threads=threads)
+    torch_runner = TorchRunner(
+        model, with_indices=True, with_scores=True, threads=threads, normalize=reference_normalization(meta)
+    )
     with polygraphy_quiet(verbose):
         groups = parity_inputs(meta, inputs)
     rows = compare_runners(

@@ -5,6 +5,10 @@ reference is the model that was exported, not the user's current command line. O
 named like the exported graph's (``logits``, ``kept_indices_<layer>``); with ``with_scores`` the
 runner also returns the CLS token scores of every idle layer (``token_scores_<layer>``, (B, N)),
 which the selection check needs to tell near-ties from real flips.
+
+A graph with folded normalisation takes RGB pixels 0..255; the runner then normalises the feeds
+it gets (``(x / 255 - mean) / std`` with the recorded mean/std, :func:`reference_normalization`)
+before the model, which always takes normalised images.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,6 +25,7 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
 from idlevit.checkpoint import load_checkpoint
+from idlevit.data import normalize
 from idlevit.errors import CheckpointError
 from idlevit.metadata import ExportMetadata
 from idlevit.model import IdleViT, cls_token_scores
@@ -41,8 +47,17 @@ def load_reference(ckpt: str | os.PathLike[str], meta: ExportMetadata) -> IdleVi
     return model
 
 
+def reference_normalization(meta: ExportMetadata) -> tuple[list[float], list[float]] | None:
+    """``(mean, std)`` the reference applies to the feeds of ``meta``'s graph; None unless it is folded."""
+    return (list(meta.mean), list(meta.std)) if meta.folded_normalization else None
+
+
 class TorchRunner(BaseRunner):
-    """Runs :meth:`IdleViT.forward_with_indices` (the eager reference) on numpy feeds."""
+    """Runs :meth:`IdleViT.forward_with_indices` (the eager reference) on numpy feeds.
+
+    ``normalize`` ``(mean, std)``: the feeds are RGB pixels 0..255 (a graph with folded
+    normalisation) and are normalised as ``(x / 255 - mean) / std`` before the model.
+    """
 
     def __init__(
         self,
@@ -52,9 +67,11 @@ class TorchRunner(BaseRunner):
         device: str = "cpu",
         threads: int = 0,
         name: str = REFERENCE,
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__(name=name, prefix="pytorch-runner")
         self.model = model.eval()
+        self.normalize = normalize
         self.with_indices = with_indices or with_scores
         self.with_scores = with_scores
         self.device = torch.device(device)
@@ -90,6 +107,8 @@ class TorchRunner(BaseRunner):
         images = torch.from_numpy(np.ascontiguousarray(feed_dict[IMAGES])).to(self.device)
         start = time.perf_counter()
         with torch.no_grad():
+            if self.normalize is not None:
+                images = normalize(images / 255.0, *self.normalize)
             logits, kept = self.model.forward_with_indices(images)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
