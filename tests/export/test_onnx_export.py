@@ -1,20 +1,36 @@
-"""The exported graph: op contract, metadata, and ONNX Runtime against the PyTorch reference."""
+"""The exported graph: one op contract from both exporters, metadata, and ONNX Runtime against PyTorch."""
 
 from __future__ import annotations
 
+import collections
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import numpy_helper
 
 import idlevit
 from engines.ort import create_session
-from export.exporter import FORBIDDEN_OPS, export_onnx
+from engines.precision import scoring_path_nodes
+from export import onnx as onnx_cli
+from export.contract import DEFAULT_OPSET, DYNAMO, EXPORTER_OPSETS, EXPORTERS, TORCHSCRIPT
+from export.exporter import FORBIDDEN_OPS, default_output_path, export_onnx
+from idlevit.cli import run_cli
+from idlevit.errors import EXIT_BAD_INPUT, MissingDependencyError, ToolkitError
 from idlevit.metadata import read_metadata
+from idlevit.model import IdleViT
+from plugins.idle_scatter.graph_pass import fuse_idle_scatter
 
-from ..conftest import assert_onnx_matches_reference, make_model, run_module
+from ..conftest import assert_onnx_matches_reference, run_module
+from .conftest import shallow_model
+
+#: Ops that only copy or compute shapes: the clean-up leaves none of them in either exporter's graph.
+SHAPE_ARITHMETIC = {"Shape", "ConstantOfShape", "Concat", "Where", "Equal", "SplitToSequence", "SequenceAt"}
+NO_OPS = {"Identity", "Cast"}
 
 
 def _topk_constants(model: onnx.ModelProto) -> list[int]:
@@ -34,11 +50,16 @@ def _topk_constants(model: onnx.ModelProto) -> list[int]:
     return ks
 
 
-def test_graph_contract(deit_small: idlevit.IdleViT, deit_small_onnx: Path) -> None:
-    model = onnx.load(deit_small_onnx)
-    ops = {n.op_type for n in model.graph.node}
+def _ops(model: onnx.ModelProto) -> collections.Counter[str]:
+    return collections.Counter(n.op_type for n in model.graph.node)
+
+
+def test_graph_contract(deit_small_graph: Path) -> None:
+    model = onnx.load(deit_small_graph)
+    ops = set(_ops(model))
     assert not ops & FORBIDDEN_OPS
-    assert {"TopK", "GatherElements", "ScatterElements"} <= ops
+    assert not ops & (SHAPE_ARITHMETIC | NO_OPS), "shape arithmetic or no-ops left after the clean-up"
+    assert {"TopK", "GatherElements", "ScatterElements", "Split"} <= ops
     # k image tokens per IDLEVIT.md (r = 0.7), plus CLS, which the graph ranks first by an infinite score
     assert _topk_constants(model) == [k + 1 for k in (137, 137, 137, 96, 96, 96, 67, 67, 67)]
     for node in model.graph.node:
@@ -50,44 +71,127 @@ def test_graph_contract(deit_small: idlevit.IdleViT, deit_small_onnx: Path) -> N
     for node in model.graph.node:
         if node.op_type in ("GatherElements", "ScatterElements"):
             assert types[node.input[1]] == onnx.TensorProto.INT64
-    # Dynamic batch on every input and output.
+    # Dynamic batch on every input and output, readable I/O names, every node named once.
     for value in [*model.graph.input, *model.graph.output]:
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
+    assert [i.name for i in model.graph.input] == ["images"]
     assert [o.name for o in model.graph.output] == ["logits", *(f"kept_indices_{i}" for i in range(3, 12))]
+    names = [node.name for node in model.graph.node]
+    assert all(names) and len(set(names)) == len(names)
 
 
-def test_metadata_records_everything_downstream_needs(deit_small_onnx: Path) -> None:
-    meta = read_metadata(deit_small_onnx)
+def test_both_exporters_give_one_graph(deit_small_graphs: Callable[[str], Path]) -> None:
+    """Same ops, same count (TorchScript's Flatten is the dynamo exporter's Reshape), same numbers."""
+    graphs = {name: onnx.load(deit_small_graphs(name)) for name in EXPORTERS}
+    counts = {name: _ops(graph) for name, graph in graphs.items()}
+    for count in counts.values():
+        count["Reshape"] += count.pop("Flatten", 0)
+    assert counts[DYNAMO] == counts[TORCHSCRIPT]
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5)).numpy()
+    dynamo, torchscript = (create_session(deit_small_graphs(name)).run(None, {"images": images}) for name in EXPORTERS)
+    np.testing.assert_allclose(dynamo[0], torchscript[0], atol=1e-5)
+    for a, b in zip(dynamo[1:], torchscript[1:], strict=True):
+        np.testing.assert_array_equal(np.sort(a, axis=1), np.sort(b, axis=1))
+
+
+def test_scoring_path_and_plugin_pass_read_the_graph(deit_small_graph: Path) -> None:
+    """The precision plan finds every idle layer's scoring path by node names; the plugin pass fuses every scatter."""
+    model = onnx.load(deit_small_graph)
+    scoring = scoring_path_nodes(model)
+    top_ks = [node.name for node in model.graph.node if node.op_type == "TopK"]
+    assert set(top_ks) <= set(scoring) and len(scoring) >= 4 * len(top_ks)  # norm1, CLS query, scores, TopK
+    assert fuse_idle_scatter(model)[1] == 9
+
+
+def test_metadata_records_everything_downstream_needs(deit_small_graph: Path, exporter: str) -> None:
+    meta = read_metadata(deit_small_graph)
     assert meta.arch == "deit_small" and meta.img_size == 224 and meta.num_tokens == 196
     assert meta.idle_layers == list(range(3, 12))
     assert meta.keep_tokens == [137, 137, 137, 96, 96, 96, 67, 67, 67]
-    assert meta.opset == 17 and meta.with_indices and meta.batch == 0
-    assert meta.mean == pytest.approx([0.485, 0.456, 0.406])
+    assert meta.opset == DEFAULT_OPSET and meta.with_indices and meta.batch == 0
+    assert onnx.load(deit_small_graph, load_external_data=False).opset_import[0].version == DEFAULT_OPSET
+    assert meta.mean == pytest.approx([0.485, 0.456, 0.406]) and not meta.folded_normalization
+    assert meta.input_config == meta.data_config
     assert meta.toolkit_version == idlevit.__version__ and meta.checkpoint == "random-init"
+    assert meta.extra["exporter"] == exporter
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_onnxruntime_matches_reference(deit_small: idlevit.IdleViT, deit_small_onnx: Path, batch: int) -> None:
-    assert_onnx_matches_reference(deit_small, create_session(deit_small_onnx), batch)
+def test_onnxruntime_matches_reference(deit_small: IdleViT, deit_small_graph: Path, batch: int) -> None:
+    assert_onnx_matches_reference(deit_small, create_session(deit_small_graph), batch)
 
 
-@pytest.mark.parametrize("opset", [13, 17, 20])
-def test_opsets_export_and_run(tmp_path: Path, opset: int) -> None:
-    model = make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)
+@pytest.mark.parametrize(
+    ("exporter", "opset"), [(TORCHSCRIPT, 13), (TORCHSCRIPT, 17), (TORCHSCRIPT, 20), (DYNAMO, 20), (DYNAMO, 22)]
+)
+def test_opsets_export_and_run(tmp_path: Path, exporter: str, opset: int) -> None:
+    model = shallow_model()
     path = tmp_path / f"opset{opset}.onnx"
-    report = export_onnx(model, path, opset=opset, with_indices=True, verify_batch=2, progress=False)
-    assert onnx.load(path).opset_import[0].version == opset
+    report = export_onnx(model, path, opset=opset, exporter=exporter, with_indices=True, verify_batch=2, progress=False)
+    assert onnx.load(path).opset_import[0].version == opset and read_metadata(path).opset == opset
     assert report is not None and report.passed
     totals = report.backend("onnxruntime-cpu")
     assert totals.max_abs <= 1e-4 and all(sel.agreement == 1.0 for sel in totals.layers.values())
+    ops = set(_ops(onnx.load(path)))
+    assert not ops & (FORBIDDEN_OPS | SHAPE_ARITHMETIC | NO_OPS)
 
 
-def test_static_batch(tmp_path: Path) -> None:
-    model = make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)
+def test_an_opset_the_exporter_cannot_serve_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    model = shallow_model()
+    with pytest.raises(ToolkitError, match="--exporter torchscript") as refused:
+        export_onnx(model, "never-written.onnx", opset=17, exporter=DYNAMO, verify_batch=0, progress=False)
+    assert "serves 18..22" in str(refused.value) and not Path("never-written.onnx").exists()
+    with pytest.raises(ToolkitError, match="--exporter dynamo"):
+        export_onnx(model, "never-written.onnx", opset=22, exporter=TORCHSCRIPT, verify_batch=0, progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(onnx_cli.main, ["--arch", "deit_tiny", "--random-init", "--opset", "17"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: the dynamo exporter does not export opset 17") and err.count("\n") == 1
+    assert set(EXPORTER_OPSETS[TORCHSCRIPT]) | set(EXPORTER_OPSETS[DYNAMO]) >= {13, 17, 18, 20, 22}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_static_batch(tmp_path: Path, exporter: str) -> None:
     path = tmp_path / "static.onnx"
-    export_onnx(model, path, batch=4, verify_batch=0, progress=False)
+    export_onnx(shallow_model(), path, batch=4, exporter=exporter, verify_batch=0, progress=False)
     dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_value for d in dims] == [4, 3, 64, 64]
+    assert [d.dim_value for d in dims] == [4, 3, 32, 32]
+    assert read_metadata(path).batch == 4
+
+
+def test_default_exporter_works_without_torchscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch whose TorchScript exporter raises: --exporter torchscript is one line (exit 3), the default exports."""
+    real_export = torch.onnx.export
+
+    def export_without_torchscript(*args, **kwargs):
+        if not kwargs.get("dynamo", True):
+            raise RuntimeError("the TorchScript-based ONNX exporter has been removed\nsee the docs")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export_without_torchscript)
+    model = shallow_model()
+    with pytest.raises(MissingDependencyError, match="TorchScript exporter .* failed .*has been removed.*dynamo"):
+        export_onnx(model, tmp_path / "ts.onnx", exporter=TORCHSCRIPT, verify_batch=0, progress=False)
+    report = export_onnx(model, tmp_path / "default.onnx", verify_batch=2, progress=False)
+    assert report is not None and report.passed
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_only_known_notes_are_silenced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: str) -> None:
+    """The exporters' known harmless notes are silenced; a warning from anywhere else still shows."""
+    real_forward = IdleViT.forward_export
+
+    def forward_with_a_note(self: IdleViT, images: torch.Tensor, with_indices: bool = False):
+        warnings.warn("a note nobody silences", UserWarning, stacklevel=1)
+        return real_forward(self, images, with_indices)
+
+    monkeypatch.setattr(IdleViT, "forward_export", forward_with_a_note)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(shallow_model(), tmp_path / "noted.onnx", exporter=exporter, verify_batch=0, progress=False)
+    messages = {str(w.message) for w in caught}
+    assert messages == {"a note nobody silences"}, messages
 
 
 def test_cli_random_init_writes_and_verifies(tmp_path: Path) -> None:
@@ -109,9 +213,48 @@ def test_cli_random_init_writes_and_verifies(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "max abs logit error" in result.stdout and "kept-token agreement 100.00%" in result.stdout
+    assert "dynamo exporter" in result.stdout and "graph: with index outputs kept_indices_<layer>" in result.stdout
+    assert result.stderr == "", result.stderr  # no warnings, no progress bar
     meta = read_metadata(out)
     assert meta.keep_ratios[0] == 0.5 and meta.img_size == 64
     assert (tmp_path / ".idlevit" / "last_export.json").is_file()
+
+
+def test_default_output_names_say_what_the_graph_is() -> None:
+    arch = "deit_micro"
+    assert default_output_path("runs/m.pth", arch) == Path("runs/m.onnx")
+    assert default_output_path("runs/m.pth", arch, with_indices=True) == Path("runs/m_indices.onnx")
+    assert default_output_path("runs/m.pth", arch, plugin=True) == Path("runs/m_plugin.onnx")
+    assert default_output_path("m.pth", arch, True, True, True) == Path("m_indices_plugin_pixels.onnx")
+    assert default_output_path("demo", arch) == Path("idlevit_deit_micro_digits_ratio0.7.onnx")
+    assert default_output_path(None, arch, fold_normalization=True) == Path("idlevit_deit_micro_random_pixels.onnx")
+    # a default that would fall on the input itself gets another name
+    assert default_output_path("m.onnx", arch, avoid="m.onnx") == Path("m_export.onnx")
+    assert default_output_path("m_indices.pth", arch) == Path("m_indices.onnx")
+
+
+def test_out_onto_the_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "model.pth"
+    ckpt.write_bytes(idlevit.DEMO_CHECKPOINT.read_bytes())
+    link = tmp_path / "link.onnx"
+    link.symlink_to(ckpt)
+    for out in (ckpt, link):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(onnx_cli.main, ["--ckpt", str(ckpt), "--out", str(out), "--quiet"])
+        assert exit_info.value.code == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(out) in err and str(ckpt) in err and "input" in err
+    assert ckpt.read_bytes() == idlevit.DEMO_CHECKPOINT.read_bytes()
+
+
+def test_default_name_never_falls_on_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the command records its output in ./.idlevit
+    ckpt = tmp_path / "m.onnx"  # a checkpoint with an unlucky suffix
+    ckpt.write_bytes(idlevit.DEMO_CHECKPOINT.read_bytes())
+    code = onnx_cli.main(["--ckpt", str(ckpt), "--exporter", "torchscript", "--no-verify", "--quiet"])
+    assert code == 0
+    assert ckpt.read_bytes() == idlevit.DEMO_CHECKPOINT.read_bytes()
+    assert read_metadata(tmp_path / "m_export.onnx").checkpoint == "m.onnx"
 
 
 def test_cli_help_explains_every_flag() -> None:
@@ -124,11 +267,18 @@ def test_cli_help_explains_every_flag() -> None:
         "--idle-layers",
         "--keep-ratios",
         "--img-size",
+        "--exporter",
         "--opset",
         "--batch",
         "--with-indices",
         "--out",
         "--random-init",
         "--plugin",
+        "--fold-normalization",
     ):
         assert flag in result.stdout
+    text = " ".join(result.stdout.split())
+    # --out's default as it really is: the demo's ONNX goes to the working directory
+    assert f"{default_output_path('demo', 'deit_micro').name} (the bundled demo)" in text
+    assert "in the working directory" in text and "_indices, _plugin, _pixels" in text
+    assert "18..22 with --exporter dynamo, 13..20 with --exporter torchscript" in text

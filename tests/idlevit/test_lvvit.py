@@ -1,4 +1,4 @@
-"""LV-ViT IdleViT (lvvit_s, lvvit_m): loading, dense equivalence, export with BatchNorm folded."""
+"""LV-ViT IdleViT (lvvit_s, lvvit_m): loading, dense equivalence, export with BatchNorm (and normalisation) folded."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import torch.nn.functional as F
 
 import idlevit
 from engines.ort import create_session
+from export.contract import EXPORTERS, TORCHSCRIPT
+from export.exporter import export_onnx
+from idlevit.errors import CheckFailed
 from idlevit.metadata import read_metadata
+from idlevit.model import IdleViT
 
 from ..conftest import assert_onnx_matches_reference, make_model, run_module
 
@@ -121,3 +125,32 @@ def test_export_cli_matches_reference_with_batchnorm_folded(
     session = create_session(out)
     for batch in (1, 3):
         assert_onnx_matches_reference(lvvit_s, session, batch)
+
+
+def _shallow_lvvit() -> idlevit.IdleViT:
+    """lvvit_s cut to 4 blocks (idle layers 1..3) at 64 px: the conv stem and the idle pattern, traced fast."""
+    return _lvvit("lvvit_s", img_size=64, num_classes=10, depth=4, idle_layers=[1, 2, 3], keep_ratios=[0.7, 0.5, 0.3])
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_folded_normalization_passes_the_export_check(tmp_path: Path, exporter: str) -> None:
+    """conv1 pads, so the mean is subtracted from the pixels in front of it and only the scale is folded."""
+    path = tmp_path / "folded.onnx"
+    report = export_onnx(
+        _shallow_lvvit(), path, fold_normalization=True, with_indices=True, exporter=exporter, progress=False
+    )
+    assert report is not None and report.passed  # pixels 0..255 against the reference with normalisation
+    assert read_metadata(path).folded_normalization
+    graph = onnx.load(path)
+    assert [n.op_type for n in graph.graph.node if "images" in n.input] == ["Add"]  # pixels - 255 * mean
+    assert "BatchNormalization" not in {n.op_type for n in graph.graph.node}
+
+
+def test_mean_folded_into_the_padded_conv1_fails_the_export_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folding the mean into conv1's bias, as for an unpadded layer, is wrong along the borders: the check says so."""
+    real_fold = IdleViT.fold_normalization
+    monkeypatch.setattr(IdleViT, "fold_normalization", lambda self, mean_into_bias=None: real_fold(self, True))
+    with pytest.raises(CheckFailed, match="does not compute the model"):
+        export_onnx(_shallow_lvvit(), tmp_path / "wrong.onnx", fold_normalization=True, exporter=TORCHSCRIPT)

@@ -1,4 +1,4 @@
-"""validate.parity end to end: a faithful export passes; a wrong weight or a wrong k fails, readably."""
+"""validate.parity end to end: a faithful export passes; a wrong weight, a wrong k or a wrong fold fails, readably."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 import torch
+from PIL import Image
 from polygraphy.comparator import IndicesCompareFunc, IterationResult
 
+import idlevit
+from engines.classify import eval_transform
 from engines.ort import create_session
+from export.exporter import export_onnx
 from idlevit.cli import run_cli
+from idlevit.data import normalize
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError
 from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata
 from idlevit.sidecar import EngineSidecar, sidecar_path
 from validate import parity
+from validate.evaluate import measure_accuracy
+from validate.inputs import InputSpec, parity_inputs
 
 #: Small, fast runs: 8 real digits and one random batch per size, at batch 1 and 4.
 FAST = ["--num-images", "8", "--random-batches", "1", "--batch-sizes", "1,4", "--threads", "1", "--quiet"]
@@ -233,3 +240,67 @@ def test_engine_without_tensorrt_exits_3(digits_ckpt: Path, digits_onnx: Path, t
     with pytest.raises(ToolkitError, match="TensorRT") as missing:
         parity.main(["--ckpt", str(digits_ckpt), "--onnx", str(digits_onnx), "--engine", str(engine), *FAST])
     assert missing.value.exit_code == EXIT_MISSING_DEPENDENCY
+
+
+# ---- graphs with folded normalisation: pixels 0..255 in, the reference normalises them ------------------
+@pytest.fixture(scope="module")
+def digits_folded_onnx(digits_model: idlevit.IdleViT, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("folded") / "digits_tiny_indices_pixels.onnx"
+    export_onnx(
+        digits_model,
+        path,
+        with_indices=True,
+        fold_normalization=True,
+        verify_batch=0,
+        progress=False,
+        checkpoint="digits_tiny.pth",
+    )
+    return path
+
+
+def test_folded_graph_passes_on_pixels(digits_ckpt: Path, digits_folded_onnx: Path, tmp_path: Path) -> None:
+    code, report = run(digits_ckpt, digits_folded_onnx, tmp_path / "folded.json")
+    assert code == EXIT_OK, report["failures"]
+    sources = {group["kind"]: group["source"] for group in report["inputs"]}
+    assert sources["random"].startswith("uniform [0.00, 255.00]")
+    for row in report["results"]:
+        assert row["logits"]["max_abs_error"] < 1e-4 and row["logits"]["top1_agreement"] == 1.0
+        assert all(layer["agreement"] == 1.0 for layer in row["kept_tokens"].values())
+
+
+def test_folded_inputs_are_the_plain_inputs_in_pixels(digits_folded_onnx: Path, digits_onnx: Path) -> None:
+    """Real and random parity inputs, accuracy and engines.infer all feed a folded graph pixels 0..255."""
+    folded, plain = read_metadata(digits_folded_onnx), read_metadata(digits_onnx)
+    spec = InputSpec(num_images=4, random_batches=1, batch_sizes=(4,))
+    (real_px, random_px), (real, _) = parity_inputs(folded, spec), parity_inputs(plain, spec)
+    pixels = real_px.feeds[0]["images"]
+    assert pixels.min() >= 0.0 and 200.0 < pixels.max() <= 255.0 + 1e-3
+    as_plain = normalize(torch.from_numpy(pixels) / 255, plain.mean, plain.std).numpy()
+    np.testing.assert_allclose(as_plain, real.feeds[0]["images"], atol=1e-5)
+    assert random_px.feeds[0]["images"].min() >= 0.0 and random_px.feeds[0]["images"].max() <= 255.0
+    transform = eval_transform(folded)  # engines.infer's preprocessing
+    image = Image.fromarray(np.full((40, 40, 3), (255, 128, 0), dtype=np.uint8))
+    np.testing.assert_allclose(transform(image)[:, 16, 16].numpy(), [255.0, 128.0, 0.0], atol=1e-3)
+
+
+def test_folded_graph_scores_what_the_plain_graph_scores(
+    digits_ckpt: Path, digits_folded_onnx: Path, digits_onnx: Path
+) -> None:
+    def top1(onnx_path: Path) -> dict[str, int]:
+        rows, _, _ = measure_accuracy(onnx_path, digits_ckpt, limit=64, threads=1, ort="cpu", progress=False)
+        return {row.backend: row.top1_correct for row in rows}
+
+    folded, plain = top1(digits_folded_onnx), top1(digits_onnx)
+    assert folded == plain and set(folded) == {"pytorch", "onnxruntime-cpu"} and folded["pytorch"] > 32
+
+
+def test_wrong_fold_fails_parity(digits_ckpt: Path, digits_folded_onnx: Path, tmp_path: Path) -> None:
+    """A folded graph whose first layer lost its 1/255 (weights 255 times too large) fails on the logits."""
+    graph = gs.import_onnx(onnx.load(digits_folded_onnx))
+    conv = next(node for node in graph.nodes if node.op == "Conv")
+    weight = conv.inputs[1]
+    weight.values = weight.values * 255.0
+    broken = save_edited(graph, digits_folded_onnx, tmp_path / "unscaled.onnx")
+    code, report = run(digits_ckpt, broken, tmp_path / "unscaled.json")
+    assert code == EXIT_CHECK_FAILED and not report["passed"]
+    assert any("logits differ" in failure for failure in report["failures"])

@@ -1,4 +1,4 @@
-"""The PyTorch reference runner: graph-named outputs and the scores the idle layers rank by."""
+"""The PyTorch reference runner: graph-named outputs, the scores the idle layers rank by, pixels for folded graphs."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import torch
 
 import idlevit
 from engines.ort import create_session, cuda_usable, providers_for
+from export.exporter import build_metadata
+from idlevit.data import normalize
 from idlevit.errors import CheckpointError
-from idlevit.metadata import read_metadata
+from idlevit.metadata import ExportMetadata, read_metadata
 from idlevit.names import token_scores_name
-from validate.reference import TorchRunner, load_reference
+from validate.reference import TorchRunner, load_reference, reference_normalization
 
 from ..conftest import assert_onnx_matches_reference
 
@@ -53,3 +55,25 @@ def test_onnxruntime_cuda_matches_the_reference(digits_model: idlevit.IdleViT, d
     session = create_session(digits_onnx, providers_for("cuda"))
     assert session.get_providers()[0] == "CUDAExecutionProvider"
     assert_onnx_matches_reference(digits_model, session, batch=4)
+
+
+def test_reference_normalises_the_pixels_a_folded_graph_takes(digits_model: idlevit.IdleViT) -> None:
+    """With ``normalize`` the runner takes pixels 0..255 and gives the logits of the normalised images."""
+    meta = read_metadata_of_folded(digits_model)
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 3, 32, 32)).astype(np.float32)
+    normalised = normalize(torch.from_numpy(pixels) / 255.0, meta.mean, meta.std).numpy()
+    assert reference_normalization(meta) == (list(meta.mean), list(meta.std))
+    with TorchRunner(digits_model, with_indices=False, normalize=reference_normalization(meta)) as folded:
+        from_pixels = folded.infer({"images": pixels})["logits"]
+    with TorchRunner(digits_model, with_indices=False) as plain:
+        assert np.array_equal(from_pixels, plain.infer({"images": normalised})["logits"])
+        assert not np.allclose(plain.infer({"images": pixels})["logits"], from_pixels, atol=1e-3)
+    meta.folded_normalization = False
+    assert reference_normalization(meta) is None
+
+
+def read_metadata_of_folded(model: idlevit.IdleViT) -> ExportMetadata:
+    """The metadata an export with --fold-normalization records for ``model`` (no graph needed)."""
+    meta = build_metadata(model, 18, None, False, "digits_tiny.pth", "", folded_normalization=True)
+    assert meta.input_config["std"] == pytest.approx((1 / 255,) * 3) and meta.data_config["std"] == model.cfg.std
+    return meta
