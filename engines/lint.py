@@ -77,13 +77,15 @@ def _check_opset(model: onnx.ModelProto, target: Target) -> list[Finding]:
     opset = next((op.version for op in model.opset_import if op.domain in _DEFAULT_DOMAINS), 0)
     if MIN_OPSET <= opset <= target.max_opset:
         return []
+    # the default exporter (torch.export) writes opset 18 and newer; older parsers need the TorchScript one
+    fix = "--opset 18" if target.max_opset >= 18 else f"--exporter torchscript --opset {target.max_opset}"
     return [
         Finding(
             "opset-range",
             ERROR,
             "",
             f"opset {opset} is outside {target.label}'s parser range {MIN_OPSET}..{target.max_opset}; "
-            f"re-export with `python -m export.onnx --opset 17`",
+            f"re-export with `python -m export.onnx {fix}`",
         )
     ]
 
