@@ -85,6 +85,7 @@ class FileProgress:
         self.outcomes: dict[str, Counter[str]] = defaultdict(Counter)
         self.started = time.monotonic()
         self.first_seen: dict[str, float] = {}
+        self.reported: set[str] = set()
 
     def count(self, nodeids: list[str]) -> None:
         if not self.total:
@@ -103,7 +104,8 @@ class FileProgress:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             self.outcomes[path][report.outcome] += 1
             done = sum(self.outcomes[path].values())
-            if self.total[path] and done == self.total[path]:
+            if self.total[path] and done >= self.total[path] and path not in self.reported:
+                self.reported.add(path)
                 parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.outcomes[path].items()))
                 seconds = time.monotonic() - self.first_seen[path]
                 reporter = self.config.pluginmanager.get_plugin("terminalreporter")

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from engines import tensorrt_api
+from engines import tensorrt
 from engines.builder import BuildOptions, build_engine
 from engines.deploy.deepstream import preprocessing, read_deepstream_config
 from engines.deploy.source import read_source
@@ -87,9 +87,9 @@ def engine_package(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def rtx_engine(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real TensorRT-RTX engine (FP32), built on this CPU."""
-    if not tensorrt_api.is_installed("tensorrt-rtx"):
+    if not tensorrt.is_installed("tensorrt-rtx"):
         pytest.skip("TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13)")
-    tensorrt_api.use_runtime("tensorrt-rtx")
+    tensorrt.use_runtime("tensorrt-rtx")
     plan = plan_precision(onnx.load(tiny_onnx), FP32, Target.parse("tensorrt-rtx"))
     engine = tmp_path_factory.mktemp("rtx") / "tiny_fp32_rtx.engine"
     build_engine(tiny_onnx, tiny_onnx, plan, BuildOptions(1, 2, 4, optimization_level=0), engine, echo=print)
