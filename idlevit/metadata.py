@@ -45,6 +45,7 @@ class ExportMetadata:
     batch: int = 0  # 0: dynamic batch
     plugin: str = ""  # "" or the fused op ("idlevit::IdleScatter") the graph uses
     precision: str = "fp32"
+    checkpoint_path: str = ""  # where the checkpoint was read from (absolute; "" for the demo and random-init)
     folded_normalization: bool = False  # True: the graph takes RGB pixels 0..255, mean/std folded into layer 1
     extra: dict[str, Any] = field(default_factory=dict)
 
