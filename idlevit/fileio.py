@@ -32,9 +32,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def refuse_overwriting_inputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None]) -> None:
-    """Exit 2 naming both paths when any output is one of the inputs (resolved, links followed)."""
+    """Exit 2 naming both paths when any output is one of the inputs (resolved, links followed), and
+    before any work, when an output is a folder (the write would fail only at the end)."""
     sources = [Path(p) for p in inputs if p is not None]
     for out in (Path(p) for p in outputs if p is not None):
+        if out.is_dir():
+            raise ToolkitError(f"output {os.fspath(out)!r} is a folder; give a file path")
         for source in sources:
             if _same_file(out, source):
                 raise ToolkitError(

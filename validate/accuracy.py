@@ -55,20 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from idlevit.checkpoint import resolve_checkpoint_path  # lazy: torch loads after the arguments parse
 
-    from .evaluate import markdown, measure_accuracy  # lazy: torch, onnx and Polygraphy load after the arguments parse
-
     if args.report:
         json_path, md_path = Path(args.report), Path(args.report).with_suffix(".md")
         if json_path == md_path:
             raise ToolkitError(
                 f"--report {json_path} would put the JSON and the Markdown table in one file; end it in .json"
             )
-        for path in (json_path, md_path):
-            if path.is_dir():
-                raise ToolkitError(f"report path {path} is a folder; give --report a file path")
         engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
         ckpt = resolve_checkpoint_path(args.ckpt) if args.ckpt else None
         refuse_overwriting_inputs([json_path, md_path], [args.onnx, ckpt, args.engine, engine_sidecar])
+    from .evaluate import markdown, measure_accuracy  # lazy: torch, onnx and Polygraphy load after the arguments parse
 
     rows, meta, images = measure_accuracy(
         args.onnx,

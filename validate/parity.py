@@ -103,16 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from idlevit.checkpoint import resolve_checkpoint_path  # lazy: torch loads after the arguments parse
 
-    from .inputs import InputSpec  # lazy: torch, onnx and Polygraphy load after the arguments parse
-    from .judge import run_parity  # lazy: as above
-
     json_path = Path(args.report) if args.report else Path(args.onnx).with_suffix(".parity.json")
     md_path = json_path.with_suffix(".md")
-    _check_report_paths(json_path, md_path)
+    if json_path == md_path:
+        raise ToolkitError(
+            f"--report {json_path} would put the JSON and the Markdown report in one file; end it in .json"
+        )
     engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
     refuse_overwriting_inputs(
         [json_path, md_path], [args.onnx, resolve_checkpoint_path(args.ckpt), args.engine, engine_sidecar]
     )
+    from .inputs import InputSpec  # lazy: torch, onnx and Polygraphy load after the arguments parse
+    from .judge import run_parity  # lazy: as above
 
     spec = InputSpec(
         data=args.data,
@@ -151,17 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         print(f"  - {failure}", file=sys.stderr)
     return EXIT_CHECK_FAILED
-
-
-def _check_report_paths(json_path: Path, md_path: Path) -> None:
-    """Before the run: the JSON and Markdown reports are two files, and neither is a folder."""
-    if json_path == md_path:
-        raise ToolkitError(
-            f"--report {json_path} would put the JSON and the Markdown report in one file; end it in .json"
-        )
-    for path in (json_path, md_path):
-        if path.is_dir():
-            raise ToolkitError(f"report path {path} is a folder; give --report a file path")
 
 
 if __name__ == "__main__":
