@@ -21,7 +21,7 @@ from .harness import Assets
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     folder = tmp_path_factory.mktemp("assets")
     onnx = folder / "demo.onnx"
-    export_checkpoint("demo", out=onnx, verify=False, progress=False)
+    export_checkpoint("demo", out=onnx, verify=False, progress=False, exporter="torchscript")
     ckpt = folder / "demo.pth"
     shutil.copyfile(DEMO_CHECKPOINT, ckpt)
     images, _ = digits_split("test", 32)
