@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from polygraphy.backend.base import BaseRunner
 from timm.data import create_transform, resolve_data_config
 
+from idlevit.data import read_image
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.metadata import ExportMetadata, read_metadata
 from idlevit.names import IMAGES, LOGITS
@@ -47,20 +47,10 @@ def eval_transform(meta: ExportMetadata):
 
 
 def load_images(paths: Sequence[str | os.PathLike[str]], meta: ExportMetadata) -> np.ndarray:
-    """Decode, convert to RGB and preprocess image files into a float32 (B, 3, H, W) batch."""
+    """Decode image files by their real range (:func:`idlevit.data.read_image`, as ImageFolders are read)
+    and preprocess them into a float32 (B, 3, H, W) batch."""
     transform = eval_transform(meta)
-    tensors = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                tensors.append(transform(image.convert("RGB")))
-        except FileNotFoundError:
-            raise ToolkitError(f"image {os.fspath(path)!r} does not exist") from None
-        except (UnidentifiedImageError, OSError) as err:
-            raise ToolkitError(
-                f"cannot read image {os.fspath(path)!r} ({err}); pass JPEG, PNG or another PIL format"
-            ) from None
-    return torch.stack(tensors).numpy().astype(np.float32)
+    return torch.stack([transform(read_image(path)) for path in paths]).numpy().astype(np.float32)
 
 
 def open_backend(model: str | os.PathLike[str], threads: int = 0) -> tuple[BaseRunner, ExportMetadata, str, str | None]:

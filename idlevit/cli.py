@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import traceback
@@ -36,8 +37,17 @@ def _raise_terminated(signum: int, _frame: object) -> None:
     raise Terminated(signum)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+#: Longest error line printed; a longer message (a runaway list, a quoted file) is cut in the middle.
+MAX_LINE = 600
+
+
+def _one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` on one line, at most ``limit`` characters (the start and the end kept: the fix comes last)."""
+    line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    if len(line) <= limit:
+        return line
+    head = limit * 2 // 3
+    return f"{line[:head]} [...] {line[len(line) - (limit - head - 7) :]}"
 
 
 def _close_progress_bars() -> None:
@@ -49,6 +59,17 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _message(err: ToolkitError) -> str:
+    """The error's own words; one re-raised from a worker process (torch's DataLoader wraps it in the
+    worker's traceback, ``Caught ToolkitError in DataLoader worker process 0. Original Traceback ...``)
+    is reduced to its last line, the original message."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return re.sub(r"^[\w.]+: ", "", last, count=1)
+
+
 def fail(message: str, code: int) -> NoReturn:
     """Print ``error: message`` as one line on stderr and exit with ``code``."""
     _close_progress_bars()
@@ -57,13 +78,20 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def warn(message: str) -> None:
+    """Print ``warning: message`` as one line on stderr: something the user should know, not a failure."""
+    _close_progress_bars()
+    sys.stdout.flush()
+    print(f"warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
     """Run a command's ``main`` and exit with the code the README documents for what happened."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = main(argv)
     except ToolkitError as err:
-        fail(str(err), err.exit_code)
+        fail(_message(err), err.exit_code)
     except KeyboardInterrupt:
         fail("interrupted (Ctrl-C)", EXIT_SIGINT)
     except Terminated:
@@ -73,7 +101,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
             _close_progress_bars()
             traceback.print_exc()
         fail(
-            f"internal error: {type(err).__name__}: {_one_line(str(err))[:500]}; please report it, "
+            f"internal error: {type(err).__name__}: {_one_line(str(err), 400)}; please report it, "
             f"{DEBUG_ENV}=1 shows the traceback",
             EXIT_INTERNAL,
         )

@@ -50,21 +50,26 @@ def check_data_config(values: Mapping[str, Any], where: str) -> dict[str, Any]:
             or (key == "std" and not all(v > 0 for v in numbers))
         ):
             want = "three positive finite numbers" if key == "std" else "three finite numbers"
-            raise ToolkitError(f"{where}: data_config {key} is {value!r}, not {want} (one per RGB channel)")
+            raise ToolkitError(f"{where}: data_config {key} is {_shown(value)}, not {want} (one per RGB channel)")
         checked[key] = tuple(float(v) for v in numbers)
     if "crop_pct" in values:
         crop = values["crop_pct"]
         if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0.0 < crop <= 1.0:
-            raise ToolkitError(f"{where}: data_config crop_pct is {crop!r}, not a number in (0, 1]")
+            raise ToolkitError(f"{where}: data_config crop_pct is {_shown(crop)}, not a number in (0, 1]")
         checked["crop_pct"] = float(crop)
     if "interpolation" in values:
         if values["interpolation"] not in INTERPOLATIONS:
             raise ToolkitError(
-                f"{where}: data_config interpolation is {values['interpolation']!r}, "
+                f"{where}: data_config interpolation is {_shown(values['interpolation'])}, "
                 f"not one of {', '.join(INTERPOLATIONS)}"
             )
         checked["interpolation"] = values["interpolation"]
     return checked
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def published_keep_ratios(keep_rate: float, count: int) -> tuple[float, ...]:
@@ -112,8 +117,11 @@ class ArchConfig:
         return published_keep_ratios(keep_rate, len(self.idle_layers))
 
     def with_overrides(self, **changes: object) -> ArchConfig:
-        """Copy with image size, patch size, classes or data config changed (e.g. from a checkpoint)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """Copy with image size, patch size, classes or data config changed (e.g. from a checkpoint);
+        a data config change is checked (:func:`check_data_config`) on every path."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        changes.update(check_data_config({k: v for k, v in changes.items() if k in DATA_KEYS}, f"arch {self.name}"))
+        return replace(self, **changes)
 
 
 _ARCHS: dict[str, ArchConfig] = {}

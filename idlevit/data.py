@@ -5,12 +5,14 @@ toolkit's own data: no download, a fixed seeded train/test split, upscaled to a 
 size so that every original pixel becomes one or more patches. Images come back
 *un-normalised* in [0, 1] so that each consumer applies the mean/std recorded with its model
 (:func:`normalize`). User data in torchvision's ImageFolder layout goes through timm's
-transforms, resolved from the model's ``data_config``.
+transforms, resolved from the model's ``data_config``; every image file, there and in
+``engines.infer``, is decoded by :func:`read_image`.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from .configs import data_config
+from .configs import check_data_config, data_config
 from .errors import ToolkitError
 from .names import DIGITS
 
@@ -79,6 +82,82 @@ def digits_data_config(img_size: int = 32) -> dict[str, Any]:
     return data_config(img_size, DIGITS_MEAN, DIGITS_STD, 1.0, "bilinear")
 
 
+#: 16-bit grey modes PIL opens (PNG, TIFF, PGM): 0..65535.
+_GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Modes with an alpha channel (premultiplied ones included); transparent pixels become black.
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+READABLE = "pass 8- or 16-bit PNG/TIFF, JPEG or another image PIL reads"
+
+
+def read_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image file to 8-bit RGB by its real range: the one reader of ImageFolders and ``engines.infer``.
+
+    8-bit, 1-bit, palette and CMYK images convert as PIL converts them; 16-bit grey scales
+    0..65535 to 0..255 (PIL's own conversion clips at 255); float images must hold values in
+    [0, 1] (anything else has no known range and is refused); alpha is composited over black.
+    A missing, corrupt or unsupported file, or one above PIL's decompression-bomb limit, raises a
+    one-line :class:`ToolkitError` naming the file.
+    """
+    where = os.fspath(path)
+    if os.path.isdir(where):
+        raise ToolkitError(f"image {where!r} is a folder, not an image file")
+    if not os.path.exists(where):
+        raise ToolkitError(f"image {where!r} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(where) as image:
+                image.load()
+                return _to_rgb(image, where)
+    except ToolkitError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ToolkitError(
+            f"image {where!r} is too large to decode safely ({_first_line(err)}); "
+            "resize it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+        reason = f"{type(err).__name__}: {_first_line(err)}"
+        raise ToolkitError(f"cannot read image {where!r} ({reason}); {READABLE}") from None
+
+
+def _to_rgb(image: Image.Image, where: str) -> Image.Image:
+    mode = image.mode
+    if mode in _GREY16 or (mode == "I" and image.format == "PNG"):  # PNG stores at most 16 bits per sample
+        grey = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.round(grey / 257.0).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ToolkitError(f"image {where!r} holds NaN or infinite pixel values; {READABLE}")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            raise ToolkitError(
+                f"image {where!r} has float pixels from {low:g} to {high:g}; float images are read as [0, 1]: "
+                "scale it to [0, 1] or save it as 8- or 16-bit"
+            )
+        return Image.fromarray(np.round(values * 255.0).astype(np.uint8), "L").convert("RGB")
+    if mode in ("I", "I;32", "I;32L", "I;32B"):
+        raise ToolkitError(f"image {where!r} has 32-bit integer pixels, whose range is unknown; {READABLE}")
+    if mode == "P" and "transparency" in image.info:
+        mode = "PA"
+    if mode in _ALPHA:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as err:
+        raise ToolkitError(
+            f"image {where!r} has mode {mode}, which cannot be converted to RGB ({err}); {READABLE}"
+        ) from None
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]
+
+
 def image_folder(root: str | os.PathLike[str], data_config: Mapping[str, Any], training: bool = False) -> Dataset:
     """A torchvision ImageFolder with timm's eval (or train) transform for ``data_config``.
 
@@ -91,10 +170,11 @@ def image_folder(root: str | os.PathLike[str], data_config: Mapping[str, Any], t
     root = Path(root)
     if not root.is_dir():
         raise ToolkitError(f"dataset folder {str(root)!r} does not exist; pass an ImageFolder root (class subfolders)")
+    check_data_config(data_config, "the model's data config")
     config = resolve_data_config(pretrained_cfg=dict(data_config))
     transform = create_transform(**config, is_training=training)
     try:
-        return ImageFolder(str(root), transform=transform)
+        return ImageFolder(str(root), transform=transform, loader=read_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise ToolkitError(f"{root} is not an ImageFolder ({err}); lay it out as ROOT/<class>/<image>.png") from None
 
@@ -117,6 +197,7 @@ def load_dataset(
     Digits are sized and normalised by ``data_config``'s input size and mean/std; a folder
     goes through :func:`image_folder` (ROOT/train and ROOT/val are used when present).
     """
+    check_data_config(data_config, "the model's data config")
     if str(source) == DIGITS:
         img_size = int(data_config["input_size"][-1])
         images, labels = digits_split(split, img_size)

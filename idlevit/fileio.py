@@ -8,9 +8,11 @@ fall on an input file is refused before anything is written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import signal
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -30,9 +32,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def refuse_overwriting_inputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None]) -> None:
-    """Exit 2 naming both paths when any output is one of the inputs (resolved, links followed)."""
+    """Exit 2 naming both paths when any output is one of the inputs (resolved, links followed), and
+    before any work, when an output is a folder (the write would fail only at the end)."""
     sources = [Path(p) for p in inputs if p is not None]
     for out in (Path(p) for p in outputs if p is not None):
+        if out.is_dir():
+            raise ToolkitError(f"output {os.fspath(out)!r} is a folder; give a file path")
         for source in sources:
             if _same_file(out, source):
                 raise ToolkitError(
@@ -41,18 +46,46 @@ def refuse_overwriting_inputs(outputs: Iterable[PathLike | None], inputs: Iterab
                 )
 
 
+def _special_file(path: Path) -> bool:
+    """An existing device, FIFO or socket (``/dev/null``, ``/dev/stdout``, a named pipe): written in place,
+    never renamed over (a rename would replace the device node itself)."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: /dev/stdout -> the terminal or pipe
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, outermost last (removed again if the write fails)."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
 
     An ``OSError`` (read-only or full file system, the path is a folder, a size limit) becomes a
-    one-line :class:`ToolkitError` naming ``path``; the temporary file is removed on any exit.
+    one-line :class:`ToolkitError` naming ``path``; the temporary file, and any folder made for it,
+    is removed on any exit (errors, Ctrl-C, SIGTERM). A device or pipe (``/dev/stdout``) is written
+    in place.
     """
     target = Path(path)
     tmp: str | None = None
+    made: list[Path] = []
     try:
         if target.is_dir():
-            raise IsADirectoryError(21, "it is a folder")
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        if _special_file(target):
+            with open(target, mode) as handle:
+                yield handle
+            return
+        made = _missing_parents(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         umask = os.umask(0)
@@ -64,14 +97,23 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         tmp = None
+        made = []
     except OSError as err:
-        raise ToolkitError(
-            f"cannot write {os.fspath(target)!r}: {err.strerror or err}; choose a writable path"
-        ) from None
+        raise ToolkitError(f"cannot write {os.fspath(target)!r}: {_reason(err)}; choose a writable path") from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        for folder in made:  # innermost first; only folders this call made, and only while empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _reason(err: OSError) -> str:
+    """What went wrong, in words: the system's text for the errno (``No space left on device``)."""
+    if err.errno is not None:
+        return err.strerror or os.strerror(err.errno)
+    return str(err) or type(err).__name__
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is list:
         return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
     if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        return isinstance(value, dict) and all(isinstance(k, str) and _matches(v, args[1]) for k, v in value.items())
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
@@ -41,6 +41,8 @@ def record_from_dict(cls: type[R], values: dict[str, Any], where: str, fix: str)
     """``cls(**values)`` for a dataclass ``cls``, after checking that every required field is there and
     every field has its declared type; unknown keys are ignored. Errors name the field, ``where``
     it was read and the ``fix``."""
+    if not isinstance(values, dict):
+        raise ToolkitError(f"{where} is {_json_kind(values)}, not an object; {fix}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     missing = [
@@ -50,7 +52,7 @@ def record_from_dict(cls: type[R], values: dict[str, Any], where: str, fix: str)
     ]
     if missing:
         raise ToolkitError(f"{where} lacks the field(s) {', '.join(missing)}; {fix}")
-    for name in known & set(values):
+    for name in (f.name for f in fields(cls) if f.name in values):  # type: ignore[arg-type]
         if not _matches(values[name], hints[name]):
             shown = repr(values[name])
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -58,13 +60,20 @@ def record_from_dict(cls: type[R], values: dict[str, Any], where: str, fix: str)
     return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def _describe(hint: Any) -> str:
+def _json_kind(value: Any) -> str:
+    kinds = ((bool, "true/false"), (str, "text"), (int, "a number"), (float, "a number"), (list, "a list"))
+    return "null" if value is None else next((k for t, k in kinds if isinstance(value, t)), type(value).__name__)
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``hint`` in words: "an integer", "a list of finite numbers", "an object or null"."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
-        return f"a list of {_describe(args[0])}s"
+        return ("lists" if plural else "a list") + f" of {_describe(args[0], plural=True)}"
     if origin is dict:
-        return "an object"
+        return "objects" if plural else "an object"
     if args:
-        return " or ".join(_describe(a) for a in args)
+        return " or ".join(_describe(a, plural) for a in args)
     names = {str: "text", int: "an integer", float: "a finite number", bool: "true/false", type(None): "null"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
+    plurals = {str: "texts", int: "integers", float: "finite numbers", bool: "true/false values", type(None): "nulls"}
+    return (plurals if plural else names).get(hint, getattr(hint, "__name__", str(hint)))

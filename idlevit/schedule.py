@@ -38,12 +38,12 @@ class Schedule:
             )
         bad_layers = [layer for layer in layers if not 0 <= layer < depth]
         if bad_layers:
-            raise ScheduleError(f"idle layers {bad_layers} are outside the model's blocks 0..{depth - 1}")
+            raise ScheduleError(f"idle layers {_shown(bad_layers)} are outside the model's blocks 0..{depth - 1}")
         if len(set(layers)) != len(layers) or list(layers) != sorted(layers):
-            raise ScheduleError(f"idle layers {list(layers)} must be strictly increasing")
+            raise ScheduleError(f"idle layers {_shown(list(layers), 12)} must be strictly increasing")
         bad_ratios = [r for r in ratios if not (0.0 < r <= 1.0) or math.isnan(r)]
         if bad_ratios:
-            raise ScheduleError(f"keep ratios {bad_ratios} are outside (0, 1]")
+            raise ScheduleError(f"keep ratios {_shown(bad_ratios)} are outside (0, 1]")
         for layer, ratio, k in zip(layers, ratios, self.keep_tokens(num_tokens)):
             if k < 1:
                 raise ScheduleError(
@@ -82,27 +82,61 @@ def resolve_schedule(
     return Schedule(layers, ratios).validate(cfg.depth, cfg.num_tokens)
 
 
+#: Most idle layers a command line may name: far above any registered depth (LV-ViT-M has 20 blocks),
+#: low enough that a mistyped range (``0..100000000``) is refused before it is expanded.
+MAX_LAYERS = 1000
+
+
+def _quoted(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
+
+
+def _shown(values: Sequence[object], limit: int = 6) -> str:
+    """A list for an error line: the first few items and how many more."""
+    items = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:limit])
+    return f"[{items}{f', ... ({len(values) - limit} more)' if len(values) > limit else ''}]"
+
+
 def parse_layers(text: str) -> list[int]:
-    """Parse ``"3..11"`` (inclusive range) or ``"3,4,5"`` (or a mix) into block indices."""
-    layers: list[int] = []
+    """Parse ``"3..11"`` (inclusive range) or ``"3,4,5"`` (or a mix) into block indices.
+
+    Empty text, a descending range (``5..3``) and more than :data:`MAX_LAYERS` layers are refused
+    (ranges are measured before they are expanded)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ScheduleError(
+            f"no idle layers in {_quoted(text)}; write e.g. '3..11' or '3,4,5' (omit --idle-layers for the default)"
+        )
+    spans: list[tuple[int, int]] = []
     try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            if ".." in part:
-                lo, hi = part.split("..")
-                layers.extend(range(int(lo), int(hi) + 1))
-            else:
-                layers.append(int(part))
+        for part in parts:
+            lo, hi = part.split("..") if ".." in part else (part, part)
+            spans.append((int(lo), int(hi)))
     except ValueError:
-        raise ScheduleError(f"cannot read idle layers {text!r}; write e.g. '3..11' or '3,4,5'") from None
-    return layers
+        raise ScheduleError(f"cannot read idle layers {_quoted(text)}; write e.g. '3..11' or '3,4,5'") from None
+    for lo, hi in spans:
+        if hi < lo:
+            raise ScheduleError(f"idle layer range {lo}..{hi} runs backwards; write it low..high, e.g. {hi}..{lo}")
+    count = sum(hi - lo + 1 for lo, hi in spans)
+    if count > MAX_LAYERS:
+        raise ScheduleError(
+            f"idle layers {_quoted(text)} name {count} blocks, more than any model has (at most {MAX_LAYERS}); "
+            "give layers inside the model's depth, e.g. '3..11'"
+        )
+    return [layer for lo, hi in spans for layer in range(lo, hi + 1)]
 
 
 def parse_ratios(text: str) -> list[float]:
-    """Parse ``"0.7,0.7,0.49"`` into keep ratios."""
+    """Parse ``"0.7,0.7,0.49"`` into keep ratios; empty text is refused."""
     try:
-        return [float(p) for p in text.split(",") if p.strip()]
+        ratios = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise ScheduleError(f"cannot read keep ratios {text!r}; write e.g. '0.7,0.7,0.49'") from None
+        raise ScheduleError(f"cannot read keep ratios {_quoted(text)}; write e.g. '0.7,0.7,0.49'") from None
+    if not ratios:
+        raise ScheduleError(
+            f"no keep ratios in {_quoted(text)}; write e.g. '0.7,0.7,0.49' (omit --keep-ratios for the default)"
+        )
+    return ratios
 
 
 def add_schedule_arguments(group: argparse._ArgumentGroup) -> None:

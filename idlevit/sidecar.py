@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ToolkitError
-from .fileio import atomic_write
+from .fileio import atomic_write, sha256_file
+from .metadata import ExportMetadata
+from .records import record_from_dict
 
 SIDECAR_FORMAT = 1
+REBUILD = "rebuild the engine with `python -m export.trt`"
 
 
 def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
@@ -60,15 +63,61 @@ class EngineSidecar:
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> EngineSidecar:
+        """Read and check a sidecar: every field of its type (named when not), the IdleViT metadata whole."""
+        where = f"engine sidecar {os.fspath(path)!r}"
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
+            raise ToolkitError(f"{where} is missing; {REBUILD}") from None
+        except OSError as err:
+            raise ToolkitError(f"cannot read {where}: {err.strerror or err}; {REBUILD}") from None
+        except ValueError as err:  # UnicodeDecodeError included
+            raise ToolkitError(f"{where} is not JSON ({_short(err)}); {REBUILD}") from None
+        if isinstance(data, dict) and data.get("format") != SIDECAR_FORMAT:
             raise ToolkitError(
-                f"engine sidecar {os.fspath(path)!r} is missing; rebuild the engine with `python -m export.trt`"
-            ) from None
-        except ValueError as err:
-            raise ToolkitError(f"engine sidecar {os.fspath(path)!r} is not JSON ({err}); rebuild the engine") from None
-        if data.get("format") != SIDECAR_FORMAT:
-            raise ToolkitError(f"engine sidecar {os.fspath(path)!r} has format {data.get('format')!r}; rebuild it")
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+                f"{where} has format {_short(data.get('format'))}, not {SIDECAR_FORMAT} (another toolkit version?); "
+                f"{REBUILD}"
+            )
+        sidecar = record_from_dict(cls, data, where, REBUILD)
+        meta = record_from_dict(ExportMetadata, sidecar.idlevit, f"{where}, field idlevit", REBUILD)
+        meta.check(f"{where}, field idlevit")
+        sidecar.idlevit = asdict(meta)  # known fields only: ExportMetadata(**sidecar.idlevit) holds
+        sidecar._check_fields(where)
+        return sidecar
+
+    def _check_fields(self, where: str) -> None:
+        """What the type check cannot see: the keys readers index the dicts with."""
+        if not isinstance(self.precision_plan.get("precision"), str):
+            raise ToolkitError(f"{where}: field precision_plan has no 'precision' text; {REBUILD}")
+        for profile in self.profiles:
+            for name, shapes in profile.items():
+                if set(shapes) != {"min", "opt", "max"}:
+                    raise ToolkitError(
+                        f"{where}: profile of input {name!r} has {sorted(shapes)}, not min, opt and max; {REBUILD}"
+                    )
+        for plugin in self.plugins:
+            if not plugin.get("file"):
+                raise ToolkitError(f"{where}: a plugins entry has no 'file'; {REBUILD}")
+
+    def check_built_from(self, onnx_path: str | os.PathLike[str]) -> None:
+        """Refuse an ONNX that is not the graph this engine was built from (nor its mixed-precision graph),
+        naming both files and their sha256 prefixes."""
+        digest = sha256_file(onnx_path)
+        if digest in (self.source_onnx_sha256, self.onnx_sha256):
+            return
+        given, built = Path(onnx_path), Path(self.source_onnx)
+        fix = "pass the ONNX the engine was built from, or rebuild the engine from this one with `python -m export.trt`"
+        if given.resolve() == built.resolve() or (given.name == built.name and not built.is_file()):
+            raise ToolkitError(
+                f"{os.fspath(onnx_path)} changed after engine {self.engine} was built from it: sha256 "
+                f"{digest[:12]}... now, {self.source_onnx_sha256[:12]}... at the build; {fix}"
+            )
+        raise ToolkitError(
+            f"engine {self.engine} was built from {self.source_onnx} (sha256 {self.source_onnx_sha256[:12]}...), "
+            f"not from {os.fspath(onnx_path)} (sha256 {digest[:12]}...); {fix}"
+        )
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from idlevit.cli import cli_parser, run_cli
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK
-from idlevit.fileio import atomic_write
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError
+from idlevit.fileio import atomic_write, refuse_overwriting_inputs
 
 from .options import add_backend_arguments, add_data_arguments
 
@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from idlevit.checkpoint import resolve_checkpoint_path  # lazy: torch loads after the arguments parse
+
+    if args.report:
+        json_path, md_path = Path(args.report), Path(args.report).with_suffix(".md")
+        if json_path == md_path:
+            raise ToolkitError(
+                f"--report {json_path} would put the JSON and the Markdown table in one file; end it in .json"
+            )
+        engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
+        ckpt = resolve_checkpoint_path(args.ckpt) if args.ckpt else None
+        refuse_overwriting_inputs([json_path, md_path], [args.onnx, ckpt, args.engine, engine_sidecar])
     from .evaluate import markdown, measure_accuracy  # lazy: torch, onnx and Polygraphy load after the arguments parse
 
     rows, meta, images = measure_accuracy(
@@ -75,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         setup = {"onnx": args.onnx, "checkpoint": args.ckpt, "engine": args.engine, "data": str(args.data)}
         payload = setup | {"split": args.split, "batch_size": args.batch_size, "rows": [r.to_dict() for r in rows]}
-        with atomic_write(args.report, "w") as handle:
+        with atomic_write(json_path, "w") as handle:
             json.dump(payload, handle, indent=2)
             handle.write("\n")
-        with atomic_write(Path(args.report).with_suffix(".md"), "w") as handle:
+        with atomic_write(md_path, "w") as handle:
             handle.write(table)
         print(f"report: {args.report}")
     return EXIT_OK

@@ -25,7 +25,9 @@ from idlevit.errors import (
     EXIT_CHECK_FAILED,
     EXIT_MISSING_DEPENDENCY,
     EXIT_OK,
+    ToolkitError,
 )
+from idlevit.fileio import refuse_overwriting_inputs
 
 from .options import add_backend_arguments, add_data_arguments, parse_batch_sizes
 from .presets import PRESETS, THRESHOLD_FIELDS
@@ -99,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from idlevit.checkpoint import resolve_checkpoint_path  # lazy: torch loads after the arguments parse
+
+    json_path = Path(args.report) if args.report else Path(args.onnx).with_suffix(".parity.json")
+    md_path = json_path.with_suffix(".md")
+    if json_path == md_path:
+        raise ToolkitError(
+            f"--report {json_path} would put the JSON and the Markdown report in one file; end it in .json"
+        )
+    engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
+    refuse_overwriting_inputs(
+        [json_path, md_path], [args.onnx, resolve_checkpoint_path(args.ckpt), args.engine, engine_sidecar]
+    )
     from .inputs import InputSpec  # lazy: torch, onnx and Polygraphy load after the arguments parse
     from .judge import run_parity  # lazy: as above
 
@@ -122,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.quiet,
         verbose=args.verbose,
     )
-    json_path = Path(args.report) if args.report else Path(args.onnx).with_suffix(".parity.json")
-    md_path = json_path.with_suffix(".md")
     report.write(json_path, md_path)
     checked = report.setup["kept_indices_checked"]
     backends = ", ".join(f"{name} ({precision} thresholds)" for name, precision in report.setup["precision"].items())

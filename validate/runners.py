@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 from polygraphy.backend.base import BaseRunner
 from polygraphy.logger import G_LOGGER
@@ -22,7 +21,6 @@ from polygraphy.logger import G_LOGGER
 from engines.ort import cuda_usable, ort_runner
 from engines.runtime import tensorrt_runner
 from idlevit.errors import MissingDependencyError, ToolkitError
-from idlevit.fileio import sha256_file
 from idlevit.sidecar import EngineSidecar, sidecar_path
 
 from .options import ORT_CHOICES
@@ -38,11 +36,7 @@ def engine_precision(engine_path: str | os.PathLike[str], onnx_path: str | os.Pa
     if not path.is_file():
         return None
     sidecar = EngineSidecar.read(path)
-    if sha256_file(onnx_path) not in (sidecar.source_onnx_sha256, sidecar.onnx_sha256):
-        raise ToolkitError(
-            f"engine {Path(engine_path).name} was built from {sidecar.source_onnx!r}, not from "
-            f"{os.fspath(onnx_path)!r} (sha256 differs); pass the ONNX the engine was built from"
-        )
+    sidecar.check_built_from(onnx_path)
     precision = sidecar.precision_plan.get("precision")
     return str(precision) if precision else None
 

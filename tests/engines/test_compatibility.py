@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from engines.compatibility import EngineMismatchError, check_compatible
 from idlevit.errors import EXIT_MISSING_DEPENDENCY, MissingDependencyError, ToolkitError
+from idlevit.metadata import ExportMetadata
 from idlevit.sidecar import EngineSidecar, sidecar_path
+
+#: What export.trt records from the ONNX: a deit_tiny at 64 px with two idle layers.
+METADATA = ExportMetadata(
+    arch="deit_tiny",
+    idle_layers=[3, 4],
+    keep_ratios=[0.7, 0.7],
+    keep_tokens=[44, 44],
+    num_tokens=64,
+    img_size=64,
+    num_classes=10,
+    mean=[0.485, 0.456, 0.406],
+    std=[0.229, 0.224, 0.225],
+    crop_pct=0.875,
+    interpolation="bicubic",
+    opset=17,
+    toolkit_version="0.1.0",
+    checkpoint="random-init",
+    checkpoint_sha256="",
+)
 
 
 def _sidecar(runtime: str = "tensorrt", version: str = "10.13.0.35", ccs: tuple[str, ...] = ("8.9",)) -> EngineSidecar:
@@ -27,7 +48,7 @@ def _sidecar(runtime: str = "tensorrt", version: str = "10.13.0.35", ccs: tuple[
         onnx_sha256="1" * 64,
         source_onnx="m.onnx",
         source_onnx_sha256="1" * 64,
-        idlevit={"arch": "deit_tiny", "idle_layers": [3, 4]},
+        idlevit=asdict(METADATA),
     )
 
 

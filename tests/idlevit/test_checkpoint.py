@@ -87,18 +87,86 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
+def test_pickle_that_runs_code_is_refused_naming_the_global(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as handle:
-        pickle.dump({"model": {"w": torch.zeros(1)}, "payload": _RunsCode(marker)}, handle)
-    # torch.save's zip format with the same payload must be refused too.
-    zipped = tmp_path / "evil_zip.pth"
-    torch.save({"model": {"w": torch.zeros(1)}, "payload": _RunsCode(marker)}, zipped)
-    for candidate in (path, zipped):
-        with pytest.raises(idlevit.UnsafeCheckpointError, match="refused to load"):
+    payload = {"model": {"w": torch.zeros(1)}, "payload": _RunsCode(marker)}
+    zipped, legacy = tmp_path / "evil_zip.pth", tmp_path / "evil_legacy.pth"
+    torch.save(payload, zipped)
+    torch.save(payload, legacy, _use_new_zipfile_serialization=False)
+    for candidate in (zipped, legacy):
+        with pytest.raises(idlevit.UnsafeCheckpointError, match="refused to load") as info:
             idlevit.read_checkpoint(candidate)
+        assert f"run {os.system.__module__}.system, which is not on the allow-list" in str(info.value)
+    # A plain pickle is not a torch.save file at all: refused before anything is unpickled.
+    plain = tmp_path / "evil.pkl"
+    with open(plain, "wb") as handle:
+        pickle.dump(payload, handle)
+    with pytest.raises(idlevit.CheckpointError, match="not a PyTorch checkpoint"):
+        idlevit.read_checkpoint(plain)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "is empty"), (os.urandom(4096), "not a PyTorch checkpoint"), (b"\x08\x07\x12\x0f", "not a PyTorch")],
+    ids=["empty", "random-bytes", "onnx-like"],
+)
+def test_foreign_bytes_are_not_a_checkpoint(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(idlevit.CheckpointError, match=message):
+        idlevit.read_checkpoint(path)
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "model.pth").mkdir()
+    with pytest.raises(idlevit.CheckpointError, match="is a folder"):
+        idlevit.read_checkpoint(tmp_path / "model.pth")
+
+
+def _edited(model: idlevit.IdleViT, path: Path, **changes) -> Path:
+    state = dict(model.state_dict())
+    extras = changes.pop("extras", {})
+    state.update(changes)
+    torch.save({"model": state, **extras}, path)
+    return path
+
+
+def test_non_finite_weights_are_refused_naming_the_first_tensor(tmp_path: Path, deit_tiny: idlevit.IdleViT) -> None:
+    qkv = deit_tiny.state_dict()["blocks.4.attn.qkv.weight"].clone()
+    qkv[0, 0], qkv[1, 1] = float("nan"), float("inf")
+    path = _edited(deit_tiny, tmp_path / "nan.pth", **{"blocks.4.attn.qkv.weight": qkv})
+    with pytest.raises(idlevit.CheckpointError, match=r"tensor blocks\.4\.attn\.qkv\.weight holds 2 NaN or infinite"):
+        idlevit.load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cls_token": torch.tensor(1.0)}, r"cls_token has shape \(\), not \(1, 1, width\)"),
+        ({"head.weight": torch.zeros(0, 192), "head.bias": torch.zeros(0)}, "the classifier has no classes"),
+        ({"pos_embed": torch.zeros(1, 51, 192)}, r"pos_embed has shape \(1, 51, 192\)"),
+        ({"extras": {"data_config": "imagenet"}}, "data_config is str, not a mapping"),
+        ({"extras": {"data_config": {"mean": "abc"}}}, "data_config mean is 'abc', not three finite numbers"),
+        ({"extras": {"data_config": {"std": [0, 0, 0]}}}, "data_config std is \\[0, 0, 0\\], not three positive"),
+        ({"extras": {"arch": 7}}, "arch entry is int"),
+    ],
+    ids=[
+        "scalar-cls-token",
+        "zero-class-head",
+        "non-square-pos-embed",
+        "data-config-text",
+        "mean-text",
+        "std-0",
+        "arch",
+    ],
+)
+def test_malformed_checkpoints_are_refused(
+    tmp_path: Path, deit_tiny: idlevit.IdleViT, changes: dict, message: str
+) -> None:
+    path = _edited(deit_tiny, tmp_path / "bad.pth", **changes)
+    with pytest.raises(idlevit.ToolkitError, match=message):
+        idlevit.load_checkpoint(path)
 
 
 def _export_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -51,3 +51,38 @@ def test_parsers() -> None:
     assert parse_ratios("0.7, 0.49") == [0.7, 0.49]
     with pytest.raises(idlevit.ScheduleError, match="cannot read idle layers"):
         parse_layers("three")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no idle layers"),
+        (" , ", "no idle layers"),
+        ("5..3", "runs backwards"),
+        ("3..", "cannot read idle layers"),
+        ("0..100000000", "name 100000001 blocks, more than any model has"),
+        ("9" * 5000, "cannot read idle layers"),
+    ],
+    ids=["empty", "commas", "descending", "open-range", "runaway-range", "huge-number"],
+)
+def test_layer_texts_that_are_refused(text: str, message: str) -> None:
+    with pytest.raises(idlevit.ScheduleError, match=message) as info:
+        parse_layers(text)
+    assert len(str(info.value)) < 200  # the command's error line stays short
+
+
+def test_runaway_ranges_are_measured_before_they_are_expanded() -> None:
+    with pytest.raises(idlevit.ScheduleError, match="more than any model has"):
+        parse_layers("0..10000000000000000000")  # expanding this would never end
+
+
+@pytest.mark.parametrize("text", ["", ",", " "])
+def test_empty_ratio_lists_are_refused(text: str) -> None:
+    with pytest.raises(idlevit.ScheduleError, match="no keep ratios"):
+        parse_ratios(text)
+
+
+def test_long_invalid_lists_are_shown_short() -> None:
+    with pytest.raises(idlevit.ScheduleError) as info:
+        resolve_schedule(idlevit.get_arch("deit_small"), idle_layers=range(100, 1000), keep_ratios=[0.5] * 900)
+    assert "(894 more)" in str(info.value) and len(str(info.value)) < 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -220,14 +221,16 @@ def fake_engine(tmp_path: Path, onnx_path: Path, precision: str = "fp16") -> Pat
         onnx_sha256=sha,
         source_onnx=onnx_path.name,
         source_onnx_sha256=sha,
-        idlevit={},
+        idlevit=asdict(read_metadata(onnx_path)),
     ).write(sidecar_path(engine))
     return engine
 
 
 def test_engine_from_another_graph_is_refused(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.onnx"
-    other.write_bytes(digits_onnx.read_bytes() + b" ")  # same model, other bytes: another sha256
+    model = onnx.load(digits_onnx)
+    model.doc_string = "exported again"  # same model, other bytes: another sha256
+    onnx.save(model, other)
     engine = fake_engine(tmp_path, other)
     with pytest.raises(ToolkitError, match="pass the ONNX the engine was built from") as refused:
         parity.main(["--ckpt", str(digits_ckpt), "--onnx", str(digits_onnx), "--engine", str(engine), *FAST])

@@ -1,0 +1,86 @@
+"""Fault injection for the robustness suite: loaded by a command's interpreter when this folder is on PYTHONPATH.
+
+``ROBUSTNESS_FAULT`` (JSON) says which fault; without it nothing changes. Faults:
+
+* ``{"raise_in": "module:function"}``: the function raises ``RuntimeError`` (an unexpected bug, exit 70).
+* ``{"signal_at_fsync": "SIGTERM"}``: a real signal, sent by the process to itself while it writes a
+  temporary output (just before ``os.fsync`` of a ``*.tmp`` file), so it lands in the middle of a write.
+* ``{"oserror_at_fsync": "ENOSPC"}``: ``os.fsync`` of a ``*.tmp`` file fails with that errno (a full disk,
+  faked: a small full file system needs root to mount).
+* ``{"erofs_under": "/path"}``: creating a temporary file under that folder fails with ``EROFS`` (a
+  read-only file system, faked for root, whom chmod does not stop).
+* ``{"mark_call": "module:function", "marker": "/path"}``: the file ``marker`` is created when the
+  function is first called, so a test can send a signal while real work runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import os
+import signal
+import tempfile
+
+
+def _temporary(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp")
+    except OSError:
+        return False
+
+
+def _patch(target: str, make) -> None:
+    module_name, name = target.split(":")
+    module = importlib.import_module(module_name)
+    setattr(module, name, make(getattr(module, name)))
+
+
+def _install(fault: dict) -> None:
+    if "raise_in" in fault:
+
+        def raising(original):
+            def broken(*args, **kwargs):
+                raise RuntimeError(f"injected fault in {fault['raise_in']}")
+
+            return broken
+
+        _patch(fault["raise_in"], raising)
+    if "signal_at_fsync" in fault or "oserror_at_fsync" in fault:
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if _temporary(fd):
+                if "oserror_at_fsync" in fault:
+                    code = getattr(errno, fault["oserror_at_fsync"])
+                    raise OSError(code, os.strerror(code))
+                os.kill(os.getpid(), getattr(signal, fault["signal_at_fsync"]))
+            real_fsync(fd)
+
+        os.fsync = fsync
+    if "erofs_under" in fault:
+        real_mkstemp = tempfile.mkstemp
+        root = os.path.realpath(fault["erofs_under"])
+
+        def mkstemp(*args, **kwargs):
+            folder = os.path.realpath(kwargs.get("dir") or (args[2] if len(args) > 2 else tempfile.gettempdir()))
+            if folder == root or folder.startswith(root + os.sep):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return real_mkstemp(*args, **kwargs)
+
+        tempfile.mkstemp = mkstemp
+    if "mark_call" in fault:
+
+        def marking(original):
+            def marked(*args, **kwargs):
+                with open(fault["marker"], "w"):
+                    pass
+                return original(*args, **kwargs)
+
+            return marked
+
+        _patch(fault["mark_call"], marking)
+
+
+if os.environ.get("ROBUSTNESS_FAULT"):
+    _install(json.loads(os.environ["ROBUSTNESS_FAULT"]))
