@@ -37,7 +37,8 @@ PRESETS: dict[str, Thresholds] = {
     "tf32": Thresholds(atol=2e-2, rtol=2e-2, min_cosine=0.9995, min_top1=0.98, max_mismatch=0.02, tie_rtol=5e-3),
     "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98, max_mismatch=0.02, tie_rtol=1e-2),
     "bf16": Thresholds(atol=1e-1, rtol=1e-1, min_cosine=0.998, min_top1=0.97, max_mismatch=0.04, tie_rtol=2e-2),
-    "int8": Thresholds(atol=5e-1, rtol=5e-1, min_cosine=0.99, min_top1=0.9, max_mismatch=0.1, tie_rtol=5e-2),
+    "int8": Thresholds(atol=5e-1, rtol=5e-1, min_cosine=0.998, min_top1=0.98, max_mismatch=0.05, tie_rtol=2e-2),
+    "fp8": Thresholds(atol=5e-1, rtol=5e-1, min_cosine=0.998, min_top1=0.98, max_mismatch=0.05, tie_rtol=2e-2),
 }
 THRESHOLD_FIELDS = tuple(f.name for f in fields(Thresholds))
 
