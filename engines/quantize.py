@@ -66,20 +66,21 @@ class BlockGemm:
     block: int
 
 
-def block_gemms(model: onnx.ModelProto, depth: int) -> list[BlockGemm]:
+def block_gemms(model: onnx.ModelProto, depth: int, scoring: list[str]) -> list[BlockGemm]:
     """The GEMMs of every block, found by structure.
 
     Weight GEMMs (MatMul/Gemm with a constant second input) outside the scoring path come in
     data-dependent order, four per block (qkv, proj, fc1, fc2), then the head(s); MatMuls of two
-    activations outside the scoring path are the attention core of the block whose qkv came last.
+    activations outside the scoring path (``scoring``) are the attention core of the block whose
+    qkv came last.
     """
-    scoring = set(scoring_path_nodes(model))
+    skip = set(scoring)
     constants = {init.name for init in model.graph.initializer}
     constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     gemms: list[BlockGemm] = []
     weights = 0
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm") or node.name in scoring:
+        if node.op_type not in ("MatMul", "Gemm") or node.name in skip:
             continue
         if len(node.input) > 1 and node.input[1] in constants:
             if weights < 4 * depth:
@@ -95,6 +96,11 @@ def block_gemms(model: onnx.ModelProto, depth: int) -> list[BlockGemm]:
     return gemms
 
 
+def scoring_nodes(model: onnx.ModelProto, meta: ExportMetadata) -> list[str]:
+    """The scoring path of every idle layer (none in a dense graph)."""
+    return scoring_path_nodes(model) if meta.idle_layers else []
+
+
 def plan_nodes(model: onnx.ModelProto, meta: ExportMetadata, plan: QuantPlan) -> list[str] | None:
     """Names of the nodes ``plan`` quantizes in ``model`` (None: ModelOpt's own placement)."""
     if plan.modelopt_default:
@@ -104,7 +110,7 @@ def plan_nodes(model: onnx.ModelProto, meta: ExportMetadata, plan: QuantPlan) ->
     edge = plan.fp32_edge_blocks
     return [
         gemm.node
-        for gemm in block_gemms(model, depth)
+        for gemm in block_gemms(model, depth, scoring_nodes(model, meta))
         if edge <= gemm.block < depth - edge and gemm.role in plan.roles_for(gemm.block in idle)
     ]
 
@@ -188,7 +194,7 @@ def quantize_onnx(
     quantize = _modelopt_quantize()
     meta = read_metadata(onnx_path)
     model = load_onnx(onnx_path)
-    scoring = scoring_path_nodes(model)
+    scoring = scoring_nodes(model, meta)
     chosen = plan_nodes(model, meta, QUANT_PLANS[plan])
     if chosen == []:
         raise ToolkitError(f"plan {plan!r} quantizes no node of this {meta.arch} graph; choose another --int8-plan")
@@ -205,7 +211,7 @@ def quantize_onnx(
                 calibration_shapes=f"{IMAGES}:{batch}x3x{meta.img_size}x{meta.img_size}",
                 calibration_eps=["cpu"],
                 nodes_to_quantize=None if chosen is None else [f"^{re.escape(name)}$" for name in chosen],
-                nodes_to_exclude=[f"^{re.escape(name)}$" for name in scoring],
+                nodes_to_exclude=[f"^{re.escape(name)}$" for name in scoring] or None,
                 high_precision_dtype="fp32",
                 dq_only=True,  # weights stored quantized (INT8 / FP8 initializers + DequantizeLinear): 1/3 the file
                 output_path=os.fspath(out),
