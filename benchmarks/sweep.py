@@ -385,8 +385,8 @@ def markdown(result: SweepResult) -> str:
             else ""
         )
         + ".",
-        f"Targets: top-1 within {t.max_top1_drop * 100:.1f} points of FP32, kept-token agreement >= {t.min_kept_agreement:.0%} in "
-        "every idle layer, time vs FP32 dense "
+        f"Targets: top-1 within {t.max_top1_drop * 100:.1f} points of FP32, kept-token agreement >= "
+        f"{t.min_kept_agreement:.0%} in every idle layer, time vs FP32 dense "
         + ", ".join(f"<= {limit:.2f} at batch {b}" for b, limit in t.max_ratio)
         + ".",
     ]
