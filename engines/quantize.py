@@ -267,6 +267,11 @@ def quantize_summary(record: Quantization, precision: str, seconds: float) -> st
     )
 
 
+def require_modelopt() -> None:
+    """Exit 3 with the extra to install when ModelOpt's quantization cannot be imported."""
+    _modelopt_quantize()
+
+
 def _modelopt_quantize():  # noqa: ANN202 - ModelOpt's own function
     try:
         import modelopt.onnx.trt_utils as trt_utils  # lazy: ModelOpt is optional

@@ -28,6 +28,7 @@ from engines.quantize import (
     quantize_onnx,
     quantize_summary,
     quantized_onnx_path,
+    require_modelopt,
     write_quantized_onnx,
 )
 from engines.target import FP8_MIN_COMPUTE_CAPABILITY, PLAN_VERSIONS, TENSORRT, Target, has_fp8
@@ -117,6 +118,7 @@ def export_engine(
     _report_findings(lint.static_checks(model, target, trtcheck), verbose, echo)
     plan = plan_precision(model, precision, target)
     if plan.needs_qdq_onnx:
+        require_modelopt()
         quantization = quantization or QuantOptions()
         plan.quantization = {"plan": quantization.plan}
     echo(f"precision plan: {plan.summary()}")
