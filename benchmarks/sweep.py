@@ -139,12 +139,13 @@ def measure_selection(
     export_onnx(model, source, with_indices=True, verify_batch=0, progress=False)
     meta = read_metadata(source)
     images, where = calibration_images(meta, count=calib_images)
-    rows, paths = {}, {}
+    rows, paths, used = {}, {}, len(images)
     for plan in progress_bar(plans, enabled=progress, desc="quantize (selection)", unit="plan", leave=False):
         started = time.perf_counter()
         quantized, record = quantize_onnx(source, precision, plan, images=images, calibration=where, method=method)
         paths[plan] = write_quantized_onnx(quantized, folder / f"selection_{precision}_{plan}.onnx")
         rows[plan] = PlanRow(plan, precision, record.quantized_nodes, time.perf_counter() - started)
+        used = record.calibration_images
     dataset = load_dataset("digits", "test", meta.data_config)
     count = min(test_images or len(dataset), len(dataset))
     spec = InputSpec(data="digits", num_images=count, random_batches=0, batch_sizes=(8,))
@@ -168,7 +169,7 @@ def measure_selection(
         accuracy = {row.backend: row.top1 for row in evaluate_accuracy(runners, dataset, 50, progress=False)}
     for plan in plans:
         rows[plan].top1, rows[plan].top1_fp32 = accuracy[plan], accuracy[FP32_IDLEVIT]
-    return rows, accuracy[FP32_IDLEVIT], f"{len(images)} images of {where}", count
+    return rows, accuracy[FP32_IDLEVIT], f"{used} images of {where}", count
 
 
 def _judged_name(plan: str, first: str) -> str:

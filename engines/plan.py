@@ -82,15 +82,15 @@ QUANT_PLANS: dict[str, QuantPlan] = {
             idle_roles=(FC1, FC2),
         ),
         QuantPlan(
-            "gemms-edges-fp32",
-            "the block GEMMs, with the first and the last block kept FP32",
+            "gemms-inner",
+            "the four GEMMs of every block but the first and the last (those stay FP32)",
             BLOCK_GEMMS,
             fp32_edge_blocks=1,
         ),
     )
 }
 #: The plan ``--int8`` / ``--fp8`` use unless ``--int8-plan`` names another (the rule: README, "INT8 and FP8").
-DEFAULT_QUANT_PLAN = "gemms"
+DEFAULT_QUANT_PLAN = "gemms-inner"
 #: Calibration methods ModelOpt offers for INT8/FP8 (entropy: KL-divergence thresholds; max: absolute maxima).
 CALIBRATION_METHODS = ("max", "entropy")
 DEFAULT_CALIBRATION_METHOD = "max"

@@ -193,6 +193,11 @@ def quantize_onnx(
         raise ToolkitError(f"unknown calibration method {method!r}; choose one of: {', '.join(CALIBRATION_METHODS)}")
     quantize = _modelopt_quantize()
     meta = read_metadata(onnx_path)
+    if meta.precision != "fp32":
+        raise ToolkitError(
+            f"{os.fspath(onnx_path)} is already an {meta.precision} graph; quantize the FP32 export of "
+            "`python -m export.onnx`"
+        )
     model = load_onnx(onnx_path)
     scoring = scoring_nodes(model, meta)
     chosen = plan_nodes(model, meta, QUANT_PLANS[plan])

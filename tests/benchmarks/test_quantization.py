@@ -101,7 +101,7 @@ def test_latency_times_int8_beside_fp32(tmp_path: Path) -> None:
     quantized = result.row(1, "onnxruntime-cpu int8", 0.7)
     assert quantized["vs_fp32_dense"] > 0 and quantized["vs_fp32_idlevit"] > 0
     assert not math.isnan(float(result.row(1, "onnxruntime-cpu int8", DENSE)["time_ratio"]))
-    assert "Q/DQ graphs (plan gemms)" in format_table(result)
+    assert f"Q/DQ graphs (plan {DEFAULT_QUANT_PLAN})" in format_table(result)
 
 
 def test_latency_precisions_flag() -> None:

@@ -95,7 +95,7 @@ def test_plans_pick_their_gemms(tiny_onnx: Path) -> None:
         "mlp-proj": 36,
         "mlp": 24,
         "gemms-dense-mlp-idle": 3 * 4 + 9 * 2,
-        "gemms-edges-fp32": 10 * 4,
+        "gemms-inner": 10 * 4,
     }
     assert plan_nodes(model, meta, QUANT_PLANS["all"]) is None
     scoring = set(scoring_path_nodes(model))
@@ -216,3 +216,8 @@ def test_qdq_plan_summary_and_sidecar_record() -> None:
     assert plan.needs_qdq_onnx and not plan.needs_mixed_onnx
     assert "INT8 Q/DQ graph (plan gemms" in plan.summary() and "2 scoring-path nodes" in plan.summary()
     assert plan.to_dict()["method"] == "qdq-onnx" and plan.to_dict()["quantization"] == {"plan": "gemms"}
+
+
+def test_a_quantized_graph_is_not_quantized_again(demo_int8: Path) -> None:
+    with pytest.raises(ToolkitError, match="already an? int8 graph"):
+        quantize_onnx(demo_int8, INT8, "gemms", images=np.zeros((2, 3, 32, 32), np.float32))

@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from engines import tensorrt
+from engines.plan import DEFAULT_QUANT_PLAN
 from export.exporter import export_onnx
 from export.trt import build_parser, main
 from idlevit.cli import run_cli
@@ -242,19 +243,20 @@ def test_demo_int8_engine(demo: Path, tmp_path: Path) -> None:
     result = run_trt("--onnx", str(demo), "--int8", "--out", str(engine), *QUICK_QUANT, *FAST)
     assert result.returncode == 0, result.stdout + result.stderr
     qdq = tmp_path / "demo_int8.onnx"  # beside --out
-    assert f"wrote {qdq}: INT8 plan gemms: 48 nodes quantized" in result.stdout
+    assert f"wrote {qdq}: INT8 plan {DEFAULT_QUANT_PLAN}: 40 nodes quantized" in result.stdout
     assert "on 256 images of digits:train" in result.stdout
     assert "reduced: top-1 agreement" in result.stdout and "kept-token agreement per idle layer: L3" in result.stdout
     assert "PASS" in result.stdout and "fp16-emulated" not in result.stdout
     sidecar = json.loads((tmp_path / (engine.name + ".json")).read_text())
     plan = sidecar["precision_plan"]
     assert plan["precision"] == "int8" and plan["method"] == "qdq-onnx" and plan["strongly_typed"]
-    assert plan["quantization"]["plan"] == "gemms" and plan["quantization"]["calibration"] == "digits:train"
+    assert plan["quantization"]["plan"] == DEFAULT_QUANT_PLAN and plan["quantization"]["calibration"] == "digits:train"
     assert plan["quantization"]["calibration_images"] == 256 and plan["quantization"]["calibration_method"] == "max"
     assert plan["quantization"]["excluded_nodes"] == plan["fp32_nodes"] and len(plan["fp32_nodes"]) == 90
     assert sidecar["onnx"] == str(qdq) and sidecar["onnx_sha256"] == sha256_file(qdq)
     assert sidecar["source_onnx_sha256"] == sha256_file(demo) and sidecar["builder"]["strongly_typed"]
-    assert read_metadata(qdq).precision == "int8" and read_metadata(qdq).extra["quantization"]["plan"] == "gemms"
+    assert read_metadata(qdq).precision == "int8"
+    assert read_metadata(qdq).extra["quantization"]["plan"] == DEFAULT_QUANT_PLAN
 
 
 @requires_rtx
@@ -315,4 +317,20 @@ def test_int8_without_modelopt_names_the_extra(
 def test_help_lists_the_quantization_plans() -> None:
     text = build_parser().format_help()
     assert "--int8" in text and "--fp8" in text and "--calib-data" in text and "--int8-plan" in text
-    assert "gemms-edges-fp32" in text and "scoring path" in text
+    assert "gemms-inner" in text and "scoring path" in text
+
+
+@pytest.mark.skipif(tensorrt.is_installed("tensorrt"), reason="plans for full TensorRT without building it")
+def test_fp8_where_onnx_runtime_cannot_run_it_says_so_and_checks_what_it_can(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import export.engine
+
+    monkeypatch.setattr(export.engine, "cpu_runs_fp8", lambda: False)
+    out = tmp_path / "tiny_fp8.engine"
+    args = ["--onnx", str(tiny), "--fp8", "--runtime", "tensorrt", "--trt-version", "10.13", "--out", str(out)]
+    code, stdout, err = run_in_process(capsys, *args, "--calib-images", "8", "--no-trtcheck")
+    assert code == EXIT_MISSING_DEPENDENCY, stdout + err  # full TensorRT is not installed: plan and checks only
+    notes = [line for line in stdout.splitlines() if "cannot run FP8 Q/DQ on the CPU" in line]
+    assert len(notes) == 1 and "the scoring path carries no Q/DQ" in notes[0]
+    assert (tmp_path / "tiny_fp8.onnx").is_file() and "reduced: top-1 agreement" not in stdout
