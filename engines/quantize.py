@@ -42,9 +42,9 @@ from idlevit.fileio import atomic_write
 from idlevit.metadata import ExportMetadata, load_onnx, read_metadata, write_metadata
 from idlevit.names import DIGITS, IMAGES
 
-from . import tensorrt_api
 from .plan import ATTENTION, BLOCK_GEMMS, CALIBRATION_METHODS, FP8, INT8, QUANT_PLANS, Quantization, QuantPlan
 from .precision import quantizer_label, scoring_path_nodes
+from .tensorrt import is_installed as runtime_installed
 
 QUANT_INSTALL = "pip install -e '.[quant]' (nvidia-modelopt without its [onnx] extra, onnxslim, lief, cppimport)"
 #: Calibration images when ``--calib-images`` is not given: the whole digits train split, else this many.
@@ -285,7 +285,7 @@ def _modelopt_quantize():  # noqa: ANN202 - ModelOpt's own function
         raise MissingDependencyError(f"ModelOpt quantization is not importable ({err}); {QUANT_INSTALL}") from None
     # tensorrt-stubs installs an importable ``tensorrt`` namespace without the library; ModelOpt would take
     # it for TensorRT and call into it, so tell it the truth
-    trt_utils.TRT_PYTHON_AVAILABLE = tensorrt_api.is_installed("tensorrt")
+    trt_utils.TRT_PYTHON_AVAILABLE = runtime_installed("tensorrt")
     return quantize
 
 
