@@ -234,12 +234,19 @@ def measure_speed(
 def choose_default(rows: Sequence[PlanRow], targets: Targets = Targets()) -> tuple[str, str]:
     """The default plan by the stated rule, and why.
 
+    Without speed measurements: the highest worst-layer agreement (among those meeting the
+    selection and top-1 targets, if any). Otherwise:
+
     1. Among the plans that meet every target (top-1, kept tokens in every idle layer, speed at
        every batch size), the one with the highest worst-layer kept-token agreement.
     2. If none meets every target: among those that meet the selection and top-1 targets, the
        fastest at the largest batch size (the default favours the selection).
     3. If none meets those either: the one with the highest worst-layer agreement.
     """
+    if not any(r.vs_dense for r in rows):  # selection measured alone
+        selecting = [r for r in rows if r.meets_selection(targets)] or list(rows)
+        best = max(selecting, key=lambda r: r.min_agreement)
+        return best.plan, "speed not measured: the highest worst-layer kept-token agreement"
     every = [r for r in rows if r.meets_selection(targets) and r.meets_speed(targets)]
     if every:
         best = max(every, key=lambda r: (r.min_agreement, -_largest_batch_ratio(r)))

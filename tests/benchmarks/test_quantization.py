@@ -111,3 +111,10 @@ def test_latency_precisions_flag() -> None:
     assert "--precisions" in latency_parser().format_help()
     with pytest.raises(ToolkitError, match="timed on ONNX Runtime"):
         run_benchmark("deit_tiny", [0.7], [1], ["pytorch"], precisions=["int8"], progress=False)
+
+
+def test_rule_without_speed_goes_by_the_selection() -> None:
+    rows = [row("a", 0.98, 0.3, 0.3), row("b", 0.99, 0.3, 0.3), row("c", 0.999, 0.3, 0.3, top1=0.9)]
+    for r in rows:
+        r.vs_dense = {}
+    assert choose_default(rows) == ("b", "speed not measured: the highest worst-layer kept-token agreement")
