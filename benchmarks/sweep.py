@@ -356,7 +356,8 @@ def run_sweep(
 def markdown(result: SweepResult) -> str:
     """The sweep table (Markdown), with the rule's pick and the targets."""
     layers = list(result.rows[0].kept_agreement) if result.rows and result.rows[0].kept_agreement else []
-    batches = [str(b) for b in result.batch_sizes]
+    timed = any(row.vs_dense for row in result.rows)
+    batches = [str(b) for b in result.batch_sizes] if timed else []
     head = ["plan", "quantized nodes", "top-1"]
     head += [f"kept L{layer}" for layer in layers] + (["worst layer", "judge"] if layers else [])
     head += [f"b{b} vs FP32 dense" for b in batches] + [f"b{b} vs FP32 IdleViT" for b in batches]
