@@ -146,7 +146,7 @@ def measure_selection(
         paths[plan] = write_quantized_onnx(quantized, folder / f"selection_{precision}_{plan}.onnx")
         rows[plan] = PlanRow(plan, precision, record.quantized_nodes, time.perf_counter() - started)
         used = record.calibration_images
-    dataset = load_dataset("digits", "test", meta.data_config)
+    dataset = load_dataset("digits", "test", meta.input_config)
     count = min(test_images or len(dataset), len(dataset))
     spec = InputSpec(data="digits", num_images=count, random_batches=0, batch_sizes=(8,))
     first, *rest = plans

@@ -149,7 +149,7 @@ def calibration_images(
     """
     if count is not None and count < 1:
         raise ToolkitError(f"--calib-images {count} must be >= 1")
-    dataset = load_dataset(data, "train", meta.data_config)
+    dataset = load_dataset(data, "train", meta.input_config)
     source = f"{DIGITS}:train" if str(data) == DIGITS else os.fspath(data)
     if len(dataset) == 0:
         raise ToolkitError(f"calibration data {source!r} holds no images; point --calib-data at an ImageFolder")
