@@ -7,6 +7,12 @@ hits all configurations alike. Per keep rate the result holds the measured time 
 dense (the median of per-repeat ratios) next to the FLOPs ratio counted with
 ``torch.utils.flop_counter``, the ceiling of the speed-up, and each backend's speed-up over
 PyTorch eager. ``python -m benchmarks.latency`` prints and plots it.
+
+With quantized precisions (``int8``, ``fp8``) every ONNX Runtime backend also times the Q/DQ
+graph of each keep rate (:mod:`engines.quantize`, the default plan, calibrated on a few digits
+images at the model's size): a backend named ``onnxruntime-cpu int8``, whose rows also hold its
+time against the same backend's FP32 dense model and FP32 IdleViT of that keep rate, measured in
+the same interleaved rounds.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ import numpy as np
 import torch
 
 import idlevit
+from engines.plan import DEFAULT_QUANT_PLAN, FP8, FP32, INT8
+from engines.quantize import calibration_images, quantize_onnx, write_quantized_onnx
 from export.exporter import export_onnx
 from idlevit.cli import progress as progress_bar
 from idlevit.errors import ToolkitError
 from idlevit.fileio import atomic_write
+from idlevit.metadata import read_metadata
 from idlevit.names import IMAGES
 
 from .backends import BACKENDS, REFERENCE, default_threads
@@ -38,6 +47,17 @@ from .options import DEFAULT_KEEP_RATES
 Runner = Callable[[dict[str, np.ndarray]], object]  # a runner's infer on a feed dict
 
 DENSE = 1.0  # keep rate of the dense model: every token kept, i.e. no idle layer
+#: Precisions the benchmark times: FP32 everywhere, plus Q/DQ graphs on the ONNX Runtime backends.
+BENCH_PRECISIONS = (FP32, INT8, FP8)
+#: ONNX Runtime backends: the ones that also time Q/DQ graphs.
+ORT_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda")
+#: Calibration images of a timed Q/DQ graph (timing does not depend on the ranges).
+BENCH_CALIB_IMAGES = 32
+
+
+def quantized_name(backend: str, precision: str) -> str:
+    """``onnxruntime-cpu`` timing an INT8 graph: ``onnxruntime-cpu int8``."""
+    return backend if precision == FP32 else f"{backend} {precision}"
 
 
 # ---- models and FLOPs ---------------------------------------------------------------------
@@ -143,6 +163,8 @@ class BenchResult:
     settle_ms: float = 0.0
     torch_version: str = torch.__version__
     meta: dict[str, str] = field(default_factory=dict)
+    precisions: list[str] = field(default_factory=lambda: [FP32])
+    quant_plan: str = ""
 
     def row(self, batch: int, backend: str, keep_rate: float) -> dict[str, float | int | str]:
         return next(
@@ -163,6 +185,8 @@ def run_benchmark(
     progress: bool = True,
     img_size: int | None = None,
     settle_ms: float = 20.0,
+    precisions: Sequence[str] = (FP32,),
+    quant_plan: str = DEFAULT_QUANT_PLAN,
 ) -> BenchResult:
     """Export, time and summarise; see the module docstring."""
     started = time.perf_counter()
@@ -174,6 +198,14 @@ def run_benchmark(
         raise ToolkitError(f"keep rates {list(keep_rates)} must lie in (0, 1]")
     if min(batch_sizes, default=0) < 1 or repeats < 1 or warmup < 0 or settle_ms < 0:
         raise ToolkitError("batch sizes and --repeats must be >= 1, --warmup and --settle-ms >= 0")
+    unknown_precisions = [p for p in precisions if p not in BENCH_PRECISIONS]
+    if unknown_precisions:
+        raise ToolkitError(f"unknown precision(s) {unknown_precisions}; choose from: {', '.join(BENCH_PRECISIONS)}")
+    quantized = [p for p in dict.fromkeys(precisions) if p != FP32]
+    if quantized and not any(b in ORT_BACKENDS for b in backends):
+        raise ToolkitError(
+            f"--precisions {','.join(quantized)} are timed on ONNX Runtime; add one of the backends {ORT_BACKENDS}"
+        )
     skipped = {name: why for name in backends if (why := BACKENDS[name].unavailable())}
     usable = [name for name in backends if name not in skipped]
     models = build_models(arch, keep_rates, ckpt, img_size=img_size)
@@ -186,6 +218,9 @@ def run_benchmark(
         for rate, model in progress_bar(models.items(), enabled=progress, desc="export", unit="model", leave=False):
             onnx_paths[rate] = folder / f"{arch}_keep{rate:g}.onnx"
             export_onnx(model, onnx_paths[rate], verify_batch=0, progress=False)
+        quant_paths: dict[tuple[str, float], Path] = {}
+        if quantized and any(b in ORT_BACKENDS for b in usable):
+            quant_paths = _quantize_all(onnx_paths, quantized, quant_plan, folder, progress)
         runners: dict[tuple[str, float], Runner] = {}
         for name in list(usable):
             try:
@@ -197,12 +232,21 @@ def run_benchmark(
                 skipped[name] = str(err)
                 usable.remove(name)
                 runners = {key: run for key, run in runners.items() if key[0] != name}
+        timed = list(usable)
+        for name in [b for b in usable if b in ORT_BACKENDS]:
+            for precision in quantized:
+                label = quantized_name(name, precision)
+                for rate, model in models.items():
+                    runner = BACKENDS[name].make(model, quant_paths[precision, rate], threads, max(batch_sizes))
+                    active.enter_context(runner)
+                    runners[label, rate] = functools.partial(runner.infer, check_inputs=False)
+                timed.append(label)
         rows = []
         for batch in batch_sizes:
             timings = interleaved(
                 runners, batch, models[DENSE].cfg.img_size, warmup, repeats, progress, settle_ms / 1e3
             )
-            rows += summarise(timings, rates, usable, batch, flops)
+            rows += summarise(timings, rates, timed, batch, flops)
     meta = {"cpu": _cpu_name(), "onnxruntime": _version("onnxruntime")}
     return BenchResult(
         arch,
@@ -211,7 +255,7 @@ def run_benchmark(
         threads,
         warmup,
         repeats,
-        usable,
+        timed,
         skipped,
         flops,
         graph_flops,
@@ -219,7 +263,23 @@ def run_benchmark(
         time.perf_counter() - started,
         settle_ms,
         meta=meta,
+        precisions=[FP32, *quantized],
+        quant_plan=quant_plan if quantized else "",
     )
+
+
+def _quantize_all(
+    onnx_paths: dict[float, Path], precisions: list[str], plan: str, folder: Path, progress: bool
+) -> dict[tuple[str, float], Path]:
+    """The Q/DQ graph of every keep rate's ONNX at every quantized precision, calibrated on a few digits."""
+    paths = {}
+    jobs = [(p, rate) for p in precisions for rate in onnx_paths]
+    for precision, rate in progress_bar(jobs, enabled=progress, desc="quantize", unit="graph", leave=False):
+        source = onnx_paths[rate]
+        images, where = calibration_images(read_metadata(source), count=BENCH_CALIB_IMAGES)
+        model, _ = quantize_onnx(source, precision, plan, images=images, calibration=where)
+        paths[precision, rate] = write_quantized_onnx(model, folder / f"{source.stem}_{precision}.onnx")
+    return paths
 
 
 def summarise(
@@ -231,22 +291,25 @@ def summarise(
 ) -> list[dict[str, float | int | str]]:
     rows = []
     for name in backends:
+        fp32 = name.split(" ")[0]  # the FP32 backend a quantized one ("onnxruntime-cpu int8") is compared with
         for rate in rates:
             t = timings[name, rate]
             ref = timings.get((REFERENCE, rate))
-            rows.append(
-                {
-                    "batch": batch,
-                    "backend": name,
-                    "keep_rate": rate,
-                    "median_ms": t.median_ms,
-                    "p90_ms": t.p90_ms,
-                    "throughput": t.throughput,
-                    "time_ratio": paired_ratio(t, timings[name, DENSE]),
-                    "flops_ratio": flops[str(rate)] / flops[str(DENSE)],
-                    "speedup_vs_pytorch": paired_ratio(ref, t) if ref else math.nan,
-                }
-            )
+            row: dict[str, float | int | str] = {
+                "batch": batch,
+                "backend": name,
+                "keep_rate": rate,
+                "median_ms": t.median_ms,
+                "p90_ms": t.p90_ms,
+                "throughput": t.throughput,
+                "time_ratio": paired_ratio(t, timings[name, DENSE]),
+                "flops_ratio": flops[str(rate)] / flops[str(DENSE)],
+                "speedup_vs_pytorch": paired_ratio(ref, t) if ref else math.nan,
+            }
+            if fp32 != name:
+                row["vs_fp32_dense"] = paired_ratio(t, timings[fp32, DENSE])
+                row["vs_fp32_idlevit"] = paired_ratio(t, timings[fp32, rate])
+            rows.append(row)
     return rows
 
 
@@ -296,6 +359,18 @@ def format_table(result: BenchResult) -> str:
                     f"{r['time_ratio']:6.3f} {speedup_cell} |"
                 )
             lines.append(line)
+    quantized = [name for name in result.backends if " " in name]
+    if quantized:
+        lines += ["", f"Q/DQ graphs (plan {result.quant_plan}) against the same backend's FP32 graphs, same rounds:"]
+        lines.append(f"{'backend':>24} {'batch':>5} {'keep':>5} | {'vs FP32 dense':>13} {'vs FP32 IdleViT':>15}")
+        for name in quantized:
+            for batch in result.batch_sizes:
+                for rate in result.keep_rates:
+                    r = result.row(batch, name, rate)
+                    label = "dense" if rate == DENSE else f"{rate:g}"
+                    lines.append(
+                        f"{name:>24} {batch:>5} {label:>5} | {r['vs_fp32_dense']:13.3f} {r['vs_fp32_idlevit']:15.3f}"
+                    )
     for name, why in result.skipped.items():
         lines.append(f"skipped {name}: {why}")
     lines.append(f"benchmark took {result.seconds:.0f} s")

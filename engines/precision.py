@@ -12,7 +12,9 @@ How the plan reaches TensorRT depends on the target (:class:`engines.target.Targ
 * strongly typed targets (TensorRT 11.x, 10.12+, TensorRT-RTX) get a **mixed-precision ONNX**
   whose tensor types say it all (``--fp16``: AutoCast with the scoring path excluded);
 * older TensorRT 10.x gets the FP32 ONNX plus ``BuilderFlag.FP16``, FP32 precision on the
-  scoring-path layers and ``OBEY_PRECISION_CONSTRAINTS``.
+  scoring-path layers and ``OBEY_PRECISION_CONSTRAINTS``;
+* INT8 and FP8 are explicit quantization on every target: a Q/DQ graph (:mod:`engines.quantize`,
+  scoring path without Q/DQ) built as a strongly typed network (TensorRT 10.0+, RTX).
 
 Everything here is pure Python (onnx, onnx-graphsurgeon, ModelOpt, ONNX Runtime): it runs and is
 tested without TensorRT.
@@ -34,7 +36,7 @@ from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write
 from idlevit.metadata import read_metadata, write_metadata
 
-from .plan import FP16, FP32, PRECISIONS, Method, PrecisionPlan
+from .plan import FP16, FP32, PRECISIONS, QUANTIZED, Method, PrecisionPlan
 from .target import Target
 
 #: Ops whose first input is the residual stream an idle layer reads and writes back.
@@ -84,6 +86,13 @@ def plan_precision(model: onnx.ModelProto, precision: str, target: Target) -> Pr
     if precision == FP32:
         return PrecisionPlan(FP32, target.label, target.strongly_typed, Method.FP32)
     fp32_nodes = scoring_path_nodes(model)
+    if precision in QUANTIZED:
+        if not target.builds_strongly_typed:
+            raise ToolkitError(
+                f"{precision.upper()} Q/DQ graphs build as strongly typed networks, which {target.label} cannot build; "
+                "use TensorRT 10.0 or newer (--trt-version)"
+            )
+        return PrecisionPlan(precision, target.label, True, Method.QDQ_ONNX, fp32_nodes, converter=quantizer_label())
     if target.strongly_typed:
         return PrecisionPlan(precision, target.label, True, Method.MIXED_ONNX, fp32_nodes, converter=_autocast_label())
     return PrecisionPlan(precision, target.label, False, Method.BUILDER_FLAGS, fp32_nodes)
@@ -213,7 +222,16 @@ _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 
 def _autocast_label() -> str:
+    return _modelopt_label("modelopt.onnx.autocast")
+
+
+def quantizer_label() -> str:
+    """What writes the Q/DQ graphs, with ModelOpt's version when it is installed."""
+    return _modelopt_label("modelopt.onnx.quantization")
+
+
+def _modelopt_label(module: str) -> str:
     try:
-        return f"modelopt.onnx.autocast {version('nvidia-modelopt')}"
+        return f"{module} {version('nvidia-modelopt')}"
     except Exception:  # noqa: BLE001 - a label only
-        return "modelopt.onnx.autocast"
+        return module

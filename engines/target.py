@@ -24,6 +24,25 @@ _RTX_MAX_OPSET = 22
 MIN_OPSET = 9
 #: Compute capabilities a TensorRT-RTX engine built with no explicit target runs on (its docs).
 RTX_DEFAULT_COMPUTE_CAPABILITIES = ("8.0", "8.6", "8.9", "12.0")
+#: FP8 (E4M3) tensor cores start with Ada (8.9): Hopper 9.0, Blackwell 10.x/12.x and Jetson Thor 11.0 have them;
+#: Ampere (8.0, 8.6) and Jetson Orin (8.7) do not. TensorRT-RTX compiles FP8 only for 8.9 and 12.x and refuses
+#: other targets ("the model contains HW-specific datatypes: fp8_e4m3").
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
+#: Jetson modules, their compute capability and JetPack's TensorRT (INT8 Q/DQ graphs build on both; FP8 on Thor only).
+JETSON = {"orin": ("8.7", "10.3"), "thor": ("11.0", "10.13")}
+
+
+def parse_compute_capability(text: str) -> tuple[int, int]:
+    """``"8.9"`` -> ``(8, 9)``; anything else is one line naming the bad value."""
+    major, _, minor = text.strip().partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise ToolkitError(f"compute capability {text!r} is not MAJOR.MINOR, e.g. 8.9 or 12.0")
+    return int(major), int(minor)
+
+
+def has_fp8(compute_capability: str) -> bool:
+    """Whether GPUs of this compute capability have FP8 tensor cores (8.9 and newer)."""
+    return parse_compute_capability(compute_capability) >= FP8_MIN_COMPUTE_CAPABILITY
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,11 @@ class Target:
         builds strongly typed networks well enough to prefer them; RTX knows nothing else.
         """
         return self.is_rtx or self.version[:2] >= (10, 12)
+
+    @property
+    def builds_strongly_typed(self) -> bool:
+        """Can build a strongly typed network at all (TensorRT 10.0+, RTX): what a Q/DQ graph is built as."""
+        return self.is_rtx or self.version[:1] >= (10,)
 
     @property
     def max_opset(self) -> int:

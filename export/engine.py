@@ -2,9 +2,10 @@
 
 The steps of ``python -m export.trt``, as a library: static checks of the graph for the target
 (:mod:`engines.lint`), the precision plan (:mod:`engines.precision`), the reduced-precision
-graph and its check against the FP32 graph (:mod:`validate.reduced`, the one judge), the
-equivalent ``trtexec`` / ``tensorrt_rtx`` command line, and the build with its sidecar
-(:mod:`engines.builder`). Without the target's TensorRT every step but the build runs.
+graph (FP16 mixed precision, or INT8 / FP8 Q/DQ from :mod:`engines.quantize`) and its check
+against the FP32 graph (:mod:`validate.reduced`, the one judge), the equivalent ``trtexec`` /
+``tensorrt_rtx`` command line, and the build with its sidecar (:mod:`engines.builder`). Without
+the target's TensorRT every step but the build runs.
 """
 
 from __future__ import annotations
@@ -19,15 +20,25 @@ import onnx
 from engines import lint
 from engines import tensorrt as api
 from engines.builder import BuildOptions, build_engine, command_line
-from engines.plan import FP32
+from engines.compatibility import current_gpu
+from engines.plan import FP8, FP32, PrecisionPlan, QuantOptions
 from engines.precision import mixed_onnx_path, plan_precision, write_mixed_onnx
-from engines.target import PLAN_VERSIONS, TENSORRT, Target
+from engines.quantize import (
+    calibration_images,
+    quantize_onnx,
+    quantize_summary,
+    quantized_onnx_path,
+    require_modelopt,
+    write_quantized_onnx,
+)
+from engines.target import FP8_MIN_COMPUTE_CAPABILITY, PLAN_VERSIONS, TENSORRT, Target, has_fp8
 from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
+from idlevit.fileio import refuse_overwriting_inputs
 from idlevit.metadata import load_onnx, read_metadata
 from idlevit.sidecar import sidecar_path
 from idlevit.state import last_export, state_file
 from validate.inputs import InputSpec
-from validate.reduced import check_reduced_precision
+from validate.reduced import check_reduced_precision, cpu_runs_fp8
 
 PLUGIN_DOMAIN = "idlevit"
 
@@ -77,9 +88,11 @@ def export_engine(
     trtcheck: bool = True,
     verbose: bool = False,
     echo: Callable[[str], None] = print,
+    quantization: QuantOptions | None = None,
 ) -> Path:
     """Check, plan and build; returns the engine path. ``check_inputs=None`` skips the reduced-precision check.
 
+    ``quantization`` is the plan and calibration of ``int8`` / ``fp8`` (default: :class:`QuantOptions`).
     Raises :class:`MissingDependencyError` after every other step when the target's TensorRT is
     not installed here (nothing is built then).
     """
@@ -96,12 +109,18 @@ def export_engine(
     options.validate(meta)
     if options.compute_capabilities and not target.is_rtx:
         raise ToolkitError("--compute-capabilities is for --runtime tensorrt-rtx; TensorRT builds for its own GPU")
+    if precision == FP8:
+        refuse_fp8_target(target, installed, options.compute_capabilities)
     echo(
         f"{source} ({meta.arch}, {meta.img_size} px, idle layers {meta.idle_layers}) -> {target.label}"
         + ("" if installed else " (not installed here: checks and plan only)")
     )
     _report_findings(lint.static_checks(model, target, trtcheck), verbose, echo)
     plan = plan_precision(model, precision, target)
+    if plan.needs_qdq_onnx:
+        require_modelopt()
+        quantization = quantization or QuantOptions()
+        plan.quantization = {"plan": quantization.plan}
     echo(f"precision plan: {plan.summary()}")
 
     out_dir = Path(out).parent if out else None
@@ -112,6 +131,16 @@ def export_engine(
         echo(f"wrote {build_onnx} (mixed precision) in {time.perf_counter() - started:.1f} s")
         _report_findings(lint.static_checks(load_onnx(build_onnx), target, False), verbose, echo)
         if check_inputs is not None:
+            _check_reduced(source, build_onnx, check_inputs, check_device, echo)
+    elif plan.needs_qdq_onnx:
+        build_onnx = _quantize(source, precision, quantization or QuantOptions(), out_dir, plan, echo)
+        _report_findings(lint.static_checks(load_onnx(build_onnx), target, False), verbose, echo)
+        if check_inputs is not None and precision == FP8 and check_device == "cpu" and not cpu_runs_fp8():
+            echo(
+                "ONNX Runtime cannot run FP8 Q/DQ on the CPU here, so the FP8 graph is not compared with the FP32 "
+                "graph; checked: the scoring path carries no Q/DQ, and the static checks"
+            )
+        elif check_inputs is not None:
             _check_reduced(source, build_onnx, check_inputs, check_device, echo)
 
     engine = Path(out) if out else default_engine_path(source, precision, target)
@@ -131,6 +160,50 @@ def export_engine(
         f"in {time.perf_counter() - started:.1f} s"
     )
     return engine
+
+
+def refuse_fp8_target(target: Target, installed: bool, compute_capabilities: list[str]) -> None:
+    """FP8 needs FP8 tensor cores (compute capability 8.9+); refuse any other target before the work starts.
+
+    TensorRT-RTX must be told its targets (``--compute-capabilities 8.9`` or ``12.0``): its default
+    set includes 8.0 and 8.6, which have no FP8. Full TensorRT builds for the GPU it runs on.
+    """
+    floor = ".".join(map(str, FP8_MIN_COMPUTE_CAPABILITY))
+    if target.is_rtx:
+        lacking = [cc for cc in compute_capabilities if not has_fp8(cc)]
+        if not compute_capabilities or lacking:
+            which = ", ".join(lacking) if lacking else "TensorRT-RTX's default set (8.0, 8.6, 8.9, 12.0)"
+            raise ToolkitError(
+                f"--fp8 needs FP8 tensor cores (compute capability {floor}+), which {which} lacks; "
+                "pass --compute-capabilities 8.9 and/or 12.0, or use --int8"
+            )
+        return
+    gpu = current_gpu() if installed else None
+    if gpu and not has_fp8(gpu["compute_capability"]):
+        raise ToolkitError(
+            f"--fp8 needs FP8 tensor cores (compute capability {floor}+) and this GPU ({gpu['name']}) is "
+            f"{gpu['compute_capability']}; use --int8 (Jetson Orin, 8.7, has INT8 only)"
+        )
+
+
+def _quantize(
+    source: Path,
+    precision: str,
+    quant: QuantOptions,
+    out_dir: Path | None,
+    plan: PrecisionPlan,
+    echo: Callable[[str], None],
+) -> Path:
+    """Calibrate and write ``<stem>_int8.onnx`` / ``<stem>_fp8.onnx``; the plan records what was done."""
+    target = quantized_onnx_path(source, precision, out_dir)
+    refuse_overwriting_inputs([target], [source])
+    started = time.perf_counter()
+    images, where = calibration_images(read_metadata(source), quant.data, quant.images, quant.seed)
+    model, record = quantize_onnx(source, precision, quant.plan, images=images, calibration=where, method=quant.method)
+    write_quantized_onnx(model, target)
+    plan.quantization = record.to_dict()
+    echo(f"wrote {target}: {quantize_summary(record, precision, time.perf_counter() - started)}")
+    return target
 
 
 def _report_findings(findings: list[lint.Finding], verbose: bool, echo: Callable[[str], None]) -> None:

@@ -4,6 +4,9 @@ Examples::
 
     python -m export.trt                              # the ONNX export.onnx wrote last, FP32
     python -m export.trt --fp16                       # mixed precision, scoring path kept FP32
+    python -m export.trt --int8                       # INT8 Q/DQ graph calibrated on the digits, checked, built
+    python -m export.trt --int8 --int8-plan mlp --calib-data ~/data/imagenet --calib-images 1024
+    python -m export.trt --fp8 --runtime tensorrt-rtx --compute-capabilities 8.9,12.0
     python -m export.trt --onnx model.onnx --fp16 --runtime tensorrt-rtx --max-batch 64
     python -m export.trt --fp16 --runtime tensorrt --trt-version 10.3   # plan for JetPack 6, no TensorRT here
 """
@@ -12,7 +15,18 @@ from __future__ import annotations
 
 import argparse
 
-from engines.plan import FP16, FP32
+from engines.plan import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_QUANT_PLAN,
+    FP8,
+    FP16,
+    FP32,
+    INT8,
+    QUANT_PLANS,
+    QUANTIZED,
+    QuantOptions,
+)
 from engines.target import PLAN_VERSIONS, RUNTIMES, TENSORRT, TENSORRT_RTX
 from idlevit.cli import cli_parser, run_cli
 from idlevit.errors import (
@@ -24,6 +38,7 @@ from idlevit.errors import (
 )
 from idlevit.state import state_file
 
+PLAN_LINES = "\n".join(f"  {plan.name:21s} {plan.summary}" for plan in QUANT_PLANS.values())
 EPILOG = f"""
 which ONNX: --onnx, else the file `python -m export.onnx` wrote last, as recorded in
 {state_file()} (relative to the working directory; set IDLEVIT_STATE_DIR to move it): run both
@@ -40,15 +55,30 @@ the FP32 graph's own logits / scores are within 1% of a tie, and kept-token flip
 earlier flip of the same sample as cascades. TensorRT < 10.12 gets the FP32 ONNX with the FP16
 builder flag and per-layer FP32 constraints.
 
+--int8 / --fp8 write a Q/DQ graph (<onnx>_int8.onnx / <onnx>_fp8.onnx beside the input, or
+beside --out) with ModelOpt, calibrated on ONNX Runtime's CPU with --calib-data read by the
+model's recorded preprocessing, and build it as a strongly typed network on every target (INT8
+for Jetson Orin: --runtime tensorrt --trt-version 10.3). The scoring path of every idle layer
+gets no Q/DQ and stays FP32 whatever the plan, and so does every layer the plan leaves out.
+Before any build the Q/DQ graph is checked against the FP32 graph in ONNX Runtime (CPU) on the
+digits test split (or --check-data): top-1 agreement, kept tokens per idle layer with near-tie
+and cascade accounting, logit cosine, by the int8 / fp8 presets; a failed check exits
+{EXIT_CHECK_FAILED} and builds nothing. FP8 needs compute capability 8.9+: TensorRT-RTX only with
+--compute-capabilities 8.9 and/or 12.0 (anything else is refused up front); full TensorRT on an
+Ada, Hopper, Blackwell or Thor GPU. Plans (--int8-plan, also for --fp8; default {DEFAULT_QUANT_PLAN},
+measured by `python -m benchmarks.quantization`):
+{PLAN_LINES}
+
 outputs: the engine (default <onnx stem>_<precision>.engine, _rtx for TensorRT-RTX, beside the
 ONNX) and its JSON sidecar <engine>.json (runtime and version, GPU or compute capabilities,
 precision plan, profiles, IdleViT schedule, ONNX sha256). The equivalent trtexec /
 tensorrt_rtx command line is printed. Without TensorRT the static checks and the mixed ONNX
 still run, the command is printed, and no engine is written.
 
-exit codes: {EXIT_OK} engine built; {EXIT_CHECK_FAILED} a static check or the mixed-precision check failed;
-{EXIT_BAD_INPUT} bad file or flag (a plugin graph for TensorRT-RTX included); {EXIT_MISSING_DEPENDENCY} TensorRT
-(or ModelOpt for --fp16) is not installed; {EXIT_BUILD_FAILED} TensorRT's parser or builder failed.
+exit codes: {EXIT_OK} engine built; {EXIT_CHECK_FAILED} a static check or the reduced-precision check failed;
+{EXIT_BAD_INPUT} bad file or flag (a plugin graph for TensorRT-RTX, --fp8 for a GPU without FP8 included);
+{EXIT_MISSING_DEPENDENCY} TensorRT (or ModelOpt for --fp16/--int8/--fp8) is not installed; {EXIT_BUILD_FAILED}
+TensorRT's parser or builder failed.
 """
 
 
@@ -64,6 +94,45 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument("--fp32", dest="precision", action="store_const", const=FP32, help="FP32 everywhere (default)")
     prec.add_argument(
         "--fp16", dest="precision", action="store_const", const=FP16, help="FP16 with the scoring path kept FP32"
+    )
+    prec.add_argument(
+        "--int8", dest="precision", action="store_const", const=INT8, help="INT8 Q/DQ graph, scoring path FP32"
+    )
+    prec.add_argument(
+        "--fp8",
+        dest="precision",
+        action="store_const",
+        const=FP8,
+        help="FP8 (E4M3) Q/DQ graph, scoring path FP32; compute capability 8.9+ only",
+    )
+    quant = parser.add_argument_group("quantization (--int8, --fp8)")
+    quant.add_argument(
+        "--int8-plan",
+        "--quant-plan",
+        dest="quant_plan",
+        choices=list(QUANT_PLANS),
+        default=DEFAULT_QUANT_PLAN,
+        metavar="NAME",
+        help=f"which GEMMs get Q/DQ (listed below; default {DEFAULT_QUANT_PLAN})",
+    )
+    quant.add_argument(
+        "--calib-data",
+        default="digits",
+        metavar="digits|DIR",
+        help="calibration images: the digits train split, or an ImageFolder (DIR/train when present) (default digits)",
+    )
+    quant.add_argument(
+        "--calib-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="calibration images, drawn with a fixed seed (default: the whole digits train split, or 512)",
+    )
+    quant.add_argument(
+        "--calib-method",
+        choices=CALIBRATION_METHODS,
+        default=DEFAULT_CALIBRATION_METHOD,
+        help=f"activation ranges: absolute max or entropy (KL) (default {DEFAULT_CALIBRATION_METHOD})",
     )
     target = parser.add_argument_group("target")
     target.add_argument(
@@ -101,12 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--plugins", action="append", default=[], metavar="LIB.so", help="plugin library to load (repeatable)"
     )
-    check = parser.add_argument_group("mixed-precision check (ONNX Runtime, CPU, against the FP32 graph)")
+    check = parser.add_argument_group("reduced-precision check (ONNX Runtime, CPU, against the FP32 graph)")
     check.add_argument(
-        "--check-data", default=None, help="real images too: 'digits' or an ImageFolder root (default: random only)"
+        "--check-data",
+        default=None,
+        help="real images: 'digits' (test split) or an ImageFolder root (default: random only for --fp16, "
+        "digits for --int8/--fp8)",
     )
-    check.add_argument("--check-images", type=int, default=16, help="real images to check (16)")
-    check.add_argument("--check-batches", type=int, default=2, help="seeded random batches of 8 to check (2)")
+    check.add_argument(
+        "--check-images", type=int, default=None, help="real images to check (16 for --fp16, 512 for --int8/--fp8)"
+    )
+    check.add_argument(
+        "--check-batches",
+        type=int,
+        default=None,
+        help="seeded random batches of 8 to check (2 for --fp16; 0 for --int8/--fp8, calibrated to real images)",
+    )
     check.add_argument(
         "--check-device",
         choices=("cpu", "cuda"),
@@ -140,15 +219,17 @@ def main(argv: list[str] | None = None) -> int:
         list(args.plugins),
         [cc.strip() for cc in args.compute_capabilities.split(",")] if args.compute_capabilities else [],
     )
+    quantized = args.precision in QUANTIZED
     check = InputSpec(
-        data=args.check_data,
-        num_images=args.check_images,
-        random_batches=args.check_batches,
+        data=args.check_data or ("digits" if quantized else None),
+        num_images=args.check_images if args.check_images is not None else (512 if quantized else 16),
+        random_batches=args.check_batches if args.check_batches is not None else (0 if quantized else 2),
         batch_sizes=(8,),
     )
     export_engine(
         args.onnx,
         precision=args.precision or FP32,
+        quantization=QuantOptions(args.quant_plan, args.calib_data, args.calib_images, args.calib_method),
         runtime=args.runtime,
         trt_version=args.trt_version,
         options=options,

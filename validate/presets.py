@@ -37,7 +37,14 @@ PRESETS: dict[str, Thresholds] = {
     "tf32": Thresholds(atol=2e-2, rtol=2e-2, min_cosine=0.9995, min_top1=0.98, max_mismatch=0.02, tie_rtol=5e-3),
     "fp16": Thresholds(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.98, max_mismatch=0.02, tie_rtol=1e-2),
     "bf16": Thresholds(atol=1e-1, rtol=1e-1, min_cosine=0.998, min_top1=0.97, max_mismatch=0.04, tie_rtol=2e-2),
-    "int8": Thresholds(atol=5e-1, rtol=5e-1, min_cosine=0.99, min_top1=0.9, max_mismatch=0.1, tie_rtol=5e-2),
+    # INT8 / FP8 Q/DQ graphs against the FP32 graph, set from the bundled demo on the digits test split
+    # (450 images, batches of 8; `python -m benchmarks.quantization`): INT8 plans that keep the selection
+    # (GEMMs only) reach max abs logit error <= 0.39, cosine >= 0.9991, mismatches beyond 2% ties <= 1.6%
+    # per idle layer; plans that quantize the attention core or the residual stream reach 1.4-1.6, <= 0.9893
+    # and >= 29%. FP8 (3 mantissa bits) rounds more but flips less: GEMM plans <= 0.63, >= 0.994, <= 4.2%;
+    # attention core or residual stream quantized 0.65-0.80, >= 0.995 (cosine does not tell them apart), >= 7.6%.
+    "int8": Thresholds(atol=5e-1, rtol=5e-1, min_cosine=0.998, min_top1=0.98, max_mismatch=0.05, tie_rtol=2e-2),
+    "fp8": Thresholds(atol=1.0, rtol=5e-1, min_cosine=0.99, min_top1=0.98, max_mismatch=0.06, tie_rtol=2e-2),
 }
 THRESHOLD_FIELDS = tuple(f.name for f in fields(Thresholds))
 

@@ -12,11 +12,16 @@ Two probe copies make the selection check possible for any export: each exposes 
 layer's kept positions (``kept_indices_<layer>``), and the reference also exposes the scores
 TopK ranks (``token_scores_<layer>``). ONNX Runtime's CPU kernels compute many FP16 ops in
 FP32 and skip the rounding, so an FP16 graph is also judged with FP16 storage rounding
-emulated (:func:`engines.precision.emulate_fp16`).
+emulated (:func:`engines.precision.emulate_fp16`). INT8 and FP8 Q/DQ graphs (:mod:`engines.quantize`)
+need no emulation: ONNX Runtime computes their QuantizeLinear / DequantizeLinear exactly (INT8 with
+integer kernels, FP8 by rounding to E4M3 and back), so the check sees the quantization a GPU
+applies, judged by the preset of the graph's precision. An ONNX Runtime that cannot run FP8 Q/DQ
+on the CPU (:func:`cpu_runs_fp8`) leaves an FP8 graph to its static checks.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -85,6 +90,33 @@ def probe_copy(model: onnx.ModelProto, idle_layers: Sequence[int], with_scores: 
     return probe
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_runs_fp8() -> bool:
+    """Whether this ONNX Runtime runs FP8 (E4M3) QuantizeLinear / DequantizeLinear on the CPU."""
+    import onnxruntime as ort  # lazy: asked only for FP8 graphs
+
+    zero = onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT8E4M3FN, [], [0.0])
+    scale = onnx.helper.make_tensor("scale", onnx.TensorProto.FLOAT, [], [1.0])
+    nodes = [
+        onnx.helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+        onnx.helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "fp8_probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+        [zero, scale],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {"x": np.array([1.0, 3.3], dtype=np.float32)})
+    except Exception:  # noqa: BLE001 - any refusal means: not supported here
+        return False
+    return bool(out[1] == 3.25)  # E4M3 keeps 3 mantissa bits: 3.3 rounds to 3.25
+
+
 def check_reduced_precision(
     fp32_onnx: str | os.PathLike[str],
     reduced_onnx: str | os.PathLike[str],
@@ -140,4 +172,6 @@ def check_reduced_precision(
         "kept_indices_checked": layers,
         "inputs": [group_setup(group) for group in groups],
     }
+    if "quantization" in meta.extra:
+        setup["quantization"] = meta.extra["quantization"]
     return ParityReport(setup, thresholds, rows)

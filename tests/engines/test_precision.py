@@ -62,8 +62,12 @@ def test_plan_per_target(tiny_onnx: Path) -> None:
     assert jetson.method == "builder-flags" and not jetson.strongly_typed and jetson.fp32_nodes == rtx.fp32_nodes
     fp32 = plan_precision(model, FP32, Target.parse("tensorrt-rtx"))
     assert fp32.method == FP32 and not fp32.fp32_nodes
+    orin = plan_precision(model, "int8", Target.parse("tensorrt-10.3"))
+    assert orin.method == "qdq-onnx" and orin.strongly_typed and orin.fp32_nodes == rtx.fp32_nodes
+    with pytest.raises(ToolkitError, match="TensorRT 10.0 or newer"):
+        plan_precision(model, "int8", Target.parse("tensorrt-8.6"))
     with pytest.raises(ToolkitError, match="not supported yet"):
-        plan_precision(model, "int8", Target.parse("tensorrt-rtx"))
+        plan_precision(model, "bf16", Target.parse("tensorrt-rtx"))
 
 
 def test_mixed_graph_keeps_the_plan(tiny_onnx: Path, tiny_mixed: Path) -> None:

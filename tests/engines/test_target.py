@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engines.target import Target
+from engines.target import JETSON, Target, has_fp8, parse_compute_capability
 from idlevit.errors import ToolkitError
 
 
@@ -41,3 +41,20 @@ def test_opset_ranges_grow_with_the_line() -> None:
 def test_bad_target_text(text: str) -> None:
     with pytest.raises(ToolkitError):
         Target.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("cc", "fp8"),
+    [("7.5", False), ("8.0", False), ("8.6", False), ("8.7", False), ("8.9", True), ("9.0", True), ("11.0", True)],
+)
+def test_fp8_tensor_cores_start_with_ada(cc: str, fp8: bool) -> None:
+    assert has_fp8(cc) is fp8
+
+
+def test_qdq_graphs_need_a_strongly_typed_builder() -> None:
+    assert Target.parse("tensorrt-10.3").builds_strongly_typed  # Jetson Orin, JetPack 6: INT8 Q/DQ builds there
+    assert Target.parse("tensorrt-rtx").builds_strongly_typed and Target.parse("tensorrt-11.0").builds_strongly_typed
+    assert not Target.parse("tensorrt-8.6").builds_strongly_typed
+    assert JETSON["orin"] == ("8.7", "10.3") and not has_fp8(JETSON["orin"][0]) and has_fp8(JETSON["thor"][0])
+    with pytest.raises(ToolkitError, match="not MAJOR.MINOR"):
+        parse_compute_capability("sm89")

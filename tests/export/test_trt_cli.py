@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from engines import tensorrt
+from engines.plan import DEFAULT_QUANT_PLAN
 from export.exporter import export_onnx
 from export.trt import build_parser, main
 from idlevit.cli import run_cli
@@ -218,3 +219,119 @@ def test_topk_above_3840_fails_the_static_check(tiny: Path, tmp_path: Path, caps
 def test_help_documents_the_onnx_default() -> None:
     text = build_parser().format_help()
     assert "IDLEVIT_STATE_DIR" in text and "--max-batch" in text and "exit codes" in text
+
+
+# ---- INT8 / FP8 -------------------------------------------------------------------------------
+#: Fewer calibration and check images than the defaults (the whole train / test split): same graphs, less time.
+QUICK_QUANT = ["--calib-images", "256", "--check-images", "128"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled demo, exported as `python -m export.onnx --ckpt demo` does."""
+    import idlevit
+
+    path = tmp_path_factory.mktemp("trt-quant") / "demo.onnx"
+    export_onnx(idlevit.load_checkpoint("demo"), path, verify_batch=0, progress=False, checkpoint="demo")
+    return path
+
+
+@requires_rtx
+@pytest.mark.skipif(not ASSETS, reason="the bundled demo checkpoint (idlevit/assets/*.pth) is not built yet")
+def test_demo_int8_engine(demo: Path, tmp_path: Path) -> None:
+    engine = tmp_path / "demo_int8.engine"
+    result = run_trt("--onnx", str(demo), "--int8", "--out", str(engine), *QUICK_QUANT, *FAST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    qdq = tmp_path / "demo_int8.onnx"  # beside --out
+    assert f"wrote {qdq}: INT8 plan {DEFAULT_QUANT_PLAN}: 40 nodes quantized" in result.stdout
+    assert "on 256 images of digits:train" in result.stdout
+    assert "reduced: top-1 agreement" in result.stdout and "kept-token agreement per idle layer: L3" in result.stdout
+    assert "PASS" in result.stdout and "fp16-emulated" not in result.stdout
+    sidecar = json.loads((tmp_path / (engine.name + ".json")).read_text())
+    plan = sidecar["precision_plan"]
+    assert plan["precision"] == "int8" and plan["method"] == "qdq-onnx" and plan["strongly_typed"]
+    assert plan["quantization"]["plan"] == DEFAULT_QUANT_PLAN and plan["quantization"]["calibration"] == "digits:train"
+    assert plan["quantization"]["calibration_images"] == 256 and plan["quantization"]["calibration_method"] == "max"
+    assert plan["quantization"]["excluded_nodes"] == plan["fp32_nodes"] and len(plan["fp32_nodes"]) == 90
+    assert sidecar["onnx"] == str(qdq) and sidecar["onnx_sha256"] == sha256_file(qdq)
+    assert sidecar["source_onnx_sha256"] == sha256_file(demo) and sidecar["builder"]["strongly_typed"]
+    assert read_metadata(qdq).precision == "int8"
+    assert read_metadata(qdq).extra["quantization"]["plan"] == DEFAULT_QUANT_PLAN
+
+
+@requires_rtx
+@pytest.mark.skipif(not ASSETS, reason="the bundled demo checkpoint (idlevit/assets/*.pth) is not built yet")
+def test_demo_fp8_engine_for_ada(demo: Path, tmp_path: Path) -> None:
+    engine = tmp_path / "demo_fp8.engine"
+    args = ["--onnx", str(demo), "--fp8", "--out", str(engine), "--compute-capabilities", "8.9"]
+    result = run_trt(*args, *QUICK_QUANT, *FAST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sidecar = json.loads((tmp_path / (engine.name + ".json")).read_text())
+    assert sidecar["precision_plan"]["precision"] == "fp8" and sidecar["compute_capabilities"] == ["8.9"]
+    assert "--computeCapabilities=8.9" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [(["--compute-capabilities", "8.6"], "which 8.6 lacks"), ([], "TensorRT-RTX's default set")],
+)
+def test_fp8_for_a_gpu_without_fp8_is_refused_up_front(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], named: str
+) -> None:
+    out = tmp_path / "tiny_fp8.engine"
+    args = ["--onnx", str(tiny), "--fp8", "--runtime", "tensorrt-rtx", "--out", str(out), *extra]
+    code, _, err = run_in_process(capsys, *args)
+    assert code == EXIT_BAD_INPUT, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0]
+    assert "--fp8 needs FP8 tensor cores (compute capability 8.9+)" in lines[0]
+    assert not list(tmp_path.iterdir())  # refused before any calibration: nothing written
+
+
+@requires_rtx
+@pytest.mark.skipif(not ASSETS, reason="the bundled demo checkpoint (idlevit/assets/*.pth) is not built yet")
+def test_failed_int8_check_builds_nothing(demo: Path, tmp_path: Path) -> None:
+    """ModelOpt's all-in plan (residual stream and attention core quantized) flips kept tokens: exit 1, no engine."""
+    engine = tmp_path / "demo_int8.engine"
+    result = run_trt("--onnx", str(demo), "--int8", "--int8-plan", "all", "--out", str(engine), *QUICK_QUANT, *FAST)
+    assert result.returncode == EXIT_CHECK_FAILED, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "drifts from the FP32 graph" in lines[0]
+    assert "reduced: top-1 agreement" in result.stdout and "FAIL" in result.stdout
+    assert (tmp_path / "demo_int8.onnx").is_file() and not engine.exists()  # kept for inspection, nothing built
+
+
+def test_int8_without_modelopt_names_the_extra(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hidden = ["modelopt", "modelopt.onnx", "modelopt.onnx.trt_utils", "modelopt.onnx.quantization"]
+    for name in {*hidden, *(n for n in sys.modules if n.startswith("modelopt."))}:
+        monkeypatch.setitem(sys.modules, name, None)  # `import modelopt...` raises ImportError
+    out = tmp_path / "tiny_int8.engine"
+    code, _, err = run_in_process(capsys, "--onnx", str(tiny), "--int8", "--runtime", "tensorrt-rtx", "--out", str(out))
+    assert code == EXIT_MISSING_DEPENDENCY, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "pip install -e '.[quant]'" in lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_help_lists_the_quantization_plans() -> None:
+    text = build_parser().format_help()
+    assert "--int8" in text and "--fp8" in text and "--calib-data" in text and "--int8-plan" in text
+    assert "gemms-inner" in text and "scoring path" in text
+
+
+@pytest.mark.skipif(tensorrt.is_installed("tensorrt"), reason="plans for full TensorRT without building it")
+def test_fp8_where_onnx_runtime_cannot_run_it_says_so_and_checks_what_it_can(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import export.engine
+
+    monkeypatch.setattr(export.engine, "cpu_runs_fp8", lambda: False)
+    out = tmp_path / "tiny_fp8.engine"
+    args = ["--onnx", str(tiny), "--fp8", "--runtime", "tensorrt", "--trt-version", "10.13", "--out", str(out)]
+    code, stdout, err = run_in_process(capsys, *args, "--calib-images", "8", "--no-trtcheck")
+    assert code == EXIT_MISSING_DEPENDENCY, stdout + err  # full TensorRT is not installed: plan and checks only
+    notes = [line for line in stdout.splitlines() if "cannot run FP8 Q/DQ on the CPU" in line]
+    assert len(notes) == 1 and "the scoring path carries no Q/DQ" in notes[0]
+    assert (tmp_path / "tiny_fp8.onnx").is_file() and "reduced: top-1 agreement" not in stdout
