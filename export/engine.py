@@ -36,24 +36,11 @@ from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
 from idlevit.fileio import refuse_overwriting_inputs
 from idlevit.metadata import load_onnx, read_metadata
 from idlevit.sidecar import sidecar_path
-from idlevit.state import last_export, state_file
+from idlevit.state import given_or_last_export
 from validate.inputs import InputSpec
 from validate.reduced import check_reduced_precision, cpu_runs_fp8
 
 PLUGIN_DOMAIN = "idlevit"
-
-
-def resolve_onnx(path: str | os.PathLike[str] | None) -> Path:
-    """``path``, else the ONNX ``python -m export.onnx`` wrote last in this folder."""
-    if path:
-        return Path(path)
-    found = last_export()
-    if found is None:
-        raise ToolkitError(
-            f"no --onnx given and no ONNX recorded in {state_file()}; run `python -m export.onnx` here first "
-            "or pass --onnx"
-        )
-    return found
 
 
 def uses_plugin(model: onnx.ModelProto, plugin: str) -> bool:
@@ -97,7 +84,7 @@ def export_engine(
     not installed here (nothing is built then).
     """
     options = options or BuildOptions()
-    source = resolve_onnx(onnx_path)
+    source = given_or_last_export(onnx_path, "--onnx")
     meta = read_metadata(source)
     model = load_onnx(source, load_external_data=False)
     target, installed = resolve_target(runtime, trt_version)

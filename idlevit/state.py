@@ -62,3 +62,16 @@ def last_export() -> Path | None:
         ) from None
     found = Path(recorded)
     return found if found.is_file() else None
+
+
+def given_or_last_export(path: str | os.PathLike[str] | None, flag: str) -> Path:
+    """``path`` when given, else the last export recorded here; ``flag`` names the argument in the fix."""
+    if path:
+        return Path(path)
+    found = last_export()
+    if found is None:
+        raise ToolkitError(
+            f"no {flag} given and no export recorded in {state_file()}; run `python -m export.onnx` here first "
+            f"or pass {flag}"
+        )
+    return found

@@ -1,12 +1,14 @@
 """``python -m validate.accuracy``: top-1/top-5 of every backend on a dataset, side by side.
 
-The same batches go through the PyTorch reference (``--ckpt``), ONNX Runtime (``--onnx``) and
+The same batches go through the PyTorch reference (``--ckpt``; default: the checkpoint the ONNX
+metadata records), ONNX Runtime (``--onnx``; default: the last export here) and
 TensorRT (``--engine``) in one streamed Polygraphy run, so the figures are measured together.
 Images are the bundled digits split or an ImageFolder (timm's eval transform with the mean/std
 the ONNX records). images/s counts backend inference time only, not data loading.
 
 Examples::
 
+    python -m validate.accuracy                   # the last export and the checkpoint it records
     python -m validate.accuracy --ckpt demo --onnx idlevit_deit_micro_digits_ratio0.7.onnx
     python -m validate.accuracy --onnx model.onnx --engine model.engine --data /data/imagenet --batch-size 64
 """
@@ -18,8 +20,9 @@ import json
 from pathlib import Path
 
 from idlevit.cli import cli_parser, run_cli
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, CheckpointError, ToolkitError
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs
+from idlevit.state import given_or_last_export
 
 from .options import add_backend_arguments, add_data_arguments
 
@@ -34,10 +37,18 @@ exit codes: {EXIT_OK} measured; {EXIT_BAD_INPUT} bad file, checkpoint, dataset o
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m validate.accuracy", __doc__, EPILOG)
     src = parser.add_argument_group("backends")
-    src.add_argument("--onnx", required=True, help="exported ONNX file (its metadata gives the schedule and mean/std)")
     src.add_argument(
-        "--ckpt", default=None, help="checkpoint for the PyTorch row ('demo': the bundled demo); omit to skip it"
+        "--onnx",
+        default=None,
+        help="exported ONNX file, its metadata gives the schedule and mean/std (default: the last export here)",
     )
+    src.add_argument(
+        "--ckpt",
+        default=None,
+        help="checkpoint for the PyTorch row ('demo': the bundled demo; default: the one the ONNX metadata "
+        "records, if it is still there unchanged, else no PyTorch row)",
+    )
+    src.add_argument("--no-pytorch", action="store_true", help="leave out the PyTorch row")
     add_backend_arguments(src)
     data = parser.add_argument_group("dataset")
     add_data_arguments(data, "split: 'test' or 'train' (digits); folders use ROOT/val or ROOT/test (default test)")
@@ -53,8 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from idlevit.checkpoint import resolve_checkpoint_path  # lazy: torch loads after the arguments parse
+    if args.ckpt and args.no_pytorch:
+        raise ToolkitError("--ckpt and --no-pytorch contradict each other; pass one")
+    onnx_path = given_or_last_export(args.onnx, "--onnx")
+    from .evaluate import markdown, measure_accuracy  # lazy: torch, onnx and Polygraphy load after the arguments parse
+    from .reference import reference_checkpoint  # lazy: as above
 
+    ckpt = None
+    if not args.no_pytorch:
+        try:
+            ckpt = reference_checkpoint(onnx_path, args.ckpt)
+        except CheckpointError as err:
+            if args.ckpt:
+                raise
+            print(f"note: no PyTorch row: {err}")
     if args.report:
         json_path, md_path = Path(args.report), Path(args.report).with_suffix(".md")
         if json_path == md_path:
@@ -62,13 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"--report {json_path} would put the JSON and the Markdown table in one file; end it in .json"
             )
         engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
-        ckpt = resolve_checkpoint_path(args.ckpt) if args.ckpt else None
-        refuse_overwriting_inputs([json_path, md_path], [args.onnx, ckpt, args.engine, engine_sidecar])
-    from .evaluate import markdown, measure_accuracy  # lazy: torch, onnx and Polygraphy load after the arguments parse
+        refuse_overwriting_inputs([json_path, md_path], [onnx_path, ckpt, args.engine, engine_sidecar])
 
     rows, meta, images = measure_accuracy(
-        args.onnx,
-        args.ckpt,
+        onnx_path,
+        ckpt,
         args.engine,
         data=args.data,
         split=args.split,
@@ -84,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"accuracy on {args.data}:{args.split} ({meta.arch}, {images} images)")
     print(table, end="")
     if args.report:
-        setup = {"onnx": args.onnx, "checkpoint": args.ckpt, "engine": args.engine, "data": str(args.data)}
+        setup = {
+            "onnx": str(onnx_path),
+            "checkpoint": str(ckpt) if ckpt else None,
+            "engine": args.engine,
+            "data": str(args.data),
+        }
         payload = setup | {"split": args.split, "batch_size": args.batch_size, "rows": [r.to_dict() for r in rows]}
         with atomic_write(json_path, "w") as handle:
             json.dump(payload, handle, indent=2)

@@ -1,13 +1,15 @@
 """``python -m validate.parity``: is the deployed artefact still the model? A verdict against PyTorch.
 
-Runs the PyTorch reference (``--ckpt``, rebuilt with the schedule the ONNX records), ONNX Runtime
-(``--onnx``) and TensorRT (``--engine``) through Polygraphy's ``Comparator`` on real images and
-seeded random batches at several batch sizes, and checks logits (max abs / relative error,
-cosine similarity, top-1 agreement) and the kept tokens of every idle layer (set semantics,
-near-ties counted apart) against thresholds chosen by each backend's precision.
+Runs the PyTorch reference (``--ckpt``, rebuilt with the schedule the ONNX records; default: the
+checkpoint the ONNX metadata records), ONNX Runtime (``--onnx``; default: the last export here)
+and TensorRT (``--engine``) through Polygraphy's ``Comparator`` on real images and seeded random
+batches at several batch sizes, and checks logits (max abs / relative error, cosine similarity,
+top-1 agreement) and the kept tokens of every idle layer (set semantics, near-ties counted apart)
+against thresholds chosen by each backend's precision.
 
 Examples::
 
+    python -m validate.parity                     # the last export against the checkpoint it records
     python -m validate.parity --ckpt demo --onnx idlevit_deit_micro_digits_ratio0.7.onnx
     python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --engine model.engine --data /data/imagenet
     python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --batch-sizes 1,4,32 --atol 1e-4
@@ -28,6 +30,7 @@ from idlevit.errors import (
     ToolkitError,
 )
 from idlevit.fileio import refuse_overwriting_inputs
+from idlevit.state import given_or_last_export
 
 from .options import add_backend_arguments, add_data_arguments, parse_batch_sizes
 from .presets import PRESETS, THRESHOLD_FIELDS
@@ -52,9 +55,16 @@ metric, backend and batch) or a backend failed to run; {EXIT_BAD_INPUT} bad file
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m validate.parity", __doc__, EPILOG)
     src = parser.add_argument_group("what to compare")
-    src.add_argument("--ckpt", required=True, help="checkpoint the ONNX was exported from ('demo': the bundled demo)")
     src.add_argument(
-        "--onnx", required=True, help="exported ONNX file (its metadata gives the schedule and data config)"
+        "--ckpt",
+        default=None,
+        help="checkpoint the ONNX was exported from ('demo': the bundled demo; default: the one its metadata "
+        "records, if it is still there unchanged)",
+    )
+    src.add_argument(
+        "--onnx",
+        default=None,
+        help="exported ONNX file, its metadata gives the schedule and data config (default: the last export here)",
     )
     add_backend_arguments(src)
     data = parser.add_argument_group("inputs")
@@ -101,20 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from idlevit.checkpoint import resolve_checkpoint_path  # lazy: torch loads after the arguments parse
-
-    json_path = Path(args.report) if args.report else Path(args.onnx).with_suffix(".parity.json")
+    onnx_path = given_or_last_export(args.onnx, "--onnx")
+    json_path = Path(args.report) if args.report else onnx_path.with_suffix(".parity.json")
     md_path = json_path.with_suffix(".md")
     if json_path == md_path:
         raise ToolkitError(
             f"--report {json_path} would put the JSON and the Markdown report in one file; end it in .json"
         )
-    engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
-    refuse_overwriting_inputs(
-        [json_path, md_path], [args.onnx, resolve_checkpoint_path(args.ckpt), args.engine, engine_sidecar]
-    )
     from .inputs import InputSpec  # lazy: torch, onnx and Polygraphy load after the arguments parse
     from .judge import run_parity  # lazy: as above
+    from .reference import reference_checkpoint  # lazy: as above
+
+    ckpt = reference_checkpoint(onnx_path, args.ckpt)
+    if not args.ckpt:
+        print(f"reference: {ckpt} (the checkpoint {onnx_path.name} records)")
+    engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
+    refuse_overwriting_inputs([json_path, md_path], [onnx_path, ckpt, args.engine, engine_sidecar])
 
     spec = InputSpec(
         data=args.data,
@@ -125,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     report = run_parity(
-        args.onnx,
-        args.ckpt,
+        onnx_path,
+        ckpt,
         args.engine,
         inputs=spec,
         precision=args.precision,

@@ -25,11 +25,11 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
-from idlevit.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+from idlevit.checkpoint import DEMO_CHECKPOINT, load_checkpoint, resolve_checkpoint_path
 from idlevit.data import normalize
 from idlevit.errors import CheckpointError
 from idlevit.fileio import sha256_file
-from idlevit.metadata import ExportMetadata
+from idlevit.metadata import ExportMetadata, read_metadata
 from idlevit.model import IdleViT, cls_token_scores
 from idlevit.names import IMAGES, LOGITS, kept_indices_name, token_scores_name
 
@@ -57,6 +57,13 @@ def recorded_checkpoint(meta: ExportMetadata, onnx_path: str | os.PathLike[str])
             f"{os.fspath(path)} changed since {where} was exported from it (sha256 differs); pass --ckpt"
         )
     return path
+
+
+def reference_checkpoint(onnx_path: str | os.PathLike[str], ckpt: str | os.PathLike[str] | None) -> Path:
+    """``ckpt`` (``'demo'``: the bundled demo), else the checkpoint ``onnx_path`` records it was exported from."""
+    if ckpt:
+        return resolve_checkpoint_path(ckpt)
+    return recorded_checkpoint(read_metadata(onnx_path), onnx_path)
 
 
 def load_reference(ckpt: str | os.PathLike[str], meta: ExportMetadata) -> IdleViT:

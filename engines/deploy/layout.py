@@ -99,7 +99,8 @@ def package_layout(
     """
     check_name(name)
     plugins = PLUGIN_SOURCES if plugin else None
-    own_engine = f"{name}_{precision}.plan"
+    # demo_int8 (a quantized graph's own name) builds demo_int8.plan, not demo_int8_int8.plan
+    own_engine = f"{name}.plan" if name.endswith(f"_{precision}") else f"{name}_{precision}.plan"
     if kind == KIND_RTX:
         if not engine_name:
             raise ValueError("a TensorRT-RTX package needs the engine's file name")

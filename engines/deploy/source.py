@@ -22,7 +22,7 @@ from idlevit.metadata import ExportMetadata, load_onnx, read_metadata
 from idlevit.names import IMAGES, kept_indices_name
 from idlevit.records import record_from_dict
 from idlevit.sidecar import SIDECAR_FORMAT, EngineSidecar, sidecar_path
-from idlevit.state import last_export, state_file
+from idlevit.state import given_or_last_export
 
 from ..target import RUNTIMES, TENSORRT_RTX
 from .layout import KIND_ONNX, KIND_RTX, KIND_TENSORRT
@@ -74,19 +74,6 @@ class DeploySource:
     @property
     def is_engine(self) -> bool:
         return self.engine is not None
-
-
-def resolve_model(model: str | os.PathLike[str] | None) -> Path:
-    """``model``, else the ONNX ``python -m export.onnx`` wrote last in this folder."""
-    if model:
-        return Path(model)
-    found = last_export()
-    if found is None:
-        raise ToolkitError(
-            f"no MODEL given and no export recorded in {state_file()}; run `python -m export.onnx` here first "
-            "or pass the .onnx or .engine to package"
-        )
-    return found
 
 
 def graph_io(onnx_path: str | os.PathLike[str]) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -208,7 +195,7 @@ def read_source(
     ``model`` None: the ONNX ``python -m export.onnx`` wrote last here. ``precision`` is the one
     the device engine will be built with (an ONNX's default: its own); an engine's is fixed.
     """
-    path = resolve_model(model)
+    path = given_or_last_export(model, "MODEL (the .onnx or .engine to package)")
     where = os.fspath(path)
     if path.is_dir():
         raise ToolkitError(f"{where!r} is a folder; pass an exported .onnx or an engine with its .json sidecar")
