@@ -94,6 +94,8 @@ class TrainConfig:
     seed: int = 0
     max_shift: int = 0  # random translation in pixels (tensor datasets only), 0 = none
     bf16: bool = False  # bfloat16 autocast for matmuls (weights and updates stay float32)
+    label_smoothing: float = 0.0  # of the cross-entropy term
+    ema_decay: float = 0.0  # > 0: the trained model ends with this exponential moving average of its weights
     weights: LossWeights = LossWeights()
 
 
@@ -125,6 +127,30 @@ def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+class WeightAverage:
+    """Exponential moving average of a model's floating-point weights, updated after each step.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates so early
+    weights do not linger. Averaging damps the last steps' noise: the result depends less on
+    the exact order of float rounding than the final iterate does.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.live = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.average = [t.detach().clone() for t in self.live]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.average, self.live, 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        torch._foreach_copy_(self.live, self.average)
+
+
 def fit(
     model: IdleViT,
     train_set: Dataset,
@@ -137,8 +163,9 @@ def fit(
     """Train ``model`` in place; return the mean loss terms of every epoch.
 
     With a ``teacher`` (a dense model, frozen) the loss distils from it; idle layers of
-    ``model`` add the token cut loss ``cfg.cut_loss``. Seeded: the same call gives the same
-    weights on the same machine and thread count.
+    ``model`` add the token cut loss ``cfg.cut_loss``. With ``cfg.ema_decay`` the model ends
+    with the moving average of its weights. Seeded: the same call gives the same weights on the
+    same CPU type and thread count. The progress bar (``progress``) shows on a terminal only.
     """
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -151,12 +178,14 @@ def fit(
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     history: list[dict[str, float]] = []
     step = 0
     for epoch in range(cfg.epochs):
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        # disable=None: tqdm turns itself off when stderr is not a terminal (no \r spam in logs)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if progress else True)
         for images, labels in bar:
             images = random_shift(images, cfg.max_shift, generator) if isinstance(images, Tensor) else images
             for group in optimizer.param_groups:
@@ -177,12 +206,15 @@ def fit(
                 target,
                 cfg.cut_loss,
                 cfg.weights,
+                cfg.label_smoothing,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
+            if average is not None:
+                average.update()
             step += 1
             terms = {"loss": loss.item(), **terms}
             for key, value in terms.items():
@@ -192,6 +224,8 @@ def fit(
         history.append(means)
         if on_epoch is not None:
             on_epoch(epoch, means)
+    if average is not None:
+        average.copy_to_model()
     return history
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 import idlevit
 from idlevit import data
 from idlevit.finetune import DEMO_ARCH
-from idlevit.training import TrainConfig, fit, forward_train, idle_block_train, top1
+from idlevit.training import TrainConfig, WeightAverage, fit, forward_train, idle_block_train, top1
 
 needs_demo = pytest.mark.skipif(
     not (idlevit.DEMO_CHECKPOINT.is_file() and idlevit.DEMO_TEACHER.is_file()),
@@ -89,10 +90,13 @@ def test_a_short_distillation_run_lowers_the_loss() -> None:
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
 
 
-def test_training_is_seeded() -> None:
+@pytest.mark.parametrize("averaged", [False, True])
+def test_training_is_seeded(averaged: bool) -> None:
     images, labels = data.digits_split("test", 16)
     train_set = torch.utils.data.TensorDataset(images[:64], labels[:64])
     cfg = TrainConfig(epochs=1, batch_size=32, max_shift=1, seed=3)
+    if averaged:
+        cfg = replace(cfg, label_smoothing=0.1, ema_decay=0.9)
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -100,6 +104,32 @@ def test_training_is_seeded() -> None:
         fit(model, train_set, cfg, progress=False)
         runs.append(model.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_weight_average_ends_with_the_moving_average() -> None:
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.2)
+    for value in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update()
+    # update n decays by min(0.2, (1 + n) / (10 + n)): 2/11, then 0.2 (3/12 and 4/13 are larger)
+    expected = 0.0
+    for value, decay in ((1.0, 2 / 11), (2.0, 0.2), (3.0, 0.2)):
+        expected = decay * expected + (1 - decay) * value
+    average.copy_to_model()
+    assert torch.allclose(model.weight, torch.full((1, 2), expected))
+
+
+def test_training_writes_no_progress_bar_to_a_log(capfd: pytest.CaptureFixture[str]) -> None:
+    """stderr is not a terminal (a redirected log): no carriage-return progress bar."""
+    images, labels = data.digits_split("test", 16)
+    train_set = torch.utils.data.TensorDataset(images[:64], labels[:64])
+    fit(_tiny([1], [0.5]), train_set, TrainConfig(epochs=2, batch_size=32), progress=True)
+    err = capfd.readouterr().err
+    assert "\r" not in err and "epoch" not in err
 
 
 @pytest.fixture(scope="module")
