@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe",
         choices=["demo"],
         help="'demo': train the bundled demo's teacher and student on digits into --out-dir "
-        "(default idlevit/assets); other training flags are ignored",
+        "(default idlevit/assets) with --seed and --threads; other training flags are ignored",
     )
     parser.add_argument("--out-dir", default=None, help="with --recipe: folder for the two checkpoints")
     src = parser.add_argument_group("data and model")
@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.recipe == "demo":
-        demo(parser, args.out_dir, args.quiet, ["--threads", str(args.threads)])
+        if args.seed != 0 and args.out_dir is None:
+            raise ToolkitError(f"the bundled demo is seed 0; write seed {args.seed} elsewhere with --out-dir DIR")
+        demo(parser, args.out_dir, args.quiet, ["--threads", str(args.threads), "--seed", str(args.seed)])
     else:
         train(args, DENSE_RECIPE if args.dense else STUDENT_RECIPE)
     return EXIT_OK

@@ -132,6 +132,33 @@ def test_training_writes_no_progress_bar_to_a_log(capfd: pytest.CaptureFixture[s
     assert "\r" not in err and "epoch" not in err
 
 
+def test_demo_recipe_trains_both_stages_with_the_given_threads_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from idlevit import finetune
+
+    seen = []
+
+    def record(model: idlevit.IdleViT, train_set: object, cfg: TrainConfig, **kwargs: object) -> list:
+        seen.append((bool(model.idle_plan), torch.get_num_threads(), cfg))
+        return []
+
+    monkeypatch.setattr(finetune, "fit", record)
+    threads = torch.get_num_threads()
+    try:
+        finetune.main(["--recipe", "demo", "--out-dir", str(tmp_path), "--threads", "1", "--seed", "7", "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [(idle, n, cfg.seed) for idle, n, cfg in seen] == [(False, 1, 7), (True, 1, 7)]
+    assert [cfg for _, _, cfg in seen] == [
+        replace(finetune.DENSE_RECIPE, seed=7),
+        replace(finetune.STUDENT_RECIPE, seed=7),
+    ]
+    assert (tmp_path / idlevit.DEMO_TEACHER.name).is_file() and (tmp_path / idlevit.DEMO_CHECKPOINT.name).is_file()
+    with pytest.raises(idlevit.ToolkitError, match="--out-dir"):
+        finetune.main(["--recipe", "demo", "--seed", "7"])  # would overwrite the bundled seed-0 files
+
+
 @pytest.fixture(scope="module")
 def digits_test() -> torch.utils.data.Dataset:
     demo = idlevit.load_checkpoint("demo")
