@@ -127,30 +127,6 @@ def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-class WeightAverage:
-    """Exponential moving average of a model's floating-point weights, updated after each step.
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates so early
-    weights do not linger. Averaging damps the last steps' noise: the result depends less on
-    the exact order of float rounding than the final iterate does.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay, self.updates = decay, 0
-        self.live = [t for t in model.state_dict().values() if t.is_floating_point()]
-        self.average = [t.detach().clone() for t in self.live]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.average, self.live, 1.0 - decay)
-
-    @torch.no_grad()
-    def copy_to_model(self) -> None:
-        torch._foreach_copy_(self.live, self.average)
-
-
 def fit(
     model: IdleViT,
     train_set: Dataset,
@@ -172,13 +148,16 @@ def fit(
     loader = _batches(train_set, cfg, generator, workers)
     steps = cfg.epochs * len(loader)
     warmup = max(1, int(cfg.warmup_epochs * len(loader)))
-    from timm.optim import param_groups_weight_decay
+    from timm.optim import param_groups_weight_decay  # lazy: timm's training helpers, for training only
+    from timm.utils import ModelEmaV3  # lazy: as above
 
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=("cls_token", "pos_embed"))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    # timm's moving average with its warm-up ramp: averaging damps the last steps' noise, so the
+    # result depends less on the exact order of float rounding than the final iterate does
+    average = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
     history: list[dict[str, float]] = []
     step = 0
     for epoch in range(cfg.epochs):
@@ -213,9 +192,9 @@ def fit(
             if cfg.clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
-            if average is not None:
-                average.update()
             step += 1
+            if average is not None:
+                average.update(model, step=step)
             terms = {"loss": loss.item(), **terms}
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -225,7 +204,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, means)
     if average is not None:
-        average.copy_to_model()
+        model.load_state_dict(average.module.state_dict())
     return history
 
 

@@ -12,7 +12,7 @@ import torch
 import idlevit
 from idlevit import data
 from idlevit.finetune import DEMO_ARCH
-from idlevit.training import TrainConfig, WeightAverage, fit, forward_train, idle_block_train, top1
+from idlevit.training import TrainConfig, fit, forward_train, idle_block_train, top1
 
 needs_demo = pytest.mark.skipif(
     not (idlevit.DEMO_CHECKPOINT.is_file() and idlevit.DEMO_TEACHER.is_file()),
@@ -106,21 +106,19 @@ def test_training_is_seeded(averaged: bool) -> None:
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
-def test_weight_average_ends_with_the_moving_average() -> None:
-    model = torch.nn.Linear(2, 1)
-    with torch.no_grad():
-        model.weight.fill_(0.0)
-    average = WeightAverage(model, decay=0.2)
-    for value in (1.0, 2.0, 3.0):
-        with torch.no_grad():
-            model.weight.fill_(value)
-        average.update()
-    # update n decays by min(0.2, (1 + n) / (10 + n)): 2/11, then 0.2 (3/12 and 4/13 are larger)
-    expected = 0.0
-    for value, decay in ((1.0, 2 / 11), (2.0, 0.2), (3.0, 0.2)):
-        expected = decay * expected + (1 - decay) * value
-    average.copy_to_model()
-    assert torch.allclose(model.weight, torch.full((1, 2), expected))
+def test_moving_average_replaces_the_last_iterate() -> None:
+    """With ema_decay the model ends with averaged weights: not the plain run's last step."""
+    images, labels = data.digits_split("test", 16)
+    train_set = torch.utils.data.TensorDataset(images[:64], labels[:64])
+    runs = {}
+    for decay in (0.0, 0.9):
+        torch.manual_seed(0)
+        model = _tiny([1], [0.5])
+        fit(model, train_set, TrainConfig(epochs=2, batch_size=16, seed=1, ema_decay=decay), progress=False)
+        runs[decay] = model.state_dict()
+    weights = [k for k, v in runs[0.0].items() if v.is_floating_point()]
+    assert any(not torch.equal(runs[0.0][k], runs[0.9][k]) for k in weights)
+    assert all(torch.isfinite(runs[0.9][k]).all() for k in weights)
 
 
 def test_training_writes_no_progress_bar_to_a_log(capfd: pytest.CaptureFixture[str]) -> None:
