@@ -75,13 +75,14 @@ def idlevit_loss(
     teacher: tuple[Tensor, Tensor] | None = None,
     cut_loss: str = "both",
     weights: LossWeights = LossWeights(),
+    label_smoothing: float = 0.0,
 ) -> tuple[Tensor, Mapping[str, float]]:
     """Total loss and its weighted terms (for the progress bar).
 
     ``teacher`` is the dense teacher's ``(logits, cls_feature)``; without it the distillation
     terms are left out (a dense teacher is trained with cross-entropy alone).
     """
-    total = F.cross_entropy(logits, labels)
+    total = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     terms = {"ce": total.item()}
     if teacher is not None:
         kl = weights.kl * kl_distillation(logits, teacher[0])

@@ -94,6 +94,8 @@ class TrainConfig:
     seed: int = 0
     max_shift: int = 0  # random translation in pixels (tensor datasets only), 0 = none
     bf16: bool = False  # bfloat16 autocast for matmuls (weights and updates stay float32)
+    label_smoothing: float = 0.0  # of the cross-entropy term
+    ema_decay: float = 0.0  # > 0: the trained model ends with this exponential moving average of its weights
     weights: LossWeights = LossWeights()
 
 
@@ -137,26 +139,32 @@ def fit(
     """Train ``model`` in place; return the mean loss terms of every epoch.
 
     With a ``teacher`` (a dense model, frozen) the loss distils from it; idle layers of
-    ``model`` add the token cut loss ``cfg.cut_loss``. Seeded: the same call gives the same
-    weights on the same machine and thread count.
+    ``model`` add the token cut loss ``cfg.cut_loss``. With ``cfg.ema_decay`` the model ends
+    with the moving average of its weights. Seeded: the same call gives the same weights on the
+    same CPU type and thread count. The progress bar (``progress``) shows on a terminal only.
     """
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = _batches(train_set, cfg, generator, workers)
     steps = cfg.epochs * len(loader)
     warmup = max(1, int(cfg.warmup_epochs * len(loader)))
-    from timm.optim import param_groups_weight_decay  # lazy: timm's optimiser helpers for training only
+    from timm.optim import param_groups_weight_decay  # lazy: timm's training helpers, for training only
+    from timm.utils import ModelEmaV3  # lazy: as above
 
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=("cls_token", "pos_embed"))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
+    # timm's moving average with its warm-up ramp: averaging damps the last steps' noise, so the
+    # result depends less on the exact order of float rounding than the final iterate does
+    average = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
     history: list[dict[str, float]] = []
     step = 0
     for epoch in range(cfg.epochs):
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        # disable=None: tqdm turns itself off when stderr is not a terminal (no \r spam in logs)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if progress else True)
         for images, labels in bar:
             images = random_shift(images, cfg.max_shift, generator) if isinstance(images, Tensor) else images
             for group in optimizer.param_groups:
@@ -177,6 +185,7 @@ def fit(
                 target,
                 cfg.cut_loss,
                 cfg.weights,
+                cfg.label_smoothing,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -184,6 +193,8 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
             step += 1
+            if average is not None:
+                average.update(model, step=step)
             terms = {"loss": loss.item(), **terms}
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -192,6 +203,8 @@ def fit(
         history.append(means)
         if on_epoch is not None:
             on_epoch(epoch, means)
+    if average is not None:
+        model.load_state_dict(average.module.state_dict())
     return history
 
 

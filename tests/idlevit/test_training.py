@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,10 +90,13 @@ def test_a_short_distillation_run_lowers_the_loss() -> None:
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
 
 
-def test_training_is_seeded() -> None:
+@pytest.mark.parametrize("averaged", [False, True])
+def test_training_is_seeded(averaged: bool) -> None:
     images, labels = data.digits_split("test", 16)
     train_set = torch.utils.data.TensorDataset(images[:64], labels[:64])
     cfg = TrainConfig(epochs=1, batch_size=32, max_shift=1, seed=3)
+    if averaged:
+        cfg = replace(cfg, label_smoothing=0.1, ema_decay=0.9)
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -100,6 +104,57 @@ def test_training_is_seeded() -> None:
         fit(model, train_set, cfg, progress=False)
         runs.append(model.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_moving_average_replaces_the_last_iterate() -> None:
+    """With ema_decay the model ends with averaged weights: not the plain run's last step."""
+    images, labels = data.digits_split("test", 16)
+    train_set = torch.utils.data.TensorDataset(images[:64], labels[:64])
+    runs = {}
+    for decay in (0.0, 0.9):
+        torch.manual_seed(0)
+        model = _tiny([1], [0.5])
+        fit(model, train_set, TrainConfig(epochs=2, batch_size=16, seed=1, ema_decay=decay), progress=False)
+        runs[decay] = model.state_dict()
+    weights = [k for k, v in runs[0.0].items() if v.is_floating_point()]
+    assert any(not torch.equal(runs[0.0][k], runs[0.9][k]) for k in weights)
+    assert all(torch.isfinite(runs[0.9][k]).all() for k in weights)
+
+
+def test_training_writes_no_progress_bar_to_a_log(capfd: pytest.CaptureFixture[str]) -> None:
+    """stderr is not a terminal (a redirected log): no carriage-return progress bar."""
+    images, labels = data.digits_split("test", 16)
+    train_set = torch.utils.data.TensorDataset(images[:64], labels[:64])
+    fit(_tiny([1], [0.5]), train_set, TrainConfig(epochs=2, batch_size=32), progress=True)
+    err = capfd.readouterr().err
+    assert "\r" not in err and "epoch" not in err
+
+
+def test_demo_recipe_trains_both_stages_with_the_given_threads_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from idlevit import finetune
+
+    seen = []
+
+    def record(model: idlevit.IdleViT, train_set: object, cfg: TrainConfig, **kwargs: object) -> list:
+        seen.append((bool(model.idle_plan), torch.get_num_threads(), cfg))
+        return []
+
+    monkeypatch.setattr(finetune, "fit", record)
+    threads = torch.get_num_threads()
+    try:
+        finetune.main(["--recipe", "demo", "--out-dir", str(tmp_path), "--threads", "1", "--seed", "7", "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [(idle, n, cfg.seed) for idle, n, cfg in seen] == [(False, 1, 7), (True, 1, 7)]
+    assert [cfg for _, _, cfg in seen] == [
+        replace(finetune.DENSE_RECIPE, seed=7),
+        replace(finetune.STUDENT_RECIPE, seed=7),
+    ]
+    assert (tmp_path / idlevit.DEMO_TEACHER.name).is_file() and (tmp_path / idlevit.DEMO_CHECKPOINT.name).is_file()
+    with pytest.raises(idlevit.ToolkitError, match="--out-dir"):
+        finetune.main(["--recipe", "demo", "--seed", "7"])  # would overwrite the bundled seed-0 files
 
 
 @pytest.fixture(scope="module")
