@@ -16,24 +16,13 @@ query row sums to 1, idle tokens not masked) and the 0/1 keep mask ``m`` (CLS ke
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ToolkitError
-
-CUT_LOSSES = ("both", "intra", "inter", "none")
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the published recipe; the cut weight is divided by the idle-layer count."""
-
-    kl: float = 5.0
-    feature: float = 500.0
-    cut: float = 10.0
+from .recipe import CUT_LOSSES, LossWeights
 
 
 def token_cut_loss(attn: Tensor, keep_mask: Tensor, kind: str = "both") -> Tensor:

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .losses import LossWeights, idlevit_loss
+from .losses import idlevit_loss
 from .model import IdleViT, cls_token_scores, select_tokens
+from .recipe import TrainConfig
 
 #: Added to the attention logits of idle keys: exp() of it is exactly 0 in float32 and bfloat16.
 MASK_BIAS = -1e9
@@ -77,26 +78,6 @@ def forward_train(model: IdleViT, images: Tensor) -> TrainOutput:
     out.cls_feature = model.norm(x)[:, 0]
     out.logits = model.head_logits(x)
     return out
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings (AdamW, linear warm-up then cosine, per step)."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    clip_grad: float | None = 1.0
-    cut_loss: str = "both"
-    seed: int = 0
-    max_shift: int = 0  # random translation in pixels (tensor datasets only), 0 = none
-    bf16: bool = False  # bfloat16 autocast for matmuls (weights and updates stay float32)
-    label_smoothing: float = 0.0  # of the cross-entropy term
-    ema_decay: float = 0.0  # > 0: the trained model ends with this exponential moving average of its weights
-    weights: LossWeights = LossWeights()
 
 
 def _batches(dataset: Dataset, cfg: TrainConfig, generator: torch.Generator, workers: int) -> DataLoader:

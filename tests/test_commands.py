@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Commands whose module still imports its library at the top (being split into library + command).
-NOT_YET_THIN = pytest.mark.xfail(strict=True, reason="the command module still imports its library first")
 COMMANDS = (
     "export.onnx",
     "export.trt",
@@ -20,7 +18,7 @@ COMMANDS = (
     "engines.package",
     "benchmarks.latency",
     "benchmarks.profile",
-    pytest.param("idlevit.finetune", marks=NOT_YET_THIN),
+    "idlevit.finetune",
 )
 #: What a command must not have loaded when it only prints its help or a usage error.
 HEAVY = ("torch", "onnx", "onnxruntime", "numpy", "polygraphy", "tensorrt", "tensorrt_rtx", "modelopt", "timm")

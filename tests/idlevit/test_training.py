@@ -11,7 +11,7 @@ import torch
 
 import idlevit
 from idlevit import data
-from idlevit.finetune import DEMO_ARCH
+from idlevit.recipe import DEMO_ARCH
 from idlevit.training import TrainConfig, fit, forward_train, idle_block_train, top1
 
 needs_demo = pytest.mark.skipif(
@@ -133,7 +133,7 @@ def test_training_writes_no_progress_bar_to_a_log(capfd: pytest.CaptureFixture[s
 def test_demo_recipe_trains_both_stages_with_the_given_threads_and_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from idlevit import finetune
+    from idlevit import finetune, trainer
 
     seen = []
 
@@ -141,7 +141,7 @@ def test_demo_recipe_trains_both_stages_with_the_given_threads_and_seed(
         seen.append((bool(model.idle_plan), torch.get_num_threads(), cfg))
         return []
 
-    monkeypatch.setattr(finetune, "fit", record)
+    monkeypatch.setattr(trainer, "fit", record)
     threads = torch.get_num_threads()
     try:
         finetune.main(["--recipe", "demo", "--out-dir", str(tmp_path), "--threads", "1", "--seed", "7", "--quiet"])
