@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from idlevit.errors import CheckFailed
+from idlevit.errors import CheckFailed, ToolkitError
+from idlevit.metadata import ExportMetadata
 
 from .target import MIN_OPSET, TOPK_MAX_K, Target
 
@@ -71,6 +72,27 @@ def lint_graph(model: onnx.ModelProto, target: Target) -> list[Finding]:
         elif node.domain not in _DEFAULT_DOMAINS:
             findings += _check_custom_op(node, target)
     return findings
+
+
+def check_schedule_matches(model: onnx.ModelProto, meta: ExportMetadata, where: str) -> None:
+    """The graph's TopK nodes are the idle layers its metadata records: one each, K = kept tokens + CLS.
+
+    A graph whose metadata was copied from another file (or edited) would otherwise build an
+    engine that every later step describes wrongly.
+    """
+    constants = _constant_values(model)
+    ks = [
+        int(np.asarray(constants[node.input[1]]).reshape(-1)[0]) if node.input[1] in constants else -1
+        for node in model.graph.node
+        if node.op_type == "TopK" and node.domain in _DEFAULT_DOMAINS and len(node.input) > 1
+    ]
+    want = [k + 1 for k in meta.keep_tokens]
+    if ks != want:
+        raise ToolkitError(
+            f"{where}'s graph does not match its idlevit.* metadata: {len(ks)} TopK node(s) with K {ks}, but the "
+            f"metadata records idle layers {list(meta.idle_layers)} keeping {list(meta.keep_tokens)} tokens "
+            f"(K {want}, CLS included); re-export the checkpoint with `python -m export.onnx`"
+        )
 
 
 def _check_opset(model: onnx.ModelProto, target: Target) -> list[Finding]:

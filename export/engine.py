@@ -87,6 +87,7 @@ def export_engine(
     source = given_or_last_export(onnx_path, "--onnx")
     meta = read_metadata(source)
     model = load_onnx(source, load_external_data=False)
+    lint.check_schedule_matches(model, meta, os.fspath(source))
     target, installed = resolve_target(runtime, trt_version)
     if target.is_rtx and uses_plugin(model, meta.plugin):
         raise ToolkitError(

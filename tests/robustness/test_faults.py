@@ -153,6 +153,27 @@ def onnx_with_metadata(name: str, **fields: str | None) -> Make:
     return make
 
 
+def relu_with_copied_metadata(name: str) -> Make:
+    """A one-Relu graph carrying the demo export's ``idlevit.*`` metadata: not the graph it describes."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        source = onnx.load(assets.onnx)
+        node = onnx.helper.make_node("Relu", ["images"], ["logits"], name="relu")
+        value = onnx.helper.make_tensor_value_info
+        graph = onnx.helper.make_graph(
+            [node],
+            "relu",
+            [value("images", onnx.TensorProto.FLOAT, ["batch", 3, 32, 32])],
+            [value("logits", onnx.TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        )
+        model = onnx.helper.make_model(graph, opset_imports=list(source.opset_import))
+        for prop in source.metadata_props:
+            model.metadata_props.add(key=prop.key, value=prop.value)
+        onnx.save(model, scratch / name)
+
+    return make
+
+
 def onnx_without_metadata(name: str) -> Make:
     def make(scratch: Path, assets: Assets) -> None:
         model = onnx.load(assets.onnx)
@@ -402,6 +423,14 @@ CORRUPT_FILES = [
         EXIT_BAD_INPUT,
         "c.onnx",
         ckpt_as("c.onnx"),
+    ),
+    Case(
+        "onnx-foreign-graph-with-copied-metadata",
+        "export.trt",
+        ("--onnx", "m.onnx", "--no-trtcheck"),
+        EXIT_BAD_INPUT,
+        "does not match its idlevit.* metadata",
+        relu_with_copied_metadata("m.onnx"),
     ),
     Case(
         "onnx-is-a-folder",
