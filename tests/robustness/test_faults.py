@@ -44,6 +44,7 @@ from PIL import Image
 from idlevit.checkpoint import DEMO_CHECKPOINT
 from idlevit.errors import (
     EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_SIGINT,
@@ -1072,6 +1073,22 @@ def test_sigterm_during_a_tensorrt_build(scratch: Path, assets: Assets) -> None:
 
 
 # --- an unexpected exception ------------------------------------------------------------------------
+
+
+def test_an_export_that_disagrees_with_pytorch_exits_1_and_keeps_the_file(scratch: Path, assets: Assets) -> None:
+    """ONNX Runtime's logits shifted by 0.05: the FP32 judge fails the export in one line naming the metric
+    and the file, which stays for inspection."""
+    case = Case(
+        "onnxruntime-disagrees",
+        "export.onnx",
+        ("--out", "m.onnx", "--quiet", "--exporter", "torchscript"),
+        EXIT_CHECK_FAILED,
+        "logits differ beyond both atol",
+        outputs=("m.onnx", ".idlevit", ".idlevit/*"),
+        fault={"perturb_outputs": "0.05"},
+    )
+    result = run_case(case, scratch, assets)
+    assert (scratch / "m.onnx").is_file() and "m.onnx is kept for inspection" in result.stderr
 
 
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "IDLEVIT_DEBUG=1"])

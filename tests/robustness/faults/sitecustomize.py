@@ -9,6 +9,8 @@
   faked: a small full file system needs root to mount).
 * ``{"erofs_under": "/path"}``: creating a temporary file under that folder fails with ``EROFS`` (a
   read-only file system, faked for root, whom chmod does not stop).
+* ``{"perturb_outputs": "0.05"}``: ONNX Runtime's ``InferenceSession.run`` adds that much to its
+  first output (the logits): a graph that disagrees with PyTorch.
 * ``{"mark_call": "module:function", "marker": "/path"}``: the file ``marker`` is created when the
   function is first called, so a test can send a signal while real work runs.
 """
@@ -69,6 +71,17 @@ def _install(fault: dict) -> None:
             return real_mkstemp(*args, **kwargs)
 
         tempfile.mkstemp = mkstemp
+    if "perturb_outputs" in fault:
+        import onnxruntime
+
+        real_run = onnxruntime.InferenceSession.run
+        shift = float(fault["perturb_outputs"])
+
+        def run(self, *args, **kwargs):
+            outputs = real_run(self, *args, **kwargs)
+            return [outputs[0] + shift, *outputs[1:]]
+
+        onnxruntime.InferenceSession.run = run
     if "mark_call" in fault:
 
         def marking(original):
