@@ -23,8 +23,9 @@ from idlevit.configs import list_archs
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK
 
 EPILOG = f"""
-The rule: among the plans that meet every target (top-1 within 0.5 points of FP32, kept-token
-agreement >= 97% in every idle layer, time <= 0.60x FP32 dense at batch 1 and <= 0.50x at batch 8),
+The rule: among the plans that meet every target (the int8/fp8 check passes, top-1 within 0.5 points
+of FP32, kept-token agreement >= 97% in every idle layer, time <= 0.60x FP32 dense at batch 1 and
+<= 0.50x at batch 8),
 the one with the highest worst-layer kept-token agreement; if none meets them all, the fastest at
 batch 8 of those that keep the selection and top-1; if none does, the best selection.
 Timing on a shared machine is noisy: the ratios are medians of per-round ratios, measured in the

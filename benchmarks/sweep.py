@@ -85,10 +85,12 @@ class PlanRow:
         return min(self.kept_agreement.values()) if self.kept_agreement else math.nan
 
     def meets_selection(self, targets: Targets) -> bool:
+        """Top-1 and kept tokens on target, and the check that gates ``export.trt``'s build passes."""
         return (
             bool(self.kept_agreement)
             and self.min_agreement >= targets.min_kept_agreement
             and self.top1 >= self.top1_fp32 - targets.max_top1_drop - 1e-9
+            and self.judge_passed is not False  # a plan whose check fails builds no engine
         )
 
     def meets_speed(self, targets: Targets) -> bool:
@@ -394,8 +396,8 @@ def markdown(result: SweepResult) -> str:
             else ""
         )
         + ".",
-        f"Targets: top-1 within {t.max_top1_drop * 100:.1f} points of FP32, kept-token agreement >= "
-        f"{t.min_kept_agreement:.0%} in every idle layer, time vs FP32 dense "
+        f"Targets: the check passes (judge), top-1 within {t.max_top1_drop * 100:.1f} points of FP32, "
+        f"kept-token agreement >= {t.min_kept_agreement:.0%} in every idle layer, time vs FP32 dense "
         + ", ".join(f"<= {limit:.2f} at batch {b}" for b, limit in t.max_ratio)
         + ".",
     ]

@@ -43,6 +43,13 @@ def test_rule_prefers_the_best_selection_among_plans_that_meet_every_target() ->
     assert not rows[4].meets_selection(Targets())  # 1 point below FP32
 
 
+def test_rule_passes_over_a_plan_whose_check_fails() -> None:
+    """A plan the int8 check refuses builds no engine, however well it scores here."""
+    refused = row("refused", 0.999, 0.3, 0.3)
+    refused.judge_passed = False
+    assert choose_default([refused, row("built", 0.98, 0.4, 0.45)])[0] == "built"
+
+
 def test_rule_favours_the_selection_when_nothing_meets_every_target() -> None:
     rows = [row("fast-but-flips", 0.93, 0.37, 0.39), row("slow", 0.998, 0.9, 0.95), row("slower", 0.999, 1.0, 1.1)]
     plan, why = choose_default(rows)
