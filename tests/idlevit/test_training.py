@@ -210,7 +210,7 @@ def test_bundled_demo_selects_better_than_chance(
         idlevit.model, "select_tokens", lambda scores, k: select(torch.rand(scores.shape, generator=draws), k)
     )
     chance = [top1(demo, digits_test) for _ in range(5)]
-    # (measured on the bundled model: 96.00% against a mean of 93.9% over these five random draws)
+    # (measured on the bundled model: 97.11% against a mean of 96.44% over these five random draws)
     assert learnt > sum(chance) / len(chance)
 
 
