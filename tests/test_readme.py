@@ -1,0 +1,209 @@
+"""The README runs as written: every ``python -m`` line of its code blocks is run or parse-checked.
+
+Lines run in README order in one folder, as a newcomer would type them, with stand-ins for the
+user's files (``my.pth`` is a copy of the bundled demo, ``cat.jpg`` a digits image,
+``classes.txt`` ten names). Long runs get their shortest flags (``EXTRA``). A line that cannot run
+here (a dataset that is not on this machine, a GPU, the 10-minute demo recipe) is checked against
+the command's own parser instead. ``LINES`` names every README line and how it is treated: a README
+line missing from it, or an entry no longer in the README, fails the test, so the two stay in step.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from engines.tensorrt import is_installed
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+HAS_RTX = is_installed("tensorrt-rtx")
+HAS_TRT = is_installed("tensorrt")  # tensorrt-stubs leaves a bare "tensorrt" namespace behind: not TensorRT
+HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
+
+
+@dataclass(frozen=True)
+class Line:
+    """How one README line is treated: run (with ``extra`` flags, expecting ``code``) or parse-checked."""
+
+    group: str  # lines of one group run in order in one folder
+    run: bool = True
+    extra: str = ""  # shortest flags for a long run
+    code: int = 0
+    why: str = ""  # why a line is only parse-checked
+
+
+def _built(runtime_installed: bool) -> int:
+    """Exit code of a reduced-precision build: 0 when ModelOpt and the runtime are here, else 3."""
+    return 0 if HAS_MODELOPT and runtime_installed else 3
+
+
+NO_DATA = "the dataset is not on this machine"
+GPU = "runs an engine: needs a CUDA GPU and the engine built on it"
+TS = "--exporter torchscript --opset 17"  # the quicker tracer; the first export runs as written
+
+LINES: dict[str, Line] = {
+    # the newcomer's first command, as written
+    "python -m export.onnx": Line("pipeline"),
+    "python -m export.onnx --ckpt my.pth": Line("pipeline"),
+    "python -m export.onnx --ckpt my.pth --keep-rate 0.5 --out my_r05.onnx": Line("pipeline", extra=TS),
+    "python -m export.onnx --ckpt my.pth --idle-layers 4..11 --keep-ratios "
+    "0.7,0.7,0.7,0.49,0.49,0.49,0.343,0.343 --out my_custom.onnx": Line("pipeline", extra=TS),
+    "python -m export.onnx --arch deit_small --random-init": Line("pipeline", extra=TS),
+    "python -m export.onnx --ckpt my.pth --with-indices": Line("pipeline", extra=TS),
+    "python -m validate.parity": Line("pipeline", extra="--num-images 16 --random-batches 1 --quiet"),
+    "python -m validate.accuracy --onnx my.onnx": Line("pipeline", extra="--limit 64 --quiet"),
+    "python -m validate.parity --ckpt my.pth --onnx my_indices.onnx --data /data/imagenet": Line(
+        "pipeline", run=False, why=NO_DATA
+    ),
+    "python -m validate.parity --onnx my_indices.onnx --engine my_indices_fp16.engine": Line(
+        "pipeline", run=False, why=GPU
+    ),
+    "python -m validate.accuracy --onnx my.onnx --engine my_fp16.engine --data /data/imagenet": Line(
+        "pipeline", run=False, why=GPU
+    ),
+    "python -m export.trt --fp16": Line("pipeline", code=_built(HAS_TRT or HAS_RTX)),
+    "python -m export.trt --onnx my.onnx --fp32 --runtime tensorrt-rtx --max-batch 64": Line(
+        "pipeline", code=0 if HAS_RTX else 3
+    ),
+    "python -m export.trt --onnx my.onnx --int8": Line("pipeline", code=_built(HAS_TRT or HAS_RTX)),
+    "python -m export.trt --onnx my.onnx --int8 --runtime tensorrt --trt-version 10.3": Line(
+        "pipeline", code=_built(HAS_TRT)
+    ),
+    "python -m export.trt --onnx my.onnx --fp8 --runtime tensorrt-rtx --compute-capabilities 8.9": Line(
+        "pipeline", code=_built(HAS_RTX)
+    ),
+    "python -m validate.accuracy --onnx my_int8.onnx --ckpt my.pth": Line(
+        "pipeline", run=HAS_MODELOPT, extra="--limit 64 --quiet", why="ModelOpt is not installed"
+    ),
+    "python -m engines.package": Line("pipeline"),
+    "python -m engines.package my.onnx --labels classes.txt --force": Line("pipeline"),
+    "python -m engines.package my_fp16.engine": Line(
+        "pipeline", run=HAS_MODELOPT and (HAS_RTX or HAS_TRT), why="no engine was built here"
+    ),
+    "python -m engines.infer --model my.onnx cat.jpg": Line("pipeline"),
+    "python -m benchmarks.quantization --no-speed": Line(
+        "benchmarks",
+        run=HAS_MODELOPT,
+        extra="--plans gemms-inner --calib-images 64 --test-images 64 --quiet",
+        why="ModelOpt is not installed",
+    ),
+    "python -m benchmarks.latency": Line(
+        "benchmarks",
+        extra="--arch deit_tiny --keep-rates 0.7 --batch-sizes 1 --repeats 1 --warmup 0 --quiet",
+    ),
+    "python -m idlevit.finetune --recipe demo": Line(
+        "training", run=False, why="the demo recipe trains for minutes (and writes into the package)"
+    ),
+    "python -m idlevit.finetune --recipe demo --out-dir /tmp/demo": Line(
+        "training", run=False, why="the demo recipe trains for minutes"
+    ),
+    "python -m idlevit.finetune --dense --out teacher.pth": Line("training", extra="--epochs 1 --quiet"),
+    "python -m idlevit.finetune --teacher teacher.pth --out idlevit.pth": Line("training", extra="--epochs 1 --quiet"),
+    "python -m idlevit.finetune --teacher teacher.pth --cut-loss none --keep-rate 0.5 --out r05.pth": Line(
+        "training", extra="--epochs 1 --quiet"
+    ),
+    "python -m idlevit.finetune --dataset ~/data/flowers --init deit_small.pth --dense --out t.pth": Line(
+        "training", run=False, why=NO_DATA
+    ),
+}
+
+
+def readme_commands(text: str) -> list[str]:
+    """Every ``python -m`` command in the README's shell code blocks, in order, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            code = re.split(r"\s+#", line, maxsplit=1)[0].strip()
+            commands += [part.strip() for part in code.split("&&") if part.strip().startswith("python -m ")]
+    return commands
+
+
+COMMANDS = readme_commands(README.read_text(encoding="utf-8"))
+
+
+def test_every_readme_command_is_covered() -> None:
+    assert COMMANDS, "no python -m command found in the README"
+    unknown = [c for c in COMMANDS if c not in LINES]
+    stale = [c for c in LINES if c not in COMMANDS]
+    assert not unknown, f"README lines this test does not know (add them to LINES): {unknown}"
+    assert not stale, f"LINES entries no longer in the README: {stale}"
+
+
+def _stand_ins(folder: Path) -> None:
+    """The user's files the README names: a checkpoint, an image, class names."""
+    import numpy as np
+    from PIL import Image
+
+    from idlevit.checkpoint import DEMO_CHECKPOINT
+    from idlevit.data import digits_split
+
+    shutil.copy(DEMO_CHECKPOINT, folder / "my.pth")
+    images, _labels = digits_split("test", 32)
+    pixels = (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "cat.jpg", quality=95)
+    (folder / "classes.txt").write_text("".join(f"digit {i}\n" for i in range(10)), encoding="utf-8")
+
+
+def _substitute(args: list[str], folder: Path) -> list[str]:
+    """``my_fp16.engine`` is ``my_fp16_rtx.engine`` where TensorRT-RTX built it."""
+    out = []
+    for arg in args:
+        if arg.endswith(".engine") and not (folder / arg).exists():
+            rtx = arg[: -len(".engine")] + "_rtx.engine"
+            arg = rtx if (folder / rtx).exists() else arg
+        out.append(arg)
+    return out
+
+
+def _parse_only(command: str) -> None:
+    """The line is accepted by its command's parser (flags, choices, positionals)."""
+    words = shlex.split(command)
+    module = importlib.import_module(words[2])
+    parser = module.build_parser()
+    try:
+        parser.parse_args(words[3:])
+    except SystemExit as stop:
+        pytest.fail(f"`{command}` is refused by its parser (exit {stop.code})")
+
+
+def _run(command: str, line: Line, folder: Path) -> None:
+    words = shlex.split(command)
+    args = _substitute(words[3:], folder) + shlex.split(line.extra)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("IDLEVIT_STATE_DIR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", words[2], *args], cwd=folder, env=env, capture_output=True, text=True, timeout=1200
+    )
+    shown = f"`{command} {line.extra}`".replace(" `", "`")
+    assert result.returncode == line.code, f"{shown} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, f"{shown}:\n{result.stderr}"
+
+
+@pytest.mark.parametrize("group", sorted({line.group for line in LINES.values()}))
+def test_readme_commands_run_as_written(group: str, tmp_path: Path) -> None:
+    _stand_ins(tmp_path)
+    for command in COMMANDS:
+        line = LINES.get(command)
+        if line is None or line.group != group:
+            continue
+        if line.run:
+            _run(command, line, tmp_path)
+        else:
+            _parse_only(command)
+    if group == "pipeline":
+        # what the lines promise: the demo export in the working folder, the package, top-5 output
+        assert (tmp_path / "idlevit_deit_micro_digits_ratio0.7.onnx").is_file()
+        assert (tmp_path / "my.onnx").is_file() and (tmp_path / "my_indices.onnx").is_file()
+        assert (tmp_path / "my_deploy" / "DEPLOY.md").is_file()
