@@ -200,7 +200,23 @@ def test_plugin_graph_is_refused_for_tensorrt_rtx(
     assert not list(tmp_path.glob("*mixed*")) and not list(tmp_path.glob("*.engine"))
 
 
-def test_topk_above_3840_fails_the_static_check(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unsorted_topk_fails_the_static_check(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = onnx.load(tiny)
+    topk = next(n for n in model.graph.node if n.op_type == "TopK")
+    next(a for a in topk.attribute if a.name == "sorted").i = 0
+    planted = tmp_path / "unsorted.onnx"
+    onnx.save(model, planted)
+    code, out, err = run_in_process(
+        capsys, "--onnx", str(planted), "--fp16", "--runtime", "tensorrt", "--trt-version", "10.3"
+    )
+    assert code == EXIT_CHECK_FAILED, out + err
+    assert "topk-sorted" in out and err.count("\n") == 1 and "sorted=0" in err
+
+
+def test_a_topk_k_its_metadata_does_not_record_is_refused(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """K = 4000 where the metadata records the graph's own k: not the graph the metadata describes (exit 2)."""
     from onnx import numpy_helper
 
     model = onnx.load(tiny)
@@ -209,11 +225,10 @@ def test_topk_above_3840_fails_the_static_check(tiny: Path, tmp_path: Path, caps
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 0 + 4000, k))
     planted = tmp_path / "k4000.onnx"
     onnx.save(model, planted)
-    code, out, err = run_in_process(
-        capsys, "--onnx", str(planted), "--fp16", "--runtime", "tensorrt", "--trt-version", "10.3"
-    )
-    assert code == EXIT_CHECK_FAILED, out + err
-    assert "topk-k-max" in out and "K=4000" in err
+    code, _, err = run_in_process(capsys, "--onnx", str(planted), "--fp16", "--runtime", "tensorrt")
+    assert code == EXIT_BAD_INPUT, err
+    assert err.count("\n") == 1 and "does not match its idlevit.* metadata" in err and "4000" in err
+    assert not list(tmp_path.glob("*mixed*")) and not list(tmp_path.glob("*.engine"))
 
 
 def test_help_documents_the_onnx_default() -> None:
