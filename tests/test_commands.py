@@ -18,6 +18,7 @@ COMMANDS = (
     "engines.package",
     "benchmarks.latency",
     "benchmarks.profile",
+    "benchmarks.quantization",
     "idlevit.finetune",
 )
 #: What a command must not have loaded when it only prints its help or a usage error.
