@@ -82,7 +82,7 @@ def check_schedule_matches(model: onnx.ModelProto, meta: ExportMetadata, where: 
     """
     constants = _constant_values(model)
     ks = [
-        int(np.asarray(constants[node.input[1]]).reshape(-1)[0]) if node.input[1] in constants else -1
+        _static_k(node, constants)
         for node in model.graph.node
         if node.op_type == "TopK" and node.domain in _DEFAULT_DOMAINS and len(node.input) > 1
     ]
@@ -118,22 +118,28 @@ def _check_topk(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> list[
         findings.append(
             Finding("topk-sorted", ERROR, node.name, "TopK has sorted=0, which TensorRT rejects; export with sorted=1")
         )
-    k = constants.get(node.input[1]) if len(node.input) > 1 else None
+    k = _static_k(node, constants)
     if k is None:
         findings.append(
             Finding("topk-static-k", ERROR, node.name, "TopK's K is not a constant; TensorRT needs a build-time K")
         )
-    elif int(np.asarray(k).reshape(-1)[0]) > TOPK_MAX_K:
+    elif k > TOPK_MAX_K:
         findings.append(
             Finding(
                 "topk-k-max",
                 ERROR,
                 node.name,
-                f"TopK keeps K={int(np.asarray(k).reshape(-1)[0])} tokens but TensorRT allows K <= {TOPK_MAX_K}; "
+                f"TopK keeps K={k} tokens but TensorRT allows K <= {TOPK_MAX_K}; "
                 "lower the keep ratio or the image size",
             )
         )
     return findings
+
+
+def _static_k(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> int | None:
+    """A TopK's K when it is a constant of the graph, else None."""
+    k = constants.get(node.input[1]) if len(node.input) > 1 else None
+    return None if k is None else int(np.asarray(k).reshape(-1)[0])
 
 
 def _check_custom_op(node: onnx.NodeProto, target: Target) -> list[Finding]:

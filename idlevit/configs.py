@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import ToolkitError
+from .errors import ToolkitError, shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,26 +50,21 @@ def check_data_config(values: Mapping[str, Any], where: str) -> dict[str, Any]:
             or (key == "std" and not all(v > 0 for v in numbers))
         ):
             want = "three positive finite numbers" if key == "std" else "three finite numbers"
-            raise ToolkitError(f"{where}: data_config {key} is {_shown(value)}, not {want} (one per RGB channel)")
+            raise ToolkitError(f"{where}: data_config {key} is {shown(value)}, not {want} (one per RGB channel)")
         checked[key] = tuple(float(v) for v in numbers)
     if "crop_pct" in values:
         crop = values["crop_pct"]
         if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0.0 < crop <= 1.0:
-            raise ToolkitError(f"{where}: data_config crop_pct is {_shown(crop)}, not a number in (0, 1]")
+            raise ToolkitError(f"{where}: data_config crop_pct is {shown(crop)}, not a number in (0, 1]")
         checked["crop_pct"] = float(crop)
     if "interpolation" in values:
         if values["interpolation"] not in INTERPOLATIONS:
             raise ToolkitError(
-                f"{where}: data_config interpolation is {_shown(values['interpolation'])}, "
+                f"{where}: data_config interpolation is {shown(values['interpolation'])}, "
                 f"not one of {', '.join(INTERPOLATIONS)}"
             )
         checked["interpolation"] = values["interpolation"]
     return checked
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def published_keep_ratios(keep_rate: float, count: int) -> tuple[float, ...]:

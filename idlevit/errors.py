@@ -17,6 +17,12 @@ EXIT_SIGINT = 130  # interrupted by Ctrl-C (128 + SIGINT)
 EXIT_SIGTERM = 143  # terminated (128 + SIGTERM)
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` as an error message quotes it: its repr (an exception's own text), cut to ``limit`` characters."""
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ToolkitError(Exception):
     """A problem the user can fix; its message names the problem and the fix."""
 

@@ -11,7 +11,7 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Any, TypeVar
 
-from .errors import ToolkitError
+from .errors import ToolkitError, shown
 
 R = TypeVar("R")
 
@@ -54,9 +54,7 @@ def record_from_dict(cls: type[R], values: dict[str, Any], where: str, fix: str)
         raise ToolkitError(f"{where} lacks the field(s) {', '.join(missing)}; {fix}")
     for name in (f.name for f in fields(cls) if f.name in values):  # type: ignore[arg-type]
         if not _matches(values[name], hints[name]):
-            shown = repr(values[name])
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise ToolkitError(f"{where}: field {name} is {shown}, not {_describe(hints[name])}; {fix}")
+            raise ToolkitError(f"{where}: field {name} is {shown(values[name])}, not {_describe(hints[name])}; {fix}")
     return cls(**{k: v for k, v in values.items() if k in known})
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ToolkitError
+from .errors import ToolkitError, shown
 from .fileio import atomic_write, sha256_file
 from .metadata import ExportMetadata
 from .records import record_from_dict
@@ -72,10 +72,10 @@ class EngineSidecar:
         except OSError as err:
             raise ToolkitError(f"cannot read {where}: {err.strerror or err}; {REBUILD}") from None
         except ValueError as err:  # UnicodeDecodeError included
-            raise ToolkitError(f"{where} is not JSON ({_short(err)}); {REBUILD}") from None
+            raise ToolkitError(f"{where} is not JSON ({shown(err, 80)}); {REBUILD}") from None
         if isinstance(data, dict) and data.get("format") != SIDECAR_FORMAT:
             raise ToolkitError(
-                f"{where} has format {_short(data.get('format'))}, not {SIDECAR_FORMAT} (another toolkit version?); "
+                f"{where} has format {shown(data.get('format'), 80)}, not {SIDECAR_FORMAT} (another toolkit version?); "
                 f"{REBUILD}"
             )
         sidecar = record_from_dict(cls, data, where, REBUILD)
@@ -116,8 +116,3 @@ class EngineSidecar:
             f"engine {self.engine} was built from {self.source_onnx} (sha256 {self.source_onnx_sha256[:12]}...), "
             f"not from {os.fspath(onnx_path)} (sha256 {digest[:12]}...); {fix}"
         )
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = str(value) if isinstance(value, BaseException) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,13 +21,12 @@ from idlevit.fileio import sha256_file
 from idlevit.metadata import ExportMetadata, load_onnx, read_metadata
 from idlevit.names import IMAGES, kept_indices_name
 from idlevit.records import record_from_dict
-from idlevit.sidecar import SIDECAR_FORMAT, EngineSidecar, sidecar_path
+from idlevit.sidecar import REBUILD, SIDECAR_FORMAT, EngineSidecar, sidecar_path
 from idlevit.state import given_or_last_export
 
 from ..target import RUNTIMES, TENSORRT_RTX
 from .layout import KIND_ONNX, KIND_RTX, KIND_TENSORRT
 
-REBUILD = "rebuild the engine with `python -m export.trt`"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
 
