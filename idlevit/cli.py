@@ -23,7 +23,15 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ToolkitError
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    ToolkitError,
+    as_missing_dependency,
+)
 
 #: Set to 1 to see the traceback of an unexpected error.
 DEBUG_ENV = "IDLEVIT_DEBUG"
@@ -97,6 +105,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except Terminated:
         fail("terminated (SIGTERM)", EXIT_SIGTERM)
     except Exception as err:  # noqa: BLE001 - the one place that turns a bug into a report line
+        missing = as_missing_dependency(err)  # torch, torchvision or timm absent (a device install): exit 3
+        if missing is not None:
+            fail(str(missing), missing.exit_code)
         if os.environ.get(DEBUG_ENV) == "1":
             _close_progress_bars()
             traceback.print_exc()

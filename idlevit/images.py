@@ -13,10 +13,11 @@ Images come back as float32 (3, H, W) arrays; datasets hold (image, label) pairs
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -336,11 +337,37 @@ def check_classes(dataset: ImageSet, model_classes: int, source: str | os.PathLi
         )
 
 
-def batches(dataset: ImageSet, batch_size: int) -> Any:
-    """(images float32 (B, 3, H, W), labels int64 (B,)) batches of ``dataset`` in order, the last one short."""
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        yield (
-            np.stack([np.asarray(image, dtype=np.float32) for image, _ in items]),
-            np.asarray([label for _, label in items], dtype=np.int64),
-        )
+class Head:
+    """The first ``count`` pairs of a dataset (``--limit``)."""
+
+    def __init__(self, dataset: ImageSet, count: int) -> None:
+        self.dataset, self.count, self.num_classes = dataset, min(count, len(dataset)), dataset.num_classes
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.dataset[index]
+
+
+def batches(dataset: ImageSet, batch_size: int, workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images float32 (B, 3, H, W), labels int64 (B,)) batches of ``dataset`` in order, the last one short.
+
+    ``workers`` > 0 decodes and preprocesses the images of a batch on that many threads (Pillow
+    releases the GIL while it decodes and resizes).
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(workers) if workers > 0 else None
+    fetch = dataset.__getitem__
+    try:
+        for start in range(0, len(dataset), batch_size):
+            indices = range(start, min(start + batch_size, len(dataset)))
+            items = list(pool.map(fetch, indices)) if pool is not None else [fetch(i) for i in indices]
+            yield (
+                np.stack([np.asarray(image, dtype=np.float32) for image, _ in items]),
+                np.asarray([label for _, label in items], dtype=np.int64),
+            )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
