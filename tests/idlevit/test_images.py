@@ -1,4 +1,4 @@
-"""The torch-free preprocessing gives timm's eval tensors and PyTorch's digits upscale; folders read as torchvision's."""
+"""Torch-free preprocessing: timm's eval tensors, PyTorch's digits upscale, folders read as torchvision does."""
 
 from __future__ import annotations
 

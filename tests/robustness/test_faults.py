@@ -267,10 +267,11 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 def image_folder(*corrupt_first: str) -> Make:
-    """``data/val/<digit>/*.png``: real digits, with a truncated PNG named ``corrupt_first`` sorted first."""
+    """``data/val/<digit>/*.png``: real digits in the model's 10 class folders, with a truncated PNG named
+    ``corrupt_first`` sorted first."""
 
     def make(scratch: Path, assets: Assets) -> None:
-        for label in ("0", "1"):
+        for label in map(str, range(10)):
             target = scratch / "data" / "val" / label
             target.mkdir(parents=True)
             for index in range(3):
