@@ -16,7 +16,7 @@ import argparse
 
 from idlevit.cli import cli_parser, run_cli
 from idlevit.configs import list_archs
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, require_torch
 from idlevit.schedule import add_schedule_arguments, schedule_arguments
 from idlevit.state import record_last_export
 
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require_torch("export.onnx (it traces the PyTorch model)")
     from .exporter import export_checkpoint, verdict_line  # lazy: torch and onnx load after the arguments parse
 
     result = export_checkpoint(
