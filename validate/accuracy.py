@@ -40,7 +40,7 @@ EPILOG = f"""
 images/s counts backend inference time only (no data loading), leaving out the first batch (warm-up).
 
 exit codes: {EXIT_OK} measured; {EXIT_BAD_INPUT} bad file, checkpoint, dataset or flag;
-{EXIT_MISSING_DEPENDENCY} TensorRT or onnxruntime-gpu missing.
+{EXIT_MISSING_DEPENDENCY} TensorRT, onnxruntime-gpu or (for a PyTorch reference) PyTorch missing.
 """
 
 
@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(data, "split: 'test' or 'train' (digits); folders use ROOT/val or ROOT/test (default test)")
     data.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     data.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    data.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    data.add_argument(
+        "--workers", type=int, default=0, help="threads that decode and preprocess images (default 0: none)"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--report", default=None, help="also write the figures as JSON here (Markdown beside it)")
     out.add_argument("--quiet", action="store_true", help="no progress bar")

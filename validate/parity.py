@@ -54,7 +54,7 @@ out of the logit error and cosine checks (top-1 agreement still counts them).
 
 exit codes: {EXIT_OK} every threshold holds; {EXIT_CHECK_FAILED} a threshold failed (the report says which
 metric, backend and batch) or a backend failed to run; {EXIT_BAD_INPUT} bad file, checkpoint or flag;
-{EXIT_MISSING_DEPENDENCY} TensorRT or onnxruntime-gpu missing.
+{EXIT_MISSING_DEPENDENCY} TensorRT, onnxruntime-gpu or (for a PyTorch reference) PyTorch missing.
 """
 
 
