@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from engines import compatibility
 from idlevit.cli import run_cli
 from idlevit.errors import EXIT_INTERNAL, EXIT_MISSING_DEPENDENCY, TORCH_INSTALL, missing_torch_package
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("package", ["torch", "timm", "torchvision.datasets"])
@@ -81,3 +85,28 @@ def test_current_gpu_reads_the_cuda_driver(monkeypatch: pytest.MonkeyPatch) -> N
     assert compatibility.current_gpu() is None
     monkeypatch.setattr(compatibility, "_cuda_driver", lambda: None)  # no driver installed
     assert compatibility.current_gpu() is None
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "args"),
+    [
+        ("export.onnx", "timm", []),
+        ("export.onnx", "torch", []),
+        ("idlevit.finetune", "torchvision", ["--epochs", "1", "--quiet"]),
+        ("validate.accuracy", "timm", ["--onnx", "m.onnx", "--ckpt", "demo", "--quiet"]),
+    ],
+)
+def test_a_command_of_the_pytorch_side_names_what_is_missing(
+    module: str, blocked: str, args: list[str], tmp_path: Path
+) -> None:
+    """Only one of torch, torchvision and timm missing is enough for the one-line exit 3 (never exit 70)."""
+    (tmp_path / "m.onnx").write_bytes(b"")  # never read: the missing package is named first
+    code = (
+        f"import sys, runpy; sys.modules[{blocked!r}] = None; sys.argv = [{module!r}, *{args!r}]; "
+        f"runpy.run_module({module!r}, run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == EXIT_MISSING_DEPENDENCY, result.stderr
+    assert len(lines) == 1 and f"{blocked} is not installed here" in lines[0] and TORCH_INSTALL in lines[0]
