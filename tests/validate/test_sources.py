@@ -11,6 +11,7 @@ import pytest
 from engines.precision import source_record
 from idlevit.errors import ToolkitError
 from idlevit.metadata import read_metadata, write_metadata
+from validate import sources
 from validate.sources import check_reference_graph, recorded_fp32_graph, reference_graph
 
 
@@ -68,3 +69,13 @@ def test_the_reference_must_be_an_fp32_graph_of_the_same_model(digits_onnx: Path
     with pytest.raises(ToolkitError, match="name two references"):
         reference_graph(reduced, fp32, "demo", None)
     assert reference_graph(fp32, None, None, None) is None  # an FP32 graph: the PyTorch model
+
+
+def test_an_engine_is_judged_against_its_onnx_where_pytorch_is_missing(
+    digits_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An FP32 graph with --engine: the PyTorch model where torch is installed, else the graph itself."""
+    assert reference_graph(digits_onnx, None, None, "m.engine") is None
+    monkeypatch.setattr(sources, "missing_torch_package", lambda: "torch")
+    assert reference_graph(digits_onnx, None, None, "m.engine") == digits_onnx
+    assert reference_graph(digits_onnx, None, None, None) is None  # no engine: parity needs the PyTorch model
