@@ -71,8 +71,12 @@ def param(case: Case) -> Any:
 
 
 def command_env(fault: dict[str, str] | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a command: this checkout first on the path, no state from the caller, one thread."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IDLEVIT_", "ROBUSTNESS_", "PYTHON"))}
+    """The environment of a command: this checkout first on the path, no state from the caller, one thread.
+
+    ``TORCHINDUCTOR_CACHE_DIR`` is state too: importing torch in this process sets it (to a folder under the
+    temporary folder), and a command that inherits it never looks for a temporary folder itself."""
+    caller = ("IDLEVIT_", "ROBUSTNESS_", "PYTHON", "TORCHINDUCTOR_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(caller)}
     paths = [str(ROOT)]
     if fault:
         paths.insert(0, str(FAULTS))

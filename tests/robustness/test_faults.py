@@ -101,6 +101,10 @@ def symlink(name: str, target: str) -> Make:
     return lambda scratch, assets: (scratch / name).symlink_to(target)
 
 
+def moved(name: str, to: str) -> Make:
+    return lambda scratch, assets: (scratch / name).rename(scratch / to)
+
+
 def hardlink(name: str, target: str) -> Make:
     return lambda scratch, assets: os.link(scratch / target, scratch / name)
 
@@ -170,6 +174,40 @@ def relu_with_copied_metadata(name: str) -> Make:
         model = onnx.helper.make_model(graph, opset_imports=list(source.opset_import))
         for prop in source.metadata_props:
             model.metadata_props.add(key=prop.key, value=prop.value)
+        onnx.save(model, scratch / name)
+
+    return make
+
+
+def onnx_external(name: str, location: str | None = None, keep_data: bool = True) -> Make:
+    """The demo ONNX with its weights in an external data file ``<name>.data``; ``location`` rewrites where
+    the graph says the file is, ``keep_data=False`` leaves the file out."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        model = onnx.load(assets.onnx)
+        data = name + ".data"
+        onnx.save(model, scratch / name, save_as_external_data=True, location=data, size_threshold=1024)
+        if location is not None:
+            model = onnx.load(scratch / name, load_external_data=False)
+            for tensor in model.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = location
+            onnx.save(model, scratch / name)
+        if not keep_data:
+            (scratch / data).unlink()
+
+    return make
+
+
+def onnx_input_renamed(name: str, new: str) -> Make:
+    """The demo ONNX whose input ``images`` is called ``new`` (every node that reads it follows)."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        model = onnx.load(assets.onnx)
+        model.graph.input[0].name = new
+        for node in model.graph.node:
+            node.input[:] = [new if value == "images" else value for value in node.input]
         onnx.save(model, scratch / name)
 
     return make
@@ -471,7 +509,83 @@ CORRUPT_FILES = [
     ),
 ]
 
+# issue 21: what a graph's file says and what its graph is (external data, I/O), checked where it is read
+CORRUPT_FILES += [
+    Case(
+        "onnx-external-data-missing",
+        "engines.infer",
+        ("--model", "m.onnx", "x.png"),
+        EXIT_BAD_INPUT,
+        "keeps its weights in 'm.onnx.data', which is not beside it",
+        steps(onnx_external("m.onnx", keep_data=False), image_file("x.png", Image.fromarray)),
+    ),
+    Case(
+        "onnx-external-data-escapes-its-folder",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "in/m.onnx", *PARITY),
+        EXIT_BAD_INPUT,
+        "which is not a file inside the model's folder",
+        steps(folder("in"), onnx_external("m.onnx", location="../m.onnx.data"), moved("m.onnx", "in/m.onnx")),
+    ),
+    Case(
+        "onnx-external-data-truncated",
+        "validate.accuracy",
+        ("--onnx", "m.onnx", *ACCURACY),
+        EXIT_BAD_INPUT,
+        "is truncated or belongs to another export",
+        steps(onnx_external("m.onnx"), lambda s, a: os.truncate(s / "m.onnx.data", 1000)),
+    ),
+]
+
 BAD_FIELDS = [
+    Case(
+        "metadata-img-size-not-the-graphs",
+        "engines.infer",
+        ("--model", "m.onnx", "x.png"),
+        EXIT_BAD_INPUT,
+        "images has shape (batch, 3, 32, 32), but the metadata (img_size 64",
+        steps(onnx_with_metadata("m.onnx", img_size="64"), image_file("x.png", Image.fromarray)),
+    ),
+    Case(
+        "metadata-num-classes-not-the-graphs",
+        "validate.accuracy",
+        ("--onnx", "m.onnx", *ACCURACY),
+        EXIT_BAD_INPUT,
+        "logits has shape (batch, 10), but the metadata",
+        onnx_with_metadata("m.onnx", num_classes="9"),
+    ),
+    Case(
+        "onnx-input-renamed",
+        "engines.infer",
+        ("--model", "m.onnx", "x.png"),
+        EXIT_BAD_INPUT,
+        "its inputs are ['pixels'], not 'images'",
+        steps(onnx_input_renamed("m.onnx", "pixels"), image_file("x.png", Image.fromarray)),
+    ),
+    Case(
+        "last-export-record-with-a-50mb-path",
+        "engines.infer",
+        ("x.png",),
+        EXIT_BAD_INPUT,
+        "last-export record",
+        steps(
+            folder(".idlevit"),
+            write_bytes(".idlevit/last_export.json", b'{"onnx": "' + b"a" * 50_000_000 + b'"}'),
+            image_file("x.png", Image.fromarray),
+        ),
+    ),
+    Case(
+        "last-export-record-with-an-overlong-name",  # no such file can exist: nothing recorded
+        "engines.infer",
+        ("x.png",),
+        EXIT_BAD_INPUT,
+        "no --model given and no ONNX exported here yet",
+        steps(
+            folder(".idlevit"),
+            write_bytes(".idlevit/last_export.json", b'{"onnx": "' + b"a" * 1000 + b'.onnx"}'),
+            image_file("x.png", Image.fromarray),
+        ),
+    ),
     Case(
         "metadata-not-json",
         "engines.infer",
@@ -670,6 +784,37 @@ def _read_only_case() -> Case:
 
 
 OUTPUT_ERRORS.append(_read_only_case())
+
+# issue 21: no file at all may be written (ulimit -f 0: not even the test file that finds a temporary folder),
+# and an empty state folder is the default one, not the working directory
+OUTPUT_ERRORS += [
+    Case(
+        "export-onnx-no-file-may-be-written",  # real: RLIMIT_FSIZE 0
+        "export.onnx",
+        ("--out", "m.onnx", *EXPORT),
+        EXIT_BAD_INPUT,
+        "no usable temporary folder",
+        fsize=0,
+    ),
+    Case(
+        "infer-no-file-may-be-written",  # real: reading only, but torch wants a temporary folder
+        "engines.infer",
+        ("--model", "m.onnx", "x.png"),
+        EXIT_BAD_INPUT,
+        "set TMPDIR to a writable folder",
+        steps(onnx_as("m.onnx"), image_file("x.png", Image.fromarray)),
+        fsize=0,
+    ),
+    Case(
+        "state-dir-set-but-empty",
+        "export.onnx",
+        ("--out", "m.onnx", *EXPORT),
+        EXIT_OK,
+        outputs=("m.onnx", ".idlevit", ".idlevit/last_export.json"),
+        stderr_lines=0,
+        env={"IDLEVIT_STATE_DIR": ""},
+    ),
+]
 
 BAD_IMAGES = [
     Case(
@@ -875,6 +1020,93 @@ BAD_FLAGS = [
     ),
 ]
 
+# issue 21: every flag value checked where it is read: finite, in range, consistent
+BAD_FLAGS += [
+    Case(
+        "parity-thresholds-nan",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--atol", "nan", "--rtol", "nan", "--min-cosine", "nan", *PARITY),
+        EXIT_BAD_INPUT,
+        "argument --atol: 'nan' is not a finite number >= 0",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-atol-negative",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--atol", "-1", *PARITY),
+        EXIT_BAD_INPUT,
+        "argument --atol: '-1' is not a finite number >= 0",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-min-top1-above-one",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--min-top1", "2", *PARITY),
+        EXIT_BAD_INPUT,
+        "argument --min-top1: '2' is not a number in [0, 1]",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-tie-rtol-infinite",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--tie-rtol", "inf", *PARITY),
+        EXIT_BAD_INPUT,
+        "argument --tie-rtol",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-seed-beyond-numpy",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--seed", str(2**40), *PARITY),
+        EXIT_BAD_INPUT,
+        "--seed 1099511627776 is not in 0..",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-batch-beyond-any-memory",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--num-images", "0", "--batch-sizes", "1,1000000000", "--ort", "cpu"),
+        EXIT_BAD_INPUT,
+        "batch 1000000000 is not a batch size from 1 to",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "export-img-size-zero",
+        "export.onnx",
+        ("--img-size", "0", *EXPORT),
+        EXIT_BAD_INPUT,
+        "--img-size 0 is not a size",
+    ),
+    Case(
+        "export-img-size-negative",
+        "export.onnx",
+        ("--random-init", "--arch", "deit_micro", "--img-size", "-8", *EXPORT),
+        EXIT_BAD_INPUT,
+        "--img-size -8 is not a size in pixels",
+    ),
+    Case(
+        "export-img-size-not-whole-patches",
+        "export.onnx",
+        ("--random-init", "--arch", "deit_micro", "--img-size", "30", *EXPORT),
+        EXIT_BAD_INPUT,
+        "image size 30 px is not a multiple of the patch size 16 px",
+    ),
+    Case(
+        "export-img-size-beyond-any-memory",
+        "export.onnx",
+        ("--random-init", "--arch", "deit_micro", "--img-size", "400000", *EXPORT),
+        EXIT_BAD_INPUT,
+        "--img-size 400000 is not a size in pixels from 1 to 4096",
+    ),
+    Case(
+        "export-batch-beyond-any-memory",
+        "export.onnx",
+        ("--batch", "1000000000", *EXPORT),
+        EXIT_BAD_INPUT,
+        "--batch 1000000000 is not a batch size from 1 to",
+    ),
+]
+
 SIGNALS = [
     Case(
         "export-onnx-sigterm-while-writing",  # a real SIGTERM, sent while the graph's temporary file is written
@@ -1045,6 +1277,33 @@ def test_signal_from_outside_during_a_parity_run(signum: int, code: int, scratch
     expected = Case(
         "outside",
         "validate.parity",
+        tuple(args),
+        code,
+        "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)",
+    )
+    check_outcome((process.returncode, stdout, stderr), expected, before, scratch)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, EXIT_SIGINT), (signal.SIGTERM, EXIT_SIGTERM)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_signal_while_the_command_is_still_importing(signum: int, code: int, scratch: Path, assets: Assets) -> None:
+    """A real signal once ``engines.infer`` has imported the toolkit's command runner, before its ``main`` runs
+    (the import is held there): the documented code and one line, not a silent kill or a traceback."""
+    shutil.copyfile(assets.onnx, scratch / "m.onnx")
+    Image.fromarray(assets.digit).save(scratch / "x.png")
+    before = snapshot(scratch)
+    marker = scratch.parent / "imported"
+    args = ["--model", "m.onnx", "x.png"]
+    process = popen("engines.infer", args, scratch, fault={"pause_after_import": "idlevit.cli", "marker": str(marker)})
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    expected = Case(
+        "importing",
+        "engines.infer",
         tuple(args),
         code,
         "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)",

@@ -13,16 +13,23 @@
   first output (the logits): a graph that disagrees with PyTorch.
 * ``{"mark_call": "module:function", "marker": "/path"}``: the file ``marker`` is created when the
   function is first called, so a test can send a signal while real work runs.
+* ``{"pause_after_import": "module", "marker": "/path"}``: once the command's own imports have
+  imported ``module``, the file ``marker`` is created and the import pauses (up to 60 s), so a
+  test can send a signal while the command is still being imported.
 """
 
 from __future__ import annotations
 
 import errno
 import importlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import signal
+import sys
 import tempfile
+import time
 
 
 def _temporary(fd: int) -> bool:
@@ -95,5 +102,36 @@ def _install(fault: dict) -> None:
         _patch(fault["mark_call"], marking)
 
 
+class _PauseAfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; wraps the real loader of one module so that its import ends in a pause."""
+
+    def __init__(self, name: str, marker: str) -> None:
+        self.name, self.marker = name, marker
+
+    def find_spec(self, fullname, path, target=None):  # noqa: ANN001, ANN201
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module) -> None:  # noqa: ANN001
+            real_exec(module)
+            with open(self.marker, "w"):
+                pass
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _install_import_pause(fault: dict) -> None:
+    if "pause_after_import" in fault:
+        sys.meta_path.insert(0, _PauseAfterImport(fault["pause_after_import"], fault["marker"]))
+
+
 if os.environ.get("ROBUSTNESS_FAULT"):
+    _install_import_pause(json.loads(os.environ["ROBUSTNESS_FAULT"]))
     _install(json.loads(os.environ["ROBUSTNESS_FAULT"]))
