@@ -22,6 +22,7 @@ from idlevit.errors import EXIT_BAD_INPUT, ToolkitError
 from idlevit.failures import known_failure
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file
 from idlevit.metadata import external_data_files, load_onnx, read_metadata
+from idlevit.recipe import DENSE_RECIPE, STUDENT_RECIPE, TrainConfig
 from idlevit.records import _describe
 from idlevit.sidecar import EngineSidecar
 from idlevit.state import check_recorded_path, last_export, record_last_export, state_file
@@ -446,3 +447,28 @@ def test_metadata_that_the_graph_contradicts_is_named(tmp_path: Path, assets: As
     with pytest.raises(ToolkitError) as info:
         read_metadata(path)
     assert "does not match its idlevit.* metadata" in str(info.value) and message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, "--epochs 0 is not an integer"),
+        ({"lr": float("nan")}, "--lr nan is not a finite number > 0"),
+        ({"lr": 0.0}, "--lr 0.0 is not a finite number > 0"),
+        ({"batch_size": 0}, "--batch-size 0"),
+        ({"weight_decay": -1.0}, "--weight-decay -1.0"),
+        ({"seed": -1}, "--seed -1"),
+        ({"cut_loss": "all"}, "--cut-loss 'all' is not one of both, intra, inter, none"),
+        ({"min_lr": 1.0}, "training setting min_lr 1.0 is not a finite number >= 0 and <= 0.001"),
+        ({"ema_decay": 1.0}, "training setting ema_decay"),
+        ({"clip_grad": float("inf")}, "training setting clip_grad"),
+    ],
+)
+def test_training_settings_are_checked_whoever_makes_them(change: dict, message: str) -> None:
+    with pytest.raises(ToolkitError) as info:
+        TrainConfig(**{**{"lr": 1e-3}, **change})
+    assert message in str(info.value)
+
+
+def test_the_recipes_hold() -> None:
+    assert DENSE_RECIPE.epochs >= 1 and STUDENT_RECIPE.lr > 0
