@@ -57,6 +57,7 @@ class Case:
     says: str = ""  # text the stderr line must hold
     make: Callable[[Path, Assets], None] | None = None
     outputs: tuple[str, ...] = ()  # glob patterns (relative to scratch) of new files a case may leave
+    rewrites: tuple[str, ...] = ()  # glob patterns of files there before that a case may rewrite (its outputs)
     stderr_lines: int = 1
     fault: dict[str, str] | None = None  # ROBUSTNESS_FAULT for faults/sitecustomize.py; "{scratch}" is filled in
     fsize: int | None = None  # RLIMIT_FSIZE of the command, bytes
@@ -163,6 +164,8 @@ def check_outcome(
         assert len(lines[0]) <= 800, f"an error line of {len(lines[0])} characters"
     after = snapshot(scratch)
     for rel, digest in before.items():
+        if any(fnmatch(rel, pattern) for pattern in case.rewrites) and rel in after:
+            continue
         assert after.get(rel) == digest, f"input {rel} was changed or removed ({digest} -> {after.get(rel)})\n{shown}"
     new = sorted(set(after) - set(before))
     assert not [rel for rel in new if rel.endswith(".tmp")], f"temporary files left: {new}\n{shown}"

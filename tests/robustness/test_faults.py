@@ -261,6 +261,14 @@ def fake_engine(name: str, raw: str | None = None, **changes: object) -> Make:
 _DROP = object()
 
 
+def _resign(engine: Path) -> None:
+    """Record the engine file's current sha256 in its sidecar (a sidecar that tells the truth about it)."""
+    sidecar = engine.with_name(engine.name + ".json")
+    data = json.loads(sidecar.read_text())
+    data["engine_sha256"] = sha256_file(engine)
+    sidecar.write_text(json.dumps(data))
+
+
 def fake_engine_meta(name: str, **changes: object) -> Make:
     def make(scratch: Path, assets: Assets) -> None:
         meta = asdict(read_metadata(assets.onnx)) | changes
@@ -1107,6 +1115,252 @@ BAD_FLAGS += [
     ),
 ]
 
+# issue 21: a training run refuses, before it trains, what would lose its input or train nothing
+FINETUNE = ("--epochs", "1", "--quiet")
+INPUTS_OVERWRITTEN += [
+    Case(
+        "finetune-out-is-the-teacher",
+        "idlevit.finetune",
+        ("--teacher", "t.pth", "--out", "t.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "is the input",
+        ckpt_as("t.pth"),
+    ),
+    Case(
+        "finetune-dense-out-is-the-init",
+        "idlevit.finetune",
+        ("--dense", "--init", "t.pth", "--out", "t.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "is the input",
+        ckpt_as("t.pth"),
+    ),
+    Case(
+        "finetune-out-is-a-link-to-the-teacher",
+        "idlevit.finetune",
+        ("--teacher", "t.pth", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "is the input",
+        steps(ckpt_as("t.pth"), symlink("s.pth", "t.pth")),
+    ),
+]
+BAD_FLAGS += [
+    Case(
+        "finetune-zero-epochs",
+        "idlevit.finetune",
+        ("--teacher", "t.pth", "--epochs", "0", "--out", "s.pth", "--quiet"),
+        EXIT_BAD_INPUT,
+        "--epochs 0 is not an integer from 1 to",
+        ckpt_as("t.pth"),
+    ),
+    Case(
+        "finetune-lr-nan",
+        "idlevit.finetune",
+        ("--teacher", "t.pth", "--lr", "nan", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "--lr nan is not a finite number > 0",
+        ckpt_as("t.pth"),
+    ),
+    Case(
+        "finetune-batch-size-zero",
+        "idlevit.finetune",
+        ("--dense", "--batch-size", "0", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "--batch-size 0 is not an integer from 1 to",
+    ),
+    Case(
+        "finetune-weight-decay-infinite",
+        "idlevit.finetune",
+        ("--dense", "--weight-decay", "inf", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "--weight-decay inf is not a finite number >= 0",
+    ),
+    Case(
+        "finetune-threads-zero",
+        "idlevit.finetune",
+        ("--dense", "--threads", "0", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "--threads 0 is not from 1 to",
+    ),
+    Case(
+        "finetune-patch-size-not-dividing-the-image",
+        "idlevit.finetune",
+        ("--dense", "--patch-size", "5", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "image size 32 px is not a multiple of the patch size 5 px",
+    ),
+    Case(
+        "finetune-out-under-a-file",
+        "idlevit.finetune",
+        ("--dense", "--out", "notes.txt/s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "cannot write 'notes.txt/s.pth': 'notes.txt' is a file, not a folder",
+        write_bytes("notes.txt", b"a file\n"),
+    ),
+]
+
+# issue 21: a package vouches for what it carries (every digest, every profile, every path), carries the
+# external data of its graphs, never follows a link out when it drops stale files, and appears whole or not
+# at all (built beside its folder and renamed into place)
+PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
+
+
+def earlier_package(out: str, *args: str) -> Make:
+    """A package of ``m.onnx`` made by the library call, as an earlier run of the command left it."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        from engines.deploy.writer import make_package
+
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            make_package("m.onnx", out=out, **dict(zip(args[::2], args[1::2])))
+        finally:
+            os.chdir(cwd)
+
+    return make
+
+
+def stale_entry_through_a_link(scratch: Path, assets: Assets) -> None:
+    """``pkg/old`` links to ``outside/`` and the manifest lists ``old/victim.txt`` as the package's."""
+    (scratch / "outside").mkdir()
+    (scratch / "outside" / "victim.txt").write_text("not the package's\n")
+    (scratch / "pkg" / "old").symlink_to("../outside", target_is_directory=True)
+    manifest = json.loads((scratch / "pkg" / ".idlevit-package.json").read_text())
+    manifest["files"]["old/victim.txt"] = sha256_file(scratch / "outside" / "victim.txt")
+    (scratch / "pkg" / ".idlevit-package.json").write_text(json.dumps(manifest))
+
+
+PACKAGES = [
+    Case(
+        "package-stale-removal-through-a-link",  # the same package; the link and the file outside kept
+        "engines.package",
+        ("m.onnx", "--out", "pkg", "--force"),
+        EXIT_OK,
+        stderr_lines=0,
+        make=steps(onnx_as("m.onnx"), earlier_package("pkg"), stale_entry_through_a_link),
+        rewrites=("pkg/.idlevit-package.json",),  # no longer lists old/victim.txt: not the package's
+    ),
+    Case(
+        "package-sidecar-without-engine-sha256",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "field engine_sha256 is '', not a sha256",
+        fake_engine("e.engine", engine_sha256=""),
+    ),
+    Case(
+        "package-zero-byte-engine",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "is empty (0 bytes)",
+        steps(fake_engine("e.engine"), write_bytes("e.engine", b""), lambda s, a: _resign(s / "e.engine")),
+    ),
+    Case(
+        "package-profile-max-batch-1e30",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "or a batch above 65536",
+        fake_engine("e.engine", profiles=[{"images": PROFILE | {"max": [10**30, 3, 32, 32]}}]),
+    ),
+    Case(
+        "package-profile-min-above-opt-above-max",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "is not min <= opt <= max in every dim",
+        fake_engine(
+            "e.engine", profiles=[{"images": {"min": [32, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [1, 3, 32, 32]}}]
+        ),
+    ),
+    Case(
+        "package-profile-not-the-models-images",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "profile's min shape [1, 3, 64, 64] is not (batch, 3, 32, 32)",
+        fake_engine("e.engine", profiles=[{"images": {k: [v[0], 3, 64, 64] for k, v in PROFILE.items()}}]),
+    ),
+    Case(
+        "package-plugin-path-escapes",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "plugin file '../../../lib.so' is not a plain file name",
+        fake_engine("e.engine", plugins=[{"file": "../../../lib.so", "sha256": "0" * 64}]),
+    ),
+    Case(
+        "package-built-from-graph-missing",  # the sidecar's onnx (what TensorRT parsed) is not the source and gone
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "the graph TensorRT parsed for e.engine (gone_fp16_mixed.onnx, for fp32) is not here",
+        fake_engine("e.engine", onnx="gone_fp16_mixed.onnx", onnx_sha256="ab" * 32),
+    ),
+    Case(
+        "package-external-data-onnx",  # the data file travels with the graph, where the graph says it is
+        "engines.package",
+        ("m.onnx", "--out", "pkg"),
+        EXIT_OK,
+        stderr_lines=0,
+        make=onnx_external("m.onnx"),
+        outputs=("pkg", "pkg/*"),
+    ),
+    Case(
+        "package-external-data-missing",
+        "engines.package",
+        ("m.onnx", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "keeps its weights in 'm.onnx.data', which is not beside it",
+        onnx_external("m.onnx", keep_data=False),
+    ),
+    Case(
+        "package-sigterm-while-writing",  # real SIGTERM in the middle of a file: no pkg/, no hidden folder
+        "engines.package",
+        ("m.onnx", "--out", "pkg"),
+        EXIT_SIGTERM,
+        "terminated (SIGTERM)",
+        onnx_as("m.onnx"),
+        fault={"signal_at_fsync": "SIGTERM"},
+    ),
+    Case(
+        "package-ctrl-c-while-replacing",  # real SIGINT during a --force run: the earlier package as it was
+        "engines.package",
+        ("m.onnx", "--out", "pkg", "--force", "--max-batch", "4"),
+        EXIT_SIGINT,
+        "interrupted (Ctrl-C)",
+        steps(onnx_as("m.onnx"), earlier_package("pkg")),
+        fault={"signal_at_fsync": "SIGINT"},
+    ),
+    Case(
+        "package-disk-full-while-replacing",  # faked ENOSPC: the earlier package as it was
+        "engines.package",
+        ("m.onnx", "--out", "pkg", "--force", "--max-batch", "4"),
+        EXIT_BAD_INPUT,
+        "No space left on device",
+        steps(onnx_as("m.onnx"), earlier_package("pkg")),
+        fault={"oserror_at_fsync": "ENOSPC"},
+    ),
+    Case(
+        "package-file-size-limit",  # real: RLIMIT_FSIZE of 1 MB against a 6 MB graph
+        "engines.package",
+        ("m.onnx", "--out", "new/pkg"),
+        EXIT_BAD_INPUT,
+        "File too large",
+        onnx_as("m.onnx"),
+        fsize=1 << 20,
+    ),
+    Case(
+        "package-name-too-long",
+        "engines.package",
+        ("m.onnx", "--out", "pkg", "--name", "n" * 300),
+        EXIT_BAD_INPUT,
+        "--name is 300 characters long",
+        onnx_as("m.onnx"),
+    ),
+]
+
 SIGNALS = [
     Case(
         "export-onnx-sigterm-while-writing",  # a real SIGTERM, sent while the graph's temporary file is written
@@ -1187,6 +1441,15 @@ def test_bad_schedules_and_flags(case: Case, scratch: Path, assets: Assets) -> N
 @pytest.mark.parametrize("case", [param(c) for c in SIGNALS])
 def test_signals_while_writing(case: Case, scratch: Path, assets: Assets) -> None:
     run_case(case, scratch, assets)
+
+
+@pytest.mark.parametrize("case", [param(c) for c in PACKAGES])
+def test_packages(case: Case, scratch: Path, assets: Assets) -> None:
+    run_case(case, scratch, assets)
+    if case.name == "package-external-data-onnx":
+        entry = scratch / "pkg" / "triton" / "m" / "1"
+        assert sorted(p.name for p in entry.iterdir()) == ["m.onnx.data", "model.onnx"]
+        assert read_metadata(entry / "model.onnx").arch == "deit_micro"  # its data found beside it
 
 
 # --- images read by their real range: the same top-1 as the 8-bit file ---------------------------

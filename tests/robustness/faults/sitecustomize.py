@@ -4,8 +4,9 @@
 
 * ``{"raise_in": "module:function"}``: the function raises ``RuntimeError`` (an unexpected bug, exit 70).
 * ``{"signal_at_fsync": "SIGTERM"}``: a real signal, sent by the process to itself while it writes a
-  temporary output (just before ``os.fsync`` of a ``*.tmp`` file), so it lands in the middle of a write.
-* ``{"oserror_at_fsync": "ENOSPC"}``: ``os.fsync`` of a ``*.tmp`` file fails with that errno (a full disk,
+  temporary output (just before ``os.fsync`` of a ``*.tmp`` file, or of a file in a ``*.tmp`` folder),
+  so it lands in the middle of a write.
+* ``{"oserror_at_fsync": "ENOSPC"}``: ``os.fsync`` of such a file fails with that errno (a full disk,
   faked: a small full file system needs root to mount).
 * ``{"erofs_under": "/path"}``: creating a temporary file under that folder fails with ``EROFS`` (a
   read-only file system, faked for root, whom chmod does not stop).
@@ -33,10 +34,12 @@ import time
 
 
 def _temporary(fd: int) -> bool:
+    """A temporary output: a ``*.tmp`` file, or a file inside a ``*.tmp`` folder (a package being built)."""
     try:
-        return os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp")
+        path = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return False
+    return path.endswith(".tmp") or ".tmp/" in path
 
 
 def _patch(target: str, make) -> None:
