@@ -46,7 +46,7 @@ def _raise_terminated(signum: int, _frame: object) -> None:
 #: The toolkit's packages: a process whose ``__main__`` is one of their modules is a command.
 COMMAND_PACKAGES = ("idlevit", "plugins", "engines", "validate", "export", "benchmarks")
 #: What a signal ends a command with: its one line and exit code.
-SIGNAL_ENDINGS = {
+SIGNAL_ENDINGS: dict[int, tuple[str, int]] = {
     signal.SIGINT: ("interrupted (Ctrl-C)", EXIT_SIGINT),
     signal.SIGTERM: ("terminated (SIGTERM)", EXIT_SIGTERM),
 }

@@ -7,6 +7,7 @@ model's facts from here, so nothing downstream asks the user again or branches o
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from .configs import check_data_config, data_config
+from .configs import MAX_BATCH, MAX_IMG_SIZE, check_data_config, data_config
 from .errors import ToolkitError, shown
 from .names import IMAGES, LOGITS
 from .records import record_from_dict
@@ -107,10 +108,28 @@ class ExportMetadata:
                 raise ToolkitError(f"{where}: metadata field {name} is {getattr(self, name)}, not >= 1; {REEXPORT}")
         if any(not 1 <= k <= self.num_tokens for k in self.keep_tokens):
             raise ToolkitError(
-                f"{where}: metadata keep_tokens {self.keep_tokens} are outside 1..{self.num_tokens}; {REEXPORT}"
+                f"{where}: metadata keep_tokens {shown(self.keep_tokens)} are outside 1..{self.num_tokens}; {REEXPORT}"
             )
-        if self.batch < 0:
-            raise ToolkitError(f"{where}: metadata field batch is {self.batch}, not >= 0; {REEXPORT}")
+        if not 0 <= self.batch <= MAX_BATCH:
+            raise ToolkitError(f"{where}: metadata field batch is {self.batch}, not in 0..{MAX_BATCH}; {REEXPORT}")
+        if self.img_size > MAX_IMG_SIZE:
+            raise ToolkitError(f"{where}: metadata field img_size is {self.img_size}, above {MAX_IMG_SIZE}; {REEXPORT}")
+        grid = math.isqrt(self.num_tokens)
+        if grid * grid != self.num_tokens or self.img_size % grid:
+            raise ToolkitError(
+                f"{where}: metadata num_tokens {self.num_tokens} is not a square grid of patches that divides "
+                f"img_size {self.img_size}; {REEXPORT}"
+            )
+        if list(self.idle_layers) != sorted(set(self.idle_layers)) or any(layer < 0 for layer in self.idle_layers):
+            raise ToolkitError(
+                f"{where}: metadata idle_layers {shown(self.idle_layers)} are not increasing block indices; {REEXPORT}"
+            )
+        expected = [int(self.num_tokens * ratio) if 0 < ratio <= 1 else None for ratio in self.keep_ratios]
+        if expected != list(self.keep_tokens):
+            raise ToolkitError(
+                f"{where}: metadata keep_tokens {shown(self.keep_tokens)} are not int(num_tokens x ratio) of its "
+                f"keep_ratios {shown(self.keep_ratios)} and num_tokens {self.num_tokens}; {REEXPORT}"
+            )
         check_data_config(asdict(self), f"{where}'s metadata")
 
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from .cli import warn
-from .errors import ToolkitError
+from .errors import ToolkitError, shown
 from .fileio import atomic_write
 
 STATE_DIR_ENV = "IDLEVIT_STATE_DIR"
@@ -32,11 +32,12 @@ def state_file() -> Path:
 
 def check_recorded_path(recorded: object) -> str:
     """The path a record names, when it can be one: non-empty text, no NUL, at most :data:`MAX_PATH_CHARS`
-    characters. Raises ``ValueError`` otherwise (the caller names the record)."""
-    if not isinstance(recorded, str) or not recorded:
-        raise ValueError("not a path")
-    if "\0" in recorded or len(recorded) > MAX_PATH_CHARS:
-        raise ValueError("not a path this system can open")
+    characters; a one-line :class:`ToolkitError` otherwise."""
+    if not isinstance(recorded, str) or not recorded or "\0" in recorded or len(recorded) > MAX_PATH_CHARS:
+        raise ToolkitError(
+            f"the last-export record {os.fspath(state_file())!r} is corrupt: it names {shown(recorded)}, not a "
+            "path this system can open; pass the file explicitly (--onnx / --model), or export again to rewrite it"
+        )
     return recorded
 
 
@@ -78,9 +79,10 @@ def last_export() -> Path | None:
     if len(raw) > MAX_RECORD_BYTES:
         raise ToolkitError(corrupt)
     try:
-        recorded = check_recorded_path(json.loads(raw.decode("utf-8"))["onnx"])
+        recorded = json.loads(raw.decode("utf-8"))["onnx"]
     except (ValueError, KeyError, TypeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ToolkitError(corrupt) from None
+    recorded = check_recorded_path(recorded)
     found = Path(recorded)
     try:
         return found if found.is_file() else None

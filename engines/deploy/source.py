@@ -143,11 +143,12 @@ def _source_onnx(engine: Path, sidecar: EngineSidecar, given: str | os.PathLike[
                 f"--source-onnx {os.fspath(graph)!r} does not exist; pass the ONNX the engine was built from"
             )
     else:
-        graph = sidecar.find_graph("source_onnx", sidecar_path(engine))
-        if graph is None:
+        found = sidecar.find_graph("source_onnx", sidecar_path(engine))
+        if found is None:
             raise ToolkitError(
                 f"the ONNX {engine.name} was built from ({sidecar.source_onnx}) is not here; pass it with --source-onnx"
             )
+        graph = found
     if sha256_file(graph) != sidecar.source_onnx_sha256:
         raise ToolkitError(
             f"{os.fspath(graph)!r} is not the ONNX {engine.name} was built from (its sha256 differs from the "

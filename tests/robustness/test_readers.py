@@ -80,6 +80,21 @@ def test_a_whole_sidecar_reads_back(tmp_path: Path, sidecar: dict) -> None:
         ({"idlevit": "abc"}, "field idlevit is 'abc', not an object"),
         ({"idlevit": None}, "field idlevit is None, not an object"),
         ({"format": None}, "has format None, not 1"),
+        ({"engine_sha256": "xyz"}, "field engine_sha256 is 'xyz', not a sha256"),
+        ({"plugins": [{"file": "../lib.so"}]}, "plugin file '../lib.so' is not a plain file name"),
+        ({"plugins": [{"file": "/abs/lib.so"}]}, "is not a plain file name"),
+        (
+            {"profiles": [{"images": {"min": [8, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [32, 3, 32, 32]}}]},
+            "is not min <= opt <= max in every dim",
+        ),
+        (
+            {"profiles": [{"images": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [10**30, 3, 32, 32]}}]},
+            "a batch above 65536",
+        ),
+        (
+            {"profiles": [{"images": {"min": [1, 3, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}}]},
+            "different ranks",
+        ),
     ],
     ids=[
         "runtime",
@@ -92,6 +107,12 @@ def test_a_whole_sidecar_reads_back(tmp_path: Path, sidecar: dict) -> None:
         "idlevit",
         "null",
         "format",
+        "digest",
+        "plugin-up",
+        "plugin-absolute",
+        "profile-order",
+        "profile-huge",
+        "profile-rank",
     ],
 )
 def test_sidecar_fields_are_named(tmp_path: Path, sidecar: dict, change: dict, message: str) -> None:
@@ -163,8 +184,13 @@ def _edited_onnx(tmp_path: Path, assets: Assets, **fields: str | None) -> Path:
         ({"keep_tokens": "[44]"}, "differ in length"),
         ({"num_classes": None}, "lacks the field(s) num_classes"),
         ({"crop_pct": "0"}, "crop_pct is 0, not a number in (0, 1]"),
+        ({"keep_tokens": "[45, 45, 45, 31, 31, 31, 22, 22, 22]"}, "are not int(num_tokens x ratio)"),
+        ({"num_tokens": "63"}, "num_tokens 63 is not a square grid"),
+        ({"idle_layers": "[3, 4, 5, 6, 7, 8, 9, 11, 10]"}, "are not increasing block indices"),
+        ({"batch": "1000000000"}, "field batch is 1000000000, not in 0..65536"),
+        ({"img_size": "400000"}, "img_size is 400000, above 4096"),
     ],
-    ids=["mean", "extra", "lengths", "missing", "crop"],
+    ids=["mean", "extra", "lengths", "missing", "crop", "rounded-k", "grid", "layers", "batch", "size"],
 )
 def test_metadata_fields_are_named(tmp_path: Path, assets: Assets, fields: dict, message: str) -> None:
     with pytest.raises(ToolkitError) as info:
@@ -373,7 +399,7 @@ def test_a_record_too_large_to_be_ours_is_corrupt(tmp_path: Path, monkeypatch: p
 
 @pytest.mark.parametrize("recorded", ["a" * 5000, "m\0.onnx", "", 5])
 def test_a_recorded_path_no_system_can_open_is_refused(recorded: object) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ToolkitError, match="is corrupt"):
         check_recorded_path(recorded)
 
 
