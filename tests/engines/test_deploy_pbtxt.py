@@ -51,7 +51,7 @@ def test_floats_read_back_exactly(number: float) -> None:
 def test_floats_that_g_would_shorten_keep_every_digit(number: float) -> None:
     """``%g`` keeps six significant digits: these numbers would come back as others (the check that this
     test can fail), so the writer must not use it."""
-    assert float("%g" % number) != number
+    assert float(f"{number:g}") != number
     assert float(to_pbtxt({"x": number}).split(": ")[1]) == number
 
 
@@ -63,7 +63,7 @@ def test_a_float32_field_of_tritons_config_reads_back_as_the_float32_of_the_numb
     text = to_pbtxt({"sequence_batching": {"direct": {"minimum_slot_utilization": number}}})
     config = text_format.Parse(text, pb2.ModelConfig())
     assert np.float32(config.sequence_batching.direct.minimum_slot_utilization) == np.float32(number)
-    assert np.float32(float("%g" % number)) != np.float32(number)
+    assert np.float32(float(f"{number:g}")) != np.float32(number)
 
 
 def test_layout_is_one_field_a_line_and_nested_messages_are_indented() -> None:
@@ -93,6 +93,8 @@ def test_without_tritonclient_the_triton_tests_fail_rather_than_skip(monkeypatch
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tritonclient" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tritonclient" else real(name, *a)
+    )
     with pytest.raises(pytest.fail.Exception, match="tritonclient is not installed"):
         triton_model_config()
