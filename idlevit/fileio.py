@@ -75,7 +75,7 @@ def _special_file(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def _missing_parents(path: Path) -> list[Path]:
+def missing_parents(path: Path) -> list[Path]:
     """The folders above ``path`` that do not exist yet, outermost last (removed again if the write fails)."""
     missing = []
     for parent in path.parents:
@@ -104,7 +104,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             with open(target, mode) as handle:
                 yield handle
             return
-        made = _missing_parents(target)
+        made = missing_parents(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         umask = os.umask(0)

@@ -53,6 +53,17 @@ metric, backend and batch) or a backend failed to run; {EXIT_BAD_INPUT} bad file
 """
 
 
+#: Each threshold flag, with its range (:data:`validate.presets.THRESHOLD_RANGES` checks it).
+THRESHOLD_HELP = {
+    "atol": "max abs logit error per batch (finite, >= 0)",
+    "rtol": "max relative logit error per batch, |a-b|/|b| (finite, >= 0)",
+    "min_cosine": "min cosine similarity of a batch's logits (-1 to 1)",
+    "min_top1": "min fraction of samples sharing the top-1 class (0 to 1)",
+    "max_mismatch": "max fraction of samples per idle layer whose kept token set differs beyond a near-tie (0 to 1)",
+    "tie_rtol": "near-tie tolerance on reference scores, relative to max |score| (0 to below 1)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m validate.parity", __doc__, EPILOG)
     src = parser.add_argument_group("what to compare")
@@ -88,39 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="preset for every backend (default: the ONNX metadata's precision for ONNX Runtime, the engine "
         "sidecar's for TensorRT)",
     )
-    limits.add_argument(
-        "--atol", type=threshold_flag("atol"), default=None, help="max abs logit error per batch (finite, >= 0)"
-    )
-    limits.add_argument(
-        "--rtol",
-        type=threshold_flag("rtol"),
-        default=None,
-        help="max relative logit error per batch, |a-b|/|b| (finite, >= 0)",
-    )
-    limits.add_argument(
-        "--min-cosine",
-        type=threshold_flag("min_cosine"),
-        default=None,
-        help="min cosine similarity of a batch's logits (-1 to 1)",
-    )
-    limits.add_argument(
-        "--min-top1",
-        type=threshold_flag("min_top1"),
-        default=None,
-        help="min fraction of samples sharing the top-1 class (0 to 1)",
-    )
-    limits.add_argument(
-        "--max-mismatch",
-        type=threshold_flag("max_mismatch"),
-        default=None,
-        help="max fraction of samples per idle layer whose kept token set differs beyond a near-tie (0 to 1)",
-    )
-    limits.add_argument(
-        "--tie-rtol",
-        type=threshold_flag("tie_rtol"),
-        default=None,
-        help="near-tie tolerance on reference scores, relative to max |score| (0 to below 1)",
-    )
+    for name, text in THRESHOLD_HELP.items():
+        limits.add_argument("--" + name.replace("_", "-"), type=threshold_flag(name), default=None, help=text)
     out = parser.add_argument_group("output")
     out.add_argument(
         "--report", default=None, help="JSON report path (default: <onnx>.parity.json); Markdown beside it (.md)"

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 import idlevit
 from idlevit.errors import ToolkitError, shown
-from idlevit.fileio import refuse_overwriting_inputs, sha256_file, signals_deferred
+from idlevit.fileio import missing_parents, refuse_overwriting_inputs, sha256_file, signals_deferred
 from idlevit.metadata import external_data_files, load_onnx
 
 from ..labels import check_labels, read_labels
@@ -388,19 +388,10 @@ def _write_into(staging: Path, item: PackageFile, shown_root: Path) -> None:
         ) from None
 
 
-def _missing_parents(path: Path) -> list[Path]:
-    missing = []
-    for parent in path.parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    return missing
-
-
 def _staging_folder(target: Path, shown_root: Path) -> tuple[Path, list[Path]]:
     """A hidden empty folder beside ``target`` (folders above it made as needed), with the mode the package
     folder has (or would get)."""
-    made = _missing_parents(target)
+    made = missing_parents(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:100]}.", suffix=".tmp", dir=target.parent))

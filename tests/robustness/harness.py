@@ -23,6 +23,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -191,3 +192,30 @@ def run_case(case: Case, scratch: Path, assets: Assets) -> subprocess.CompletedP
     )
     check_outcome(result, case, before, scratch)
     return result
+
+
+def run_signalled(
+    module: str,
+    args: list[str],
+    scratch: Path,
+    fault: dict[str, str],
+    marker: Path,
+    signum: int,
+    code: int,
+    settle: float = 0.5,
+) -> None:
+    """Run ``python -m module args`` with a fault that creates ``marker`` at a chosen moment, send ``signum`` from
+    outside ``settle`` seconds after it appears, and judge the outcome: ``code``, the signal's one line, inputs
+    as they were, nothing left behind."""
+    before = snapshot(scratch)
+    process = popen(module, args, scratch, fault=fault)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(settle)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    says = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    check_outcome(
+        (process.returncode, stdout, stderr), Case("signalled", module, tuple(args), code, says), before, scratch
+    )

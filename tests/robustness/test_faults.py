@@ -29,7 +29,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict
@@ -53,7 +52,7 @@ from idlevit.errors import (
 from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata
 
-from .harness import Assets, Case, check_outcome, command_env, one_line, param, popen, run_case, snapshot
+from .harness import Assets, Case, command_env, one_line, param, run_case, run_signalled
 
 EXPORT = ("--quiet", "--no-verify", "--exporter", "torchscript")  # the faster exporter: the faults are elsewhere
 PARITY = ("--num-images", "0", "--random-batches", "1", "--batch-sizes", "1", "--ort", "cpu", "--quiet")
@@ -1584,40 +1583,11 @@ def test_signal_from_outside_during_a_parity_run(signum: int, code: int, scratch
     """A real signal from another process once the comparison runs (a long one): the documented code, one
     line, and no report (the reports are written only at the end, atomically)."""
     shutil.copyfile(assets.onnx, scratch / "m.onnx")
-    before = snapshot(scratch)
     marker = scratch.parent / "started"
-    args = [
-        "--ckpt",
-        "demo",
-        "--onnx",
-        "m.onnx",
-        "--num-images",
-        "0",
-        "--random-batches",
-        "5000",
-        "--batch-sizes",
-        "8",
-        "--ort",
-        "cpu",
-        "--quiet",
-    ]
-    process = popen(
-        "validate.parity", args, scratch, fault={"mark_call": "validate.judge:run_parity", "marker": str(marker)}
-    )
-    deadline = time.monotonic() + 240
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # inside the run
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
-    expected = Case(
-        "outside",
-        "validate.parity",
-        tuple(args),
-        code,
-        "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)",
-    )
-    check_outcome((process.returncode, stdout, stderr), expected, before, scratch)
+    args = ["--ckpt", "demo", "--onnx", "m.onnx", "--num-images", "0", "--random-batches", "5000"]
+    args += ["--batch-sizes", "8", "--ort", "cpu", "--quiet"]
+    fault = {"mark_call": "validate.judge:run_parity", "marker": str(marker)}
+    run_signalled("validate.parity", args, scratch, fault, marker, signum, code)
 
 
 @pytest.mark.parametrize(
@@ -1628,43 +1598,19 @@ def test_a_signal_while_the_command_is_still_importing(signum: int, code: int, s
     (the import is held there): the documented code and one line, not a silent kill or a traceback."""
     shutil.copyfile(assets.onnx, scratch / "m.onnx")
     Image.fromarray(assets.digit).save(scratch / "x.png")
-    before = snapshot(scratch)
     marker = scratch.parent / "imported"
-    args = ["--model", "m.onnx", "x.png"]
-    process = popen("engines.infer", args, scratch, fault={"pause_after_import": "idlevit.cli", "marker": str(marker)})
-    deadline = time.monotonic() + 120
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=60)
-    expected = Case(
-        "importing",
-        "engines.infer",
-        tuple(args),
-        code,
-        "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)",
-    )
-    check_outcome((process.returncode, stdout, stderr), expected, before, scratch)
+    fault = {"pause_after_import": "idlevit.cli", "marker": str(marker)}
+    run_signalled("engines.infer", ["--model", "m.onnx", "x.png"], scratch, fault, marker, signum, code, settle=0)
 
 
 def test_sigterm_during_a_tensorrt_build(scratch: Path, assets: Assets) -> None:
     """A real SIGTERM while TensorRT-RTX builds (on this CPU): exit 143, one line, no engine, sidecar or temp."""
     pytest.importorskip("tensorrt_rtx")
     shutil.copyfile(assets.onnx, scratch / "m.onnx")
-    before = snapshot(scratch)
     marker = scratch.parent / "building"
     args = ["--onnx", "m.onnx", "--runtime", "tensorrt-rtx", "--no-check", "--no-trtcheck", "--opt-level", "5"]
-    process = popen(
-        "export.trt", args, scratch, fault={"mark_call": "engines.tensorrt:build_serialized", "marker": str(marker)}
-    )
-    deadline = time.monotonic() + 240
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=300)
-    expected = Case("trt", "export.trt", tuple(args), EXIT_SIGTERM, "terminated (SIGTERM)")
-    check_outcome((process.returncode, stdout, stderr), expected, before, scratch)
+    fault = {"mark_call": "engines.tensorrt:build_serialized", "marker": str(marker)}
+    run_signalled("export.trt", args, scratch, fault, marker, signal.SIGTERM, EXIT_SIGTERM)
 
 
 # --- an unexpected exception ------------------------------------------------------------------------
