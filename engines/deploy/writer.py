@@ -1,7 +1,8 @@
 """The package on disk: every file planned first, built in a folder beside the target, renamed into place.
 
 A package folder holds a manifest (``.idlevit-package.json``: the path and sha256 of every file
-the package wrote). A non-empty folder is refused unless ``force``; with ``force`` a file is
+the package wrote). A non-empty folder is refused unless ``force``, and even then unless it holds
+such a manifest (a package is replaced whole: another folder is never touched); with ``force`` a file is
 replaced only when the manifest lists it and its bytes are still the ones written (anything
 else is hand-edited or foreign, and kept), and files of the earlier package that this one no
 longer has are left out on the same terms. Only plain files reached without a link count as
@@ -240,14 +241,18 @@ def _target(root: Path, force: bool) -> Path:
         raise ToolkitError(f"package folder {where!r} is a link to nothing; remove it or choose another --out")
     if root.exists() and not root.is_dir():
         raise ToolkitError(f"package folder {where!r} is a file; choose another --out")
-    if root.is_dir() and not force:
-        entries = sorted(p.name for p in root.iterdir())
-        if entries:
-            listed = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-            raise ToolkitError(
-                f"package folder {where!r} is not empty ({listed}); pass --force to replace the files an earlier "
-                "package wrote there (edited and foreign files are kept), or choose another --out"
-            )
+    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    listed = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    if entries and not force:
+        raise ToolkitError(
+            f"package folder {where!r} is not empty ({listed}); pass --force to replace the files an earlier "
+            "package wrote there (edited and foreign files are kept), or choose another --out"
+        )
+    if entries and MANIFEST not in entries:
+        raise ToolkitError(
+            f"folder {where!r} is not empty ({listed}) and holds no package ({MANIFEST} is missing): --force "
+            "replaces a package engines.package wrote, never another folder; choose a new or empty --out"
+        )
     return root.resolve() if root.exists() else Path(os.path.abspath(root))
 
 
@@ -336,10 +341,22 @@ def _carry(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
+def check_carriable(root: Path) -> None:
+    """The earlier package folder can be carried into a new one: no file system is mounted inside it (its files
+    could be neither linked nor moved)."""
+    for base, dirs, _files in os.walk(root):
+        for name in dirs:
+            if os.path.ismount(Path(base) / name):
+                raise ToolkitError(
+                    f"{os.fspath(Path(base) / name)!r} inside package folder {os.fspath(root)!r} is a mount point; "
+                    "a package is replaced whole, so choose another --out"
+                )
+
+
 def _carry_over(root: Path, staging: Path, leave_out: set[str]) -> list[Path]:
-    """Everything of the earlier folder but ``leave_out`` into ``staging``, folders with their modes. Links to
-    folders are carried as links, never entered. Returns the folders that held only left-out files (to be
-    removed once the new files are written, unless they hold some)."""
+    """Everything of the earlier folder but ``leave_out`` into ``staging``, folders with their modes and owners.
+    Links to folders are carried as links, never entered. Returns the folders that held only left-out files
+    (to be removed once the new files are written, unless they hold some)."""
     emptied: list[Path] = []
     for base, dirs, files in os.walk(root):
         here = Path(base)
@@ -351,7 +368,7 @@ def _carry_over(root: Path, staging: Path, leave_out: set[str]) -> list[Path]:
         for name in dirs:
             made = staging / rel_base / name
             made.mkdir()
-            os.chmod(made, stat.S_IMODE(os.lstat(here / name).st_mode))
+            _same_mode_and_owner(here / name, made)
         for name in files:
             rel = (rel_base / name).as_posix()
             if rel not in leave_out:
@@ -388,6 +405,15 @@ def _write_into(staging: Path, item: PackageFile, shown_root: Path) -> None:
         ) from None
 
 
+def _same_mode_and_owner(source: Path, folder: Path) -> None:
+    """``folder`` gets ``source``'s permissions, and its owner where this process may give it (root)."""
+    info = os.lstat(source)
+    os.chmod(folder, stat.S_IMODE(info.st_mode))
+    if os.geteuid() == 0 and (info.st_uid, info.st_gid) != (0, 0):
+        with contextlib.suppress(OSError):
+            os.chown(folder, info.st_uid, info.st_gid)
+
+
 def _staging_folder(target: Path, shown_root: Path) -> tuple[Path, list[Path]]:
     """A hidden empty folder beside ``target`` (folders above it made as needed), with the mode the package
     folder has (or would get)."""
@@ -404,11 +430,7 @@ def _staging_folder(target: Path, shown_root: Path) -> tuple[Path, list[Path]]:
             f"in a folder beside it and renamed into place); choose a writable --out"
         ) from None
     if target.is_dir():
-        info = target.stat()
-        os.chmod(staging, stat.S_IMODE(info.st_mode))
-        if os.geteuid() == 0:
-            with contextlib.suppress(OSError):
-                os.chown(staging, info.st_uid, info.st_gid)
+        _same_mode_and_owner(target, staging)
     else:
         umask = os.umask(0)
         os.umask(umask)
@@ -439,6 +461,8 @@ def _swap_in(staging: Path, target: Path) -> Path | None:
 def write_files(root: Path, files: list[PackageFile], force: bool, report: PackageReport, inputs: list[Path]) -> None:
     """Build the package of ``files`` beside ``root`` and rename it into place (see the module docstring)."""
     target = _target(root, force)
+    if target.is_dir():
+        check_carriable(target)
     plan = sort_files(target, files, force, report)
     for name in report.removed:
         for source in inputs:

@@ -75,14 +75,30 @@ def test_force_replaces_only_unedited_files_of_the_earlier_package(package: Path
     assert "kept      triton/tiny/config.pbtxt (not written by engines.package" in out
 
 
-def test_force_keeps_a_foreign_file_where_the_package_would_write(model: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "deploy"
+def test_force_keeps_a_foreign_file_where_the_package_would_write(package: Path, model: Path, capsys) -> None:
+    labels = package / "deepstream" / "labels.txt"
+    manifest = json.loads((package / MANIFEST).read_text())
+    del manifest["files"]["deepstream/labels.txt"]  # as if the user had put it there
+    (package / MANIFEST).write_text(json.dumps(manifest))
+    labels.write_text("cat;dog\n")
+    code, stdout, _ = run([str(model), "--out", str(package), "--force"], capsys)
+    assert code == 0 and labels.read_text() == "cat;dog\n"
+    assert "kept      deepstream/labels.txt (not written by engines.package" in stdout
+    assert (package / "triton" / "tiny" / "config.pbtxt").is_file()
+
+
+def test_force_never_writes_into_a_folder_that_holds_no_package(model: Path, tmp_path: Path, capsys) -> None:
+    """A package is replaced whole (built beside, renamed into place): a folder of something else, such as a
+    home or a shared temporary folder, is refused even with --force, and left as it was."""
+    out = tmp_path / "mine"
     (out / "deepstream").mkdir(parents=True)
     (out / "deepstream" / "labels.txt").write_text("cat;dog\n")
-    code, stdout, _ = run([str(model), "--out", str(out), "--force"], capsys)
-    assert code == 0 and (out / "deepstream" / "labels.txt").read_text() == "cat;dog\n"
-    assert "kept      deepstream/labels.txt (not written by engines.package" in stdout
-    assert (out / "triton" / "tiny" / "config.pbtxt").is_file()
+    inode = out.stat().st_ino
+    code, _, err = run([str(model), "--out", str(out), "--force"], capsys)
+    assert code == 2 and "holds no package" in one_line_error(err)
+    assert snapshot(out) == {"deepstream/labels.txt": b"cat;dog\n"} and out.stat().st_ino == inode
+    code, _, err = run([str(model), "--out", str(tmp_path), "--force"], capsys)  # the folder of the input itself
+    assert code == 2 and "holds no package" in one_line_error(err)
 
 
 def test_force_removes_what_the_earlier_package_no_longer_has(package: Path, model: Path, capsys) -> None:
@@ -175,16 +191,15 @@ def test_an_input_the_earlier_package_wrote_is_not_removed(package: Path, model:
     assert snapshot(package) == before
 
 
-def test_a_linked_folder_does_not_lead_writes_outside(model: Path, tmp_path: Path, capsys) -> None:
+def test_a_linked_folder_does_not_lead_writes_outside(package: Path, model: Path, tmp_path: Path, capsys) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    out = tmp_path / "deploy"
-    out.mkdir()
-    (out / "triton").symlink_to(outside, target_is_directory=True)
-    code, stdout, _ = run([str(model), "--out", str(out), "--force"], capsys)
+    shutil.rmtree(package / "triton")
+    (package / "triton").symlink_to(outside, target_is_directory=True)
+    code, stdout, _ = run([str(model), "--out", str(package), "--force"], capsys)
     assert code == 0 and list(outside.iterdir()) == []
     assert "kept      triton/tiny/config.pbtxt (not written by engines.package" in stdout
-    assert (out / "deepstream" / "config_infer_idlevit.txt").is_file()
+    assert (package / "triton").is_symlink() and (package / "deepstream" / "config_infer_idlevit.txt").is_file()
 
 
 def test_a_manifest_cannot_point_outside_the_package(package: Path, model: Path, tmp_path: Path, capsys) -> None:

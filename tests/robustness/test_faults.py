@@ -1308,6 +1308,14 @@ PACKAGES = [
         rewrites=("pkg/.idlevit-package.json",),  # no longer lists old/victim.txt: not the package's
     ),
     Case(
+        "package-force-into-a-folder-that-holds-no-package",  # the working folder: refused, untouched
+        "engines.package",
+        ("m.onnx", "--out", ".", "--force"),
+        EXIT_BAD_INPUT,
+        "holds no package",
+        steps(onnx_as("m.onnx"), folder("data"), write_bytes("data/notes.txt", b"mine\n")),
+    ),
+    Case(
         "package-sidecar-without-engine-sha256",
         "engines.package",
         ("e.engine", "--out", "pkg"),
