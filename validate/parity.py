@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from idlevit.cli import cli_parser, run_cli
+from idlevit.configs import check_batch
 from idlevit.errors import (
     EXIT_BAD_INPUT,
     EXIT_CHECK_FAILED,
@@ -39,7 +40,7 @@ from idlevit.fileio import refuse_overwriting_inputs
 from idlevit.state import given_or_last_export
 
 from .options import add_backend_arguments, add_data_arguments, parse_batch_sizes
-from .presets import PRESETS, THRESHOLD_FIELDS
+from .presets import PRESETS, THRESHOLD_FIELDS, threshold_flag
 
 EPILOG = f"""
 thresholds: defaults follow each backend's precision (--precision; else the ONNX metadata's 'precision' for
@@ -56,6 +57,17 @@ exit codes: {EXIT_OK} every threshold holds; {EXIT_CHECK_FAILED} a threshold fai
 metric, backend and batch) or a backend failed to run; {EXIT_BAD_INPUT} bad file, checkpoint or flag;
 {EXIT_MISSING_DEPENDENCY} TensorRT, onnxruntime-gpu or (for a PyTorch reference) PyTorch missing.
 """
+
+
+#: Each threshold flag, with its range (:data:`validate.presets.THRESHOLD_RANGES` checks it).
+THRESHOLD_HELP = {
+    "atol": "max abs logit error per batch (finite, >= 0)",
+    "rtol": "max relative logit error per batch, |a-b|/|b| (finite, >= 0)",
+    "min_cosine": "min cosine similarity of a batch's logits (-1 to 1)",
+    "min_top1": "min fraction of samples sharing the top-1 class (0 to 1)",
+    "max_mismatch": "max fraction of samples per idle layer whose kept token set differs beyond a near-tie (0 to 1)",
+    "tie_rtol": "near-tie tolerance on reference scores, relative to max |score| (0 to below 1)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,19 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="preset for every backend (default: the ONNX metadata's precision for ONNX Runtime, the engine "
         "sidecar's for TensorRT)",
     )
-    limits.add_argument("--atol", type=float, default=None, help="max abs logit error per batch")
-    limits.add_argument("--rtol", type=float, default=None, help="max relative logit error per batch, |a-b|/|b|")
-    limits.add_argument("--min-cosine", type=float, default=None, help="min cosine similarity of a batch's logits")
-    limits.add_argument("--min-top1", type=float, default=None, help="min fraction of samples sharing the top-1 class")
-    limits.add_argument(
-        "--max-mismatch",
-        type=float,
-        default=None,
-        help="max fraction of samples per idle layer whose kept token set differs beyond a near-tie",
-    )
-    limits.add_argument(
-        "--tie-rtol", type=float, default=None, help="near-tie tolerance on reference scores, relative to max |score|"
-    )
+    for name, text in THRESHOLD_HELP.items():
+        limits.add_argument("--" + name.replace("_", "-"), type=threshold_flag(name), default=None, help=text)
     out = parser.add_argument_group("output")
     out.add_argument(
         "--report", default=None, help="JSON report path (default: <onnx>.parity.json); Markdown beside it (.md)"
@@ -122,8 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Seeds of the random batches are ``--seed + 1000 x batch size``, which NumPy takes below 2**32.
+MAX_SEED = 2**31 - 1
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Values the parser cannot judge alone (the thresholds' types judge themselves), before anything loads."""
+    for size in args.batch_sizes:
+        check_batch("--batch-sizes: batch", size)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ToolkitError(f"--seed {args.seed} is not in 0..{MAX_SEED}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_flags(args)
     onnx_path = given_or_last_export(args.onnx, "--onnx")
     json_path = Path(args.report) if args.report else onnx_path.with_suffix(".parity.json")
     md_path = json_path.with_suffix(".md")
