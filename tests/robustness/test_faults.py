@@ -801,12 +801,12 @@ OUTPUT_ERRORS += [
         fsize=0,
     ),
     Case(
-        "infer-no-file-may-be-written",  # real: reading only, but torch wants a temporary folder
+        "infer-no-file-may-be-written",  # real: classifying reads only, so it needs no file written at all
         "engines.infer",
         ("--model", "m.onnx", "x.png"),
-        EXIT_BAD_INPUT,
-        "set TMPDIR to a writable folder",
-        steps(onnx_as("m.onnx"), image_file("x.png", Image.fromarray)),
+        EXIT_OK,
+        make=steps(onnx_as("m.onnx"), image_file("x.png", Image.fromarray)),
+        stderr_lines=0,
         fsize=0,
     ),
     Case(
