@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 import warnings
@@ -169,6 +170,7 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     _fuse_split_sequences(graph)
     _static_reshape_shapes(graph)
     _fuse_transposes(graph)
+    _canonical_gelu(graph)
     graph.cleanup().fold_constants().cleanup().toposort()
     _name_nodes(graph)
     _name_batch_axis(graph)
@@ -304,6 +306,50 @@ def _fuse_transposes(graph: gs.Graph) -> None:
             continue
         _reroute(out, source)
         node.outputs = []
+
+
+def _scalar_input(node: gs.Node) -> tuple[float | None, gs.Tensor | None]:
+    """A binary node's constant one-element input and its other input, or (None, None)."""
+    if len(node.inputs) != 2:
+        return None, None
+    for i, tensor in enumerate(node.inputs):
+        value = _constant(tensor)
+        if value is not None and value.size == 1:
+            return float(value.reshape(-1)[0]), node.inputs[1 - i]
+    return None, None
+
+
+def _producer(tensor: gs.Tensor | None, op: str) -> gs.Node | None:
+    if tensor is None or len(tensor.inputs) != 1 or tensor.inputs[0].op != op:
+        return None
+    return tensor.inputs[0]
+
+
+def _canonical_gelu(graph: gs.Graph) -> None:
+    """Write the exact GELU as ``(h * (erf(h / sqrt2) + 1)) * 0.5``, the form ONNX Runtime fuses.
+
+    The dynamo exporter writes ``h * (0.5 * (erf(h / sqrt2) + 1))``, which ONNX Runtime's
+    ``GeluFusion`` does not match, so its MLP keeps five element-wise ops where the TorchScript
+    graph gets one ``BiasGelu``: 5-6% of the model's time. Moving the halving last computes the
+    same numbers: multiplying by 0.5 is exact in binary floating point (short of subnormal results).
+    """
+    for half in graph.nodes:
+        if half.op != "Mul" or len(half.outputs) != 1 or len(half.outputs[0].outputs) != 1:
+            continue
+        factor, added = _scalar_input(half)
+        plus_one = _producer(added, "Add")
+        if factor != 0.5 or plus_one is None or _scalar_input(plus_one)[0] != 1.0:
+            continue
+        erf = _producer(_scalar_input(plus_one)[1], "Erf")
+        divide = _producer(erf.inputs[0], "Div") if erf is not None else None
+        if divide is None or abs((_scalar_input(divide)[0] or 0.0) - math.sqrt(2.0)) > 1e-6:
+            continue
+        source, outer = divide.inputs[0], half.outputs[0].outputs[0]
+        if outer.op != "Mul" or source not in outer.inputs or half.outputs[0] not in outer.inputs:
+            continue
+        halving = next(t for t in half.inputs if t is not added)
+        half.inputs = [source, added]
+        outer.inputs = [half.outputs[0], halving]
 
 
 def _name_nodes(graph: gs.Graph) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import onnx
 import pytest
 import torch
@@ -92,6 +93,27 @@ def test_both_exporters_give_one_graph(deit_small_graphs: Callable[[str], Path])
     np.testing.assert_allclose(dynamo[0], torchscript[0], atol=1e-5)
     for a, b in zip(dynamo[1:], torchscript[1:], strict=True):
         np.testing.assert_array_equal(np.sort(a, axis=1), np.sort(b, axis=1))
+
+
+def test_onnxruntime_optimises_both_exporters_graphs_alike(
+    deit_small_graphs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """After ONNX Runtime's own graph optimisation both graphs hold the same ops: every MLP's GELU is one BiasGelu.
+
+    The dynamo exporter writes GELU as ``h * (0.5 * (erf + 1))``, a form ONNX Runtime does not
+    fuse (five element-wise ops per MLP, 5-6% of the model's time); the clean-up writes it in the
+    form it fuses. Both graphs are run through the same optimiser and their op counts compared.
+    """
+    counts = {}
+    for name in EXPORTERS:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / f"{name}_ort.onnx")
+        ort.InferenceSession(str(deit_small_graphs(name)), options, providers=["CPUExecutionProvider"])
+        counts[name] = _ops(onnx.load(options.optimized_model_filepath, load_external_data=False))
+        counts[name]["Reshape"] += counts[name].pop("Flatten", 0)
+    assert counts[DYNAMO]["BiasGelu"] == 12 and "Erf" not in counts[DYNAMO]
+    assert counts[DYNAMO] == counts[TORCHSCRIPT]
 
 
 def test_scoring_path_and_plugin_pass_read_the_graph(deit_small_graph: Path) -> None:
