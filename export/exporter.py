@@ -2,7 +2,8 @@
 
 The steps follow TensorRT's ``create_onnx.py`` samples: trace -> graph-surgeon clean-up
 (constant folding, shape arithmetic and split sequences removed, toposort, names) -> ONNX
-checker (full) and shape inference -> metadata -> atomic write -> a parity run of the written
+checker (full) and shape inference -> metadata -> (``optimize``: the graph for ONNX Runtime only,
+:mod:`engines.optimize`) -> atomic write -> a parity run of the written
 file against PyTorch (:mod:`validate.judge`, FP32 thresholds), which fails the export when it
 does not hold.
 
@@ -34,11 +35,12 @@ import onnx_graphsurgeon as gs
 import torch
 
 import idlevit
+from engines.optimize import ONNXRUNTIME, Optimization, optimize_for_onnxruntime
 from engines.plan import FP32
 from idlevit.cli import progress as progress_bar
 from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file
-from idlevit.metadata import ExportMetadata, write_metadata
+from idlevit.metadata import ExportMetadata, read_metadata, write_metadata
 from idlevit.model import IdleViT
 from idlevit.names import IMAGES
 from plugins.idle_scatter import OP_TYPE as FUSED_OP
@@ -159,7 +161,8 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     the whole axis); each ``SplitToSequence`` read by ``SequenceAt`` becomes one ``Split``;
     Reshape shapes that copy the batch size from the input (Shape -> ... -> Concat) become
     constants with -1 (and ``allowzero`` goes where the shape holds no 0); chained Transposes
-    become one; dead nodes go; nodes are sorted and every one gets a unique name (the precision
+    become one; GELU is written in the form ONNX Runtime fuses (:func:`_canonical_gelu`); dead
+    nodes go; nodes are sorted and every one gets a unique name (the precision
     plan finds the scoring path by name); the batch axis of every input and output is named
     ``batch``; stale intermediate shapes are dropped (the check infers them again).
     """
@@ -435,20 +438,25 @@ def export_onnx(
     checkpoint_path: str = "",
     verify_batch: int = 3,
     progress: bool = True,
+    optimize: bool = False,
 ) -> ParityReport | None:
     """Export ``model`` to ``out``, then judge the file against the model; returns the verdict (None if skipped).
 
     ``exporter`` is ``"dynamo"`` (default) or ``"torchscript"`` (:mod:`export.contract`); the
-    clean-up gives both the same op contract. The check is a parity run (ONNX Runtime on the CPU
-    against the PyTorch reference, FP32 thresholds, on ``verify_batch`` seeded random images; a
-    graph with folded normalisation gets pixels 0..255 and the reference normalises them); when
-    it fails, :class:`CheckFailed` names the first failed metric and the file, which is kept for
-    inspection.
+    clean-up gives both the same op contract. ``optimize`` writes the graph for ONNX Runtime only
+    (:func:`engines.optimize.optimize_for_onnxruntime`: its fused Attention and transformer
+    fusions, the scoring path untouched), recorded in the metadata (``optimized_for``). The check
+    is a parity run (ONNX Runtime on the CPU against the PyTorch reference, FP32 thresholds, on
+    ``verify_batch`` seeded random images; a graph with folded normalisation gets pixels 0..255
+    and the reference normalises them); when it fails, :class:`CheckFailed` names the first
+    failed metric and the file, which is kept for inspection.
     """
     problem = opset_problem(exporter, opset)
     if problem:
         raise ToolkitError(problem)
-    steps = ["trace", "clean", "check", "write", "verify"] if verify_batch else ["trace", "clean", "check", "write"]
+    _refuse_optimize_with_plugin(optimize, plugin)
+    steps = ["trace", "clean", "check", *(["optimize"] if optimize else []), "write"]
+    steps += ["verify"] if verify_batch else []
     bar = progress_bar(steps, enabled=progress, desc=f"export ({exporter})", unit="step", leave=False)
     report = None
     for step in bar:
@@ -475,6 +483,11 @@ def export_onnx(
             if plugin:
                 meta.plugin = f"idlevit::{FUSED_OP}"
             write_metadata(proto, meta)
+        elif step == "optimize":
+            proto, optimization = optimize_for_onnxruntime(proto)
+            meta.optimized_for = ONNXRUNTIME
+            meta.extra["optimization"] = optimization.to_dict()
+            write_metadata(proto, meta)
         elif step == "write":
             with atomic_write(out) as handle:
                 handle.write(proto.SerializeToString())
@@ -482,6 +495,11 @@ def export_onnx(
             report = verify_against_reference(model, out, batch or verify_batch)
     bar.close()
     return report
+
+
+def _refuse_optimize_with_plugin(optimize: bool, plugin: bool) -> None:
+    if optimize and plugin:
+        raise ToolkitError("--optimize writes a graph for ONNX Runtime and --plugin one for TensorRT; give one of them")
 
 
 def _fuse_plugin(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -526,9 +544,12 @@ def verdict_line(report: ParityReport) -> str:
     )
 
 
-def graph_kind(with_indices: bool = False, plugin: bool = False, fold_normalization: bool = False) -> str:
-    """What kind of graph an export writes, for the summary line: plain, index outputs, fused plugin, folded input."""
-    kinds = []
+def graph_kind(
+    with_indices: bool = False, plugin: bool = False, fold_normalization: bool = False, optimized: str = ""
+) -> str:
+    """What kind of graph an export writes, for the summary line: plain, index outputs, fused plugin, folded input,
+    optimised for ONNX Runtime (``optimized``: :meth:`engines.optimize.Optimization.summary`)."""
+    kinds = [optimized] if optimized else []
     if with_indices:
         kinds.append("with index outputs kept_indices_<layer>")
     if plugin:
@@ -568,6 +589,7 @@ def export_checkpoint(
     exporter: str = DEFAULT_EXPORTER,
     verify: bool = True,
     progress: bool = True,
+    optimize: bool = False,
 ) -> ExportResult:
     """``python -m export.onnx`` as a function: load (or create) the model, export it, judge the file.
 
@@ -583,6 +605,7 @@ def export_checkpoint(
         raise ToolkitError(f"--batch {batch} must be >= 1 (omit it for a dynamic batch)")
     if random_init and ckpt:
         raise ToolkitError("give either --ckpt or --random-init, not both")
+    _refuse_optimize_with_plugin(optimize, plugin)
     schedule = {"keep_rate": keep_rate, "idle_layers": idle_layers, "keep_ratios": keep_ratios}
     ckpt_path: Path | None = None
     if random_init:
@@ -606,7 +629,9 @@ def export_checkpoint(
         path = Path(out)
     else:
         source = None if random_init else (ckpt or "demo")
-        path = default_output_path(source, model.cfg.name, with_indices, plugin, fold_normalization, avoid=ckpt_path)
+        path = default_output_path(
+            source, model.cfg.name, with_indices, plugin, fold_normalization, avoid=ckpt_path, optimize=optimize
+        )
     refuse_overwriting_inputs([path], [ckpt_path])
     report = export_onnx(
         model,
@@ -622,8 +647,13 @@ def export_checkpoint(
         checkpoint_path=os.fspath(ckpt_path.resolve()) if ckpt_path is not None and ckpt_name != "demo" else "",
         verify_batch=3 if verify else 0,
         progress=progress,
+        optimize=optimize,
     )
-    kind = graph_kind(with_indices, plugin, fold_normalization)
+    optimized = ""
+    if optimize:
+        record = read_metadata(path).extra.get("optimization", {})
+        optimized = Optimization(record.get("tool", ""), record.get("fused", {})).summary()
+    kind = graph_kind(with_indices, plugin, fold_normalization, optimized)
     return ExportResult(path, model, report, time.perf_counter() - started, kind, exporter)
 
 
@@ -635,14 +665,16 @@ def default_output_path(
     fold_normalization: bool = False,
     *,
     avoid: str | os.PathLike[str] | None = None,
+    optimize: bool = False,
 ) -> Path:
     """Where an export goes when ``--out`` is not given.
 
     ``foo.pth`` -> ``foo.onnx`` beside the checkpoint; the bundled demo
     (``idlevit_deit_micro_digits_ratio0.7.onnx``) and random-init (``idlevit_<arch>_random.onnx``)
     -> the working directory. Other kinds of graph get their own names: ``<stem>_indices``,
-    ``<stem>_plugin``, ``<stem>_pixels`` (folded normalisation), combined in that order. A name
-    that would be the input ``avoid`` (e.g. ``--ckpt m.onnx``) gets ``_export`` added.
+    ``<stem>_plugin``, ``<stem>_pixels`` (folded normalisation), ``<stem>_ort`` (optimised for ONNX
+    Runtime), combined in that order. A name that would be the input ``avoid`` (e.g. ``--ckpt
+    m.onnx``) gets ``_export`` added.
     """
     if checkpoint is None:
         path = Path(f"idlevit_{arch}_random.onnx")
@@ -650,7 +682,8 @@ def default_output_path(
         path = Path(idlevit.DEMO_CHECKPOINT.with_suffix(".onnx").name)
     else:
         path = Path(checkpoint).with_suffix(".onnx")
-    tags = [tag for tag, on in (("indices", with_indices), ("plugin", plugin), ("pixels", fold_normalization)) if on]
+    flags = (("indices", with_indices), ("plugin", plugin), ("pixels", fold_normalization), ("ort", optimize))
+    tags = [tag for tag, on in flags if on]
     if tags:
         path = path.with_name(f"{path.stem}_{'_'.join(tags)}.onnx")
     if avoid is not None and _same_path(path, Path(avoid)):

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
@@ -242,6 +242,22 @@ def test_cli_random_init_writes_and_verifies(tmp_path: Path) -> None:
     assert (tmp_path / ".idlevit" / "last_export.json").is_file()
 
 
+def test_optimize_writes_a_checked_graph_for_onnxruntime_that_export_trt_refuses(tmp_path: Path) -> None:
+    result = run_module("export.onnx", "--optimize", "--with-indices", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "idlevit_deit_micro_digits_ratio0.7_indices_ort.onnx"
+    assert f"wrote {out.name}" in result.stdout
+    assert "optimised for ONNX Runtime only (12 Attention, 12 BiasGelu)" in result.stdout
+    assert "kept-token agreement 100.00%" in result.stdout and "PASS" in result.stdout  # the export's own check
+    meta = read_metadata(out)
+    assert meta.optimized_for == "onnxruntime" and meta.extra["optimization"]["fused"]["Attention"] == 12
+    refused = run_module("export.trt", "--fp32", "--runtime", "tensorrt-rtx", cwd=tmp_path)  # the last export
+    assert refused.returncode == EXIT_BAD_INPUT and refused.stderr.count("\n") == 1
+    assert "optimised for onnxruntime only" in refused.stderr and "without --optimize" in refused.stderr
+    both = run_module("export.onnx", "--optimize", "--plugin", cwd=tmp_path)
+    assert both.returncode == EXIT_BAD_INPUT and "give one of them" in both.stderr
+
+
 def test_default_output_names_say_what_the_graph_is() -> None:
     arch = "deit_micro"
     assert default_output_path("runs/m.pth", arch) == Path("runs/m.onnx")
@@ -253,6 +269,7 @@ def test_default_output_names_say_what_the_graph_is() -> None:
     # a default that would fall on the input itself gets another name
     assert default_output_path("m.onnx", arch, avoid="m.onnx") == Path("m_export.onnx")
     assert default_output_path("m_indices.pth", arch) == Path("m_indices.onnx")
+    assert default_output_path("m.pth", arch, True, optimize=True) == Path("m_indices_ort.onnx")
 
 
 def test_out_onto_the_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -297,6 +314,7 @@ def test_cli_help_explains_every_flag() -> None:
         "--random-init",
         "--plugin",
         "--fold-normalization",
+        "--optimize",
     ):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())
