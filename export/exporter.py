@@ -40,7 +40,7 @@ from engines.plan import FP32
 from idlevit.cli import progress as progress_bar
 from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file
-from idlevit.metadata import ExportMetadata, read_metadata, write_metadata
+from idlevit.metadata import ExportMetadata, load_onnx, read_metadata, write_metadata
 from idlevit.model import IdleViT
 from idlevit.names import IMAGES
 from plugins.idle_scatter import OP_TYPE as FUSED_OP
@@ -484,10 +484,7 @@ def export_onnx(
                 meta.plugin = f"idlevit::{FUSED_OP}"
             write_metadata(proto, meta)
         elif step == "optimize":
-            proto, optimization = optimize_for_onnxruntime(proto)
-            meta.optimized_for = ONNXRUNTIME
-            meta.extra["optimization"] = optimization.to_dict()
-            write_metadata(proto, meta)
+            proto, _ = optimize_graph(proto)
         elif step == "write":
             with atomic_write(out) as handle:
                 handle.write(proto.SerializeToString())
@@ -495,6 +492,30 @@ def export_onnx(
             report = verify_against_reference(model, out, batch or verify_batch)
     bar.close()
     return report
+
+
+def optimize_graph(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Optimization]:
+    """A plain export (its metadata written) -> the graph for ONNX Runtime only, its metadata saying so."""
+    meta = read_metadata(proto)
+    if meta.optimized_for or meta.plugin:
+        raise ToolkitError(
+            f"the graph is {'already optimised' if meta.optimized_for else 'fused for the TensorRT plugin'}; "
+            "optimise a plain export (python -m export.onnx without --plugin)"
+        )
+    optimized, optimization = optimize_for_onnxruntime(proto)
+    meta.optimized_for = ONNXRUNTIME
+    meta.extra["optimization"] = optimization.to_dict()
+    write_metadata(optimized, meta)
+    return optimized, optimization
+
+
+def optimize_file(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """An exported plain graph -> at ``out``, the graph ``export.onnx --optimize`` writes, without tracing again."""
+    refuse_overwriting_inputs([out], [source])
+    proto, _ = optimize_graph(load_onnx(source))
+    with atomic_write(out) as handle:
+        handle.write(proto.SerializeToString())
+    return Path(out)
 
 
 def _refuse_optimize_with_plugin(optimize: bool, plugin: bool) -> None:
