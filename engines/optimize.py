@@ -293,6 +293,7 @@ def optimize_for_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, O
             "optimising for ONNX Runtime changed an idle layer's scoring path; this is a toolkit bug, please report "
             "it (the plain export runs in ONNX Runtime as it is)"
         )
+    onnx.checker.check_model(fused)  # structure and ONNX ops (ONNX Runtime's own ops are checked by ONNX Runtime)
     counts = Counter(node.op_type for node in fused.graph.node if node.domain == MS_DOMAIN)
     tool = f"onnxruntime {onnxruntime.__version__}: Attention fusion + transformers optimizer (vit)"
     return fused, Optimization(tool, dict(sorted(counts.items())))

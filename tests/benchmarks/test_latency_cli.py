@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks.options import parse_list
+from engines.compatibility import current_gpu
+from export.engine import export_engine
 from export.exporter import export_onnx, optimize_file
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, ToolkitError
 
-from ..conftest import make_model
+from ..conftest import make_model, run_module
+from ..engines.conftest import requires_rtx
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Runs a module as ``python -m`` would, in a process where torch, timm and torchvision cannot be imported.
@@ -113,3 +116,18 @@ def test_lists_are_comma_separated_and_the_old_form_warns_once(capsys: pytest.Ca
     assert parse_list("0.5, 0.7", "--keep-rates", float, "0.5,0.7") == [0.5, 0.7]
     with pytest.raises(ToolkitError, match="--keep-rates is empty"):
         parse_list([","], "--keep-rates", float, "0.5,0.7")
+
+
+@requires_rtx
+def test_a_given_engine_is_timed_where_a_gpu_is_else_exit_3(graphs: dict[str, Path], tmp_path: Path) -> None:
+    engine = export_engine(  # built on the workstation (with PyTorch), timed on the device (without)
+        graphs["idle"], runtime="tensorrt-rtx", out=tmp_path / "idle.engine", echo=lambda _line: None
+    )
+    # with PyTorch installed: engines.compatibility asks torch which GPU is visible (the device side changes that)
+    result = run_module("benchmarks.latency", "--engine", str(engine), "--repeats", "1", "--quiet", cwd=tmp_path)
+    if current_gpu() is None:
+        assert result.returncode == EXIT_MISSING_DEPENDENCY and result.stderr.count("\n") == 1
+        assert "nothing given can run here: tensorrt: TensorRT engines need a CUDA GPU" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "tensorrt idle.engine" in result.stdout
