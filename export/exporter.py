@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import torch
+from onnx_graphsurgeon.logger import G_LOGGER
 
 import idlevit
 from engines.optimize import ONNXRUNTIME, Optimization, optimize_for_onnxruntime
@@ -168,19 +169,31 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     model = onnx.shape_inference.infer_shapes(model)  # shapes the passes below rely on
     graph = gs.import_onnx(model)
-    graph.fold_constants().cleanup()
-    _drop_no_ops(graph)
-    _fuse_split_sequences(graph)
-    _static_reshape_shapes(graph)
-    _fuse_transposes(graph)
-    _canonical_gelu(graph)
-    graph.cleanup().fold_constants().cleanup().toposort()
+    with _graphsurgeon_errors_only():  # its notes on folding the (large) weight transposes are expected
+        graph.fold_constants().cleanup()
+        _drop_no_ops(graph)
+        _fuse_split_sequences(graph)
+        _static_reshape_shapes(graph)
+        _fuse_transposes(graph)
+        _canonical_gelu(graph)
+        graph.cleanup().fold_constants().cleanup().toposort()
     _name_nodes(graph)
     _name_batch_axis(graph)
     cleaned = gs.export_onnx(graph)
     cleaned.ir_version = model.ir_version
     del cleaned.graph.value_info[:]
     return cleaned
+
+
+@contextlib.contextmanager
+def _graphsurgeon_errors_only() -> Iterator[None]:
+    """onnx-graphsurgeon prints only errors meanwhile (its warnings here are about work meant to be done)."""
+    previous = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = previous
 
 
 def _constant(tensor: gs.Tensor) -> np.ndarray | None:
