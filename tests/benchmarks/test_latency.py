@@ -223,4 +223,5 @@ def test_a_slower_idlevit_is_explained_where_it_is_shown() -> None:
     table = format_table(result)
     assert "1.600 [1.50..1.70]" in table
     assert "IdleViT is slower than dense" in table and "64 image tokens (32 px)" in table
-    assert "slower than dense" not in format_table(_result([_row(0.7, (0.7, 0.8, 0.9)), _row(DENSE, (1, 1, 1))]))
+    noise = _result([_row(0.7, (0.7, 1.2, 1.6)), _row(DENSE, (1, 1, 1))])  # slower in the median round only
+    assert "slower than dense" not in format_table(noise)
