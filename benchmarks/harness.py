@@ -272,6 +272,11 @@ def run_benchmark(
         raise ToolkitError(
             f"--precisions {','.join(quantized)} are timed on ONNX Runtime; add one of the backends {ORT_BACKENDS}"
         )
+    if quantized and DYNAMO_GRAPH not in graphs:
+        raise ToolkitError(
+            f"--precisions {','.join(quantized)}: Q/DQ graphs are made from the default export and compared with it; "
+            f"add {DYNAMO_GRAPH} to --graphs"
+        )
     try:
         import torch  # lazy: PyTorch exports the toolkit's own models (given graphs need none)
     except ImportError:
@@ -496,12 +501,14 @@ def _keep_rate(meta: ExportMetadata) -> float:
 
 
 def _with_dense_baselines(configs: list[Config], metas: dict[Path, ExportMetadata]) -> list[Config]:
-    """Each given IdleViT graph's baseline: the dense graph of the same model on the same backend, kind alike."""
+    """Each given graph's baseline: the dense graph of the same model on the same backend, made alike
+    (same exporter, optimisation and precision)."""
     by_name = {path.name: meta for path, meta in metas.items()}
 
-    def kind(config: Config) -> tuple[str, str, int, str]:
+    def kind(config: Config) -> tuple[str, str, int, str, str, str]:
         meta = by_name[config.graph]
-        return config.backend, meta.arch, meta.num_classes, meta.optimized_for
+        exporter = str(meta.extra.get("exporter", ""))
+        return config.backend, meta.arch, meta.num_classes, meta.optimized_for, exporter, meta.precision
 
     dense = {kind(c): c.key for c in configs if c.keep_rate == DENSE}
     return [Config(c.label, c.backend, c.graph, c.keep_rate, dense=dense.get(kind(c))) for c in configs]

@@ -107,6 +107,10 @@ LINES: dict[str, Line] = {
     "python -m benchmarks.latency --keep-rates 0.7 --graphs dynamo,torchscript,optimized --repeats 9": Line(
         "benchmarks", extra="--arch deit_tiny --img-size 64 --batch-sizes 1 --repeats 1 --warmup 0 --quiet"
     ),
+    "python -m benchmarks.latency --keep-rates 0.7 --graphs dynamo,torchscript,optimized "
+    "--backends pytorch,onnxruntime-cpu --repeats 15": Line(
+        "benchmarks", extra="--arch deit_tiny --img-size 64 --batch-sizes 1 --repeats 1 --warmup 0 --quiet"
+    ),
     "python -m benchmarks.latency --onnx my.onnx,my_ort.onnx": Line(
         "pipeline", extra="--batch-sizes 1 --repeats 1 --warmup 0 --quiet"
     ),
