@@ -346,7 +346,7 @@ def _canonical_gelu(graph: gs.Graph) -> None:
 
     The dynamo exporter writes ``h * (0.5 * (erf(h / sqrt2) + 1))``, which ONNX Runtime's
     ``GeluFusion`` does not match, so its MLP keeps five element-wise ops where the TorchScript
-    graph gets one ``BiasGelu``: 5-6% of the model's time. Moving the halving last computes the
+    graph gets one ``BiasGelu``, and the default export ran slower. Moving the halving last computes the
     same numbers: multiplying by 0.5 is exact in binary floating point (short of subnormal results).
     """
     for half in graph.nodes:

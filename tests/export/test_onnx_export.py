@@ -101,7 +101,7 @@ def test_onnxruntime_optimises_both_exporters_graphs_alike(
     """After ONNX Runtime's own graph optimisation both graphs hold the same ops: every MLP's GELU is one BiasGelu.
 
     The dynamo exporter writes GELU as ``h * (0.5 * (erf + 1))``, a form ONNX Runtime does not
-    fuse (five element-wise ops per MLP, 5-6% of the model's time); the clean-up writes it in the
+    fuse (five element-wise ops per MLP instead of one); the clean-up writes it in the
     form it fuses. Both graphs are run through the same optimiser and their op counts compared.
     """
     counts = {}
@@ -117,7 +117,7 @@ def test_onnxruntime_optimises_both_exporters_graphs_alike(
 
 
 def test_the_clean_up_folds_large_weights_without_a_word(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    """deit_small's weight transposes fold to tensors over onnx-graphsurgeon's 1 MiB note: that is the plan, not news."""
+    """deit_small's weight transposes fold to tensors over onnx-graphsurgeon's 1 MiB note: the plan, not news."""
     model = make_model("deit_small", img_size=32, patch_size=16, num_classes=10, depth=2, idle_layers=[1])
     export_onnx(model, tmp_path / "wide.onnx", verify_batch=0, progress=False)
     captured = capfd.readouterr()
