@@ -64,13 +64,9 @@ NO_TORCH_TO_EXPORT = (
 )
 
 
-def quantized_name(backend: str, precision: str) -> str:
-    """``onnxruntime-cpu`` timing an INT8 graph: ``onnxruntime-cpu int8``."""
-    return backend if precision == FP32 else f"{backend} {precision}"
-
-
 def graph_label(backend: str, graph: str) -> str:
-    """``onnxruntime-cpu`` timing the default export is ``onnxruntime-cpu``; another graph adds its name."""
+    """``onnxruntime-cpu`` timing the default export is ``onnxruntime-cpu``; another graph (or a Q/DQ graph's
+    precision) adds its name: ``onnxruntime-cpu optimized``, ``onnxruntime-cpu int8``."""
     return backend if graph == DYNAMO_GRAPH else f"{backend} {graph}"
 
 
@@ -296,56 +292,40 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="idlevit-bench-") as tmp, contextlib.ExitStack() as active:
         folder = Path(workdir or tmp)
         files = _export_graphs(models, graphs if needs_onnx else [], cfg.name, folder, progress, export_onnx)
-        quant_paths: dict[tuple[str, float], Path] = {}
-        if quantized and any(b in ORT_BACKENDS for b in usable):
-            quant_paths = _quantize_all(files[DYNAMO_GRAPH], quantized, quant_plan, folder, progress)
+        if quantized and any(b in ORT_BACKENDS for b in usable):  # Q/DQ graphs: more variants of the default export
+            files.update(_quantize_all(files[DYNAMO_GRAPH], quantized, quant_plan, folder, progress))
         configs: list[Config] = []
         runners: dict[Key, Runner] = {}
         for name in list(usable):
-            variants = graphs if name in ORT_BACKENDS else [DYNAMO_GRAPH]
+            variants = [*graphs, *quantized] if name in ORT_BACKENDS else [DYNAMO_GRAPH]
             try:
                 made = []
-                for graph in variants:
-                    label = graph_label(name, graph)
+                for variant in variants:
+                    label = graph_label(name, variant)
                     for rate, model in models.items():
-                        path = files[graph][rate] if name != REFERENCE else Path()
+                        path = files[variant][rate] if name != REFERENCE else Path()
                         runners[label, rate] = _activated(
                             active, BACKENDS[name].make(model, path, threads, max(batch_sizes))
                         )
+                        other_graph = variant in graphs and variant != DYNAMO_GRAPH and DYNAMO_GRAPH in variants
                         made.append(
                             Config(
                                 label,
                                 name,
-                                graph,
+                                variant,
                                 rate,
                                 dense=(label, DENSE),
                                 reference=(REFERENCE, rate) if REFERENCE in usable else None,
-                                default=(name, rate) if graph != DYNAMO_GRAPH and DYNAMO_GRAPH in variants else None,
+                                default=(name, rate) if other_graph else None,
+                                fp32=((name, DENSE), (name, rate)) if variant in quantized else None,
                             )
                         )
                 configs += made
             except ToolkitError as err:  # e.g. an engine that does not build here: a note, not a failure
                 skipped[name] = str(err)
                 usable.remove(name)
-                labels = {graph_label(name, graph) for graph in variants}
+                labels = {graph_label(name, variant) for variant in variants}
                 runners = {key: run for key, run in runners.items() if key[0] not in labels}
-        for name in [b for b in usable if b in ORT_BACKENDS]:
-            for precision in quantized:
-                label = quantized_name(name, precision)
-                for rate, model in models.items():
-                    runner = BACKENDS[name].make(model, quant_paths[precision, rate], threads, max(batch_sizes))
-                    runners[label, rate] = _activated(active, runner)
-                    configs.append(
-                        Config(
-                            label,
-                            name,
-                            precision,
-                            rate,
-                            dense=(label, DENSE),
-                            reference=(REFERENCE, rate) if REFERENCE in usable else None,
-                            fp32=((name, DENSE), (name, rate)),
-                        )
-                    )
         if not configs:
             raise MissingDependencyError("nothing to time: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         rows = []
@@ -516,17 +496,17 @@ def _with_dense_baselines(configs: list[Config], metas: dict[Path, ExportMetadat
 
 def _quantize_all(
     onnx_paths: dict[float, Path], precisions: list[str], plan: str, folder: Path, progress: bool
-) -> dict[tuple[str, float], Path]:
-    """The Q/DQ graph of every keep rate's ONNX at every quantized precision, calibrated on a few digits."""
+) -> dict[str, dict[float, Path]]:
+    """Precision -> keep rate -> the Q/DQ graph of that keep rate's ONNX, calibrated on a few digits."""
     from engines.quantize import calibration_images, quantize_onnx, write_quantized_onnx  # lazy: ModelOpt, optional
 
-    paths = {}
+    paths: dict[str, dict[float, Path]] = {precision: {} for precision in precisions}
     jobs = [(p, rate) for p in precisions for rate in onnx_paths]
     for precision, rate in progress_bar(jobs, enabled=progress, desc="quantize", unit="graph", leave=False):
         source = onnx_paths[rate]
         images, where = calibration_images(read_metadata(source), count=BENCH_CALIB_IMAGES)
         model, _ = quantize_onnx(source, precision, plan, images=images, calibration=where)
-        paths[precision, rate] = write_quantized_onnx(model, folder / f"{source.stem}_{precision}.onnx")
+        paths[precision][rate] = write_quantized_onnx(model, folder / f"{source.stem}_{precision}.onnx")
     return paths
 
 
