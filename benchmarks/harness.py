@@ -60,7 +60,7 @@ BENCH_CALIB_IMAGES = 32
 MAX_SPREAD = 0.10
 NO_TORCH_TO_EXPORT = (
     "benchmarks.latency exports its own models with PyTorch, which is not installed here; time given graphs "
-    "instead (--onnx X.onnx, --engine X.engine) or install the PyTorch side"
+    "instead (--onnx X.onnx, --engine X.engine) or install the PyTorch side: pip install -e '.[torch]'"
 )
 
 

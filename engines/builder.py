@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import idlevit
+from idlevit.configs import MAX_BATCH
 from idlevit.errors import ToolkitError
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file, signals_deferred
 from idlevit.metadata import ExportMetadata, read_metadata
@@ -47,9 +48,9 @@ class BuildOptions:
     compute_capabilities: list[str] = field(default_factory=list)  # TensorRT-RTX only; [] = its defaults
 
     def validate(self, meta: ExportMetadata) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch <= MAX_BATCH:
             raise ToolkitError(
-                f"batch profile needs 1 <= --min-batch <= --opt-batch <= --max-batch, got "
+                f"batch profile needs 1 <= --min-batch <= --opt-batch <= --max-batch <= {MAX_BATCH}, got "
                 f"{self.min_batch}, {self.opt_batch}, {self.max_batch}"
             )
         if meta.batch and not self.min_batch == self.opt_batch == self.max_batch == meta.batch:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.sidecar import EngineSidecar
 
@@ -63,10 +65,39 @@ def require_gpu(sidecar: EngineSidecar) -> str:
 
 
 def current_gpu() -> dict[str, str] | None:
-    """Name and compute capability ("8.9") of the visible CUDA GPU, or None (via torch, no TensorRT)."""
-    import torch  # lazy: torch only to ask which GPU is visible
+    """Name and compute capability ("8.9") of the first visible CUDA GPU, or None.
 
-    if not torch.cuda.is_available():
+    Asked of the CUDA driver itself (``libcuda``, through ctypes), so neither TensorRT nor PyTorch
+    is loaded to answer; ``CUDA_VISIBLE_DEVICES`` applies as everywhere. No driver, no GPU or a
+    driver that fails to initialise all mean: none here.
+    """
+    driver = _cuda_driver()
+    if driver is None:
         return None
-    major, minor = torch.cuda.get_device_capability()
-    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+    count, device, major, minor = (ctypes.c_int(0) for _ in range(4))
+    name = ctypes.create_string_buffer(256)
+    try:
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+            return None
+        if driver.cuDeviceGet(ctypes.byref(device), 0) != 0:
+            return None
+        for value, attribute in ((major, _CC_MAJOR), (minor, _CC_MINOR)):
+            if driver.cuDeviceGetAttribute(ctypes.byref(value), attribute, device) != 0:
+                return None
+        driver.cuDeviceGetName(name, len(name), device)
+    except (AttributeError, OSError):  # a stub or broken libcuda
+        return None
+    return {"name": name.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"}
+
+
+#: ``CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR`` / ``_MINOR`` of the CUDA driver API.
+_CC_MAJOR, _CC_MINOR = 75, 76
+
+
+def _cuda_driver() -> ctypes.CDLL | None:
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None

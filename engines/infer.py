@@ -1,9 +1,10 @@
 """``python -m engines.infer IMAGE...``: classify image files with an engine or an exported ONNX.
 
-Images are preprocessed as the model was evaluated (timm's eval transform from the mean, std,
-crop_pct and interpolation the model records), run through TensorRT when given an engine and
-it can run here, else through ONNX Runtime on the graph the engine was built from (a note says
-which and why), and the top-5 classes printed.
+Images are preprocessed as the model was evaluated (timm's eval preprocessing, done with Pillow
+and NumPy, from the mean, std, crop_pct and interpolation the model records), run through
+TensorRT when given an engine and it can run here, else through ONNX Runtime on the graph the
+engine was built from once both match the engine's sidecar (a note says which and why), and the
+top-5 classes printed. No PyTorch is needed.
 
 Examples::
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             "no --model given and no ONNX exported here yet; run `python -m export.onnx` or pass --model"
         )
     labels = read_labels(args.labels)
-    from .classify import classify, format_predictions, load_images, open_backend  # lazy: torch and onnx after parsing
+    from .classify import classify, format_predictions, load_images, open_backend  # lazy: onnx, onnxruntime load late
 
     runner, meta, backend, fallback = open_backend(model, args.threads)
     if labels is not None and len(labels) != meta.num_classes:

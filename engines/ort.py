@@ -55,9 +55,9 @@ def cuda_usable() -> bool:
     """onnxruntime-gpu is installed and a CUDA GPU is visible."""
     if PROVIDERS["cuda"] not in available_providers():
         return False
-    import torch  # lazy: torch only to ask whether a CUDA GPU is visible
+    from .compatibility import current_gpu  # lazy: asked of the CUDA driver only when onnxruntime-gpu is here
 
-    return torch.cuda.is_available()
+    return current_gpu() is not None
 
 
 def providers_for(device: str) -> list[str]:

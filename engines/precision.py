@@ -4,27 +4,28 @@ IdleViT's trap: if reduced-precision rounding reorders the CLS-attention scores,
 other tokens and the output drifts. The plan keeps every idle layer's **scoring path** in FP32:
 the nodes between the residual stream and TopK (norm1, the CLS query folded into the key
 weights, its product with every token, TopK itself). Everything else goes to the
-reduced precision as the converter judges it (ModelOpt AutoCast keeps nodes whose values
-overflow FP16 in FP32); graph inputs and outputs stay FP32.
+reduced precision (ONNX Runtime's FP16 converter keeps the ops it has no FP16 rule for, such as
+TopK, in FP32); graph inputs and outputs stay FP32.
 
 How the plan reaches TensorRT depends on the target (:class:`engines.target.Target`):
 
 * strongly typed targets (TensorRT 11.x, 10.12+, TensorRT-RTX) get a **mixed-precision ONNX**
-  whose tensor types say it all (``--fp16``: AutoCast with the scoring path excluded);
+  whose tensor types say it all (``--fp16``: ONNX Runtime's FP16 converter with the scoring path blocked);
 * older TensorRT 10.x gets the FP32 ONNX plus ``BuilderFlag.FP16``, FP32 precision on the
   scoring-path layers and ``OBEY_PRECISION_CONSTRAINTS``;
 * INT8 and FP8 are explicit quantization on every target: a Q/DQ graph (:mod:`engines.quantize`,
   scoring path without Q/DQ) built as a strongly typed network (TensorRT 10.0+, RTX).
 
-Everything here is pure Python (onnx, onnx-graphsurgeon, ModelOpt, ONNX Runtime): it runs and is
-tested without TensorRT.
+Everything here is pure Python (onnx, onnx-graphsurgeon, ONNX Runtime; ModelOpt only for Q/DQ
+graphs, in :mod:`engines.quantize`): it runs and is tested without TensorRT and, but for Q/DQ
+graph writing, without PyTorch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -33,15 +34,15 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from idlevit.errors import MissingDependencyError, ToolkitError
-from idlevit.fileio import atomic_write
-from idlevit.metadata import read_metadata, write_metadata
+from idlevit.fileio import atomic_write, sha256_file
+from idlevit.metadata import load_onnx, read_metadata, write_metadata
 
 from .plan import FP16, FP32, PRECISIONS, QUANTIZED, Method, PrecisionPlan
 from .target import Target
 
 #: Ops whose first input is the residual stream an idle layer reads and writes back.
 _WRITE_BACK_OPS = ("ScatterElements", "IdleScatter")
-MODELOPT_INSTALL = "pip install -e '.[fp16]' (nvidia-modelopt without its [onnx] extra, onnxslim, lief, cppimport)"
+ORT_INSTALL = "pip install onnxruntime (its wheel ships onnxruntime.transformers.float16)"
 
 
 def scoring_path_nodes(model: onnx.ModelProto) -> list[str]:
@@ -94,7 +95,8 @@ def plan_precision(model: onnx.ModelProto, precision: str, target: Target) -> Pr
             )
         return PrecisionPlan(precision, target.label, True, Method.QDQ_ONNX, fp32_nodes, converter=quantizer_label())
     if target.strongly_typed:
-        return PrecisionPlan(precision, target.label, True, Method.MIXED_ONNX, fp32_nodes, converter=_autocast_label())
+        converter = mixed_converter_label()
+        return PrecisionPlan(precision, target.label, True, Method.MIXED_ONNX, fp32_nodes, converter=converter)
     return PrecisionPlan(precision, target.label, False, Method.BUILDER_FLAGS, fp32_nodes)
 
 
@@ -105,28 +107,78 @@ def mixed_onnx_path(onnx_path: str | os.PathLike[str], precision: str = FP16, ou
 
 
 def convert_mixed(onnx_path: str | os.PathLike[str], fp32_nodes: list[str], precision: str = FP16) -> onnx.ModelProto:
-    """The mixed-precision graph: ModelOpt AutoCast with ``fp32_nodes`` excluded, I/O kept FP32.
+    """The mixed-precision graph: ONNX Runtime's FP16 converter with ``fp32_nodes`` kept FP32, I/O kept FP32.
 
-    The IdleViT metadata is carried over with ``precision`` set and the graph's real opset.
+    ``onnxruntime.transformers.float16`` ships inside the onnxruntime wheel and needs no PyTorch,
+    so the same graph is written on a workstation and on a deployment host. The converter feeds
+    each blocked node through a Cast to FP16 and back when its producer is blocked too; those
+    round trips would round the scoring path to FP16 between its FP32 nodes, so they are removed
+    (:func:`drop_fp16_round_trips`). Ops the converter always keeps FP32 (its default block
+    list: TopK, Min, Max, ...) stay FP32. The IdleViT metadata is carried over with ``precision``
+    set, the graph's real opset and the FP32 graph it came from (path and sha256).
     """
+    if precision != FP16:
+        raise ToolkitError(f"precision {precision!r} has no mixed-precision converter; use --fp16")
     try:
-        from modelopt.onnx.autocast import convert_to_mixed_precision  # lazy: ModelOpt is optional
-        from modelopt.onnx.autocast.logging_config import configure_logging  # lazy: as above
+        from onnxruntime.transformers.float16 import convert_float_to_float16  # lazy: ONNX Runtime's own converter
     except ImportError as err:
-        raise MissingDependencyError(f"ModelOpt AutoCast is not importable ({err}); {MODELOPT_INSTALL}") from None
+        raise MissingDependencyError(f"ONNX Runtime's FP16 converter does not import ({err}); {ORT_INSTALL}") from None
     meta = read_metadata(onnx_path)
-    configure_logging(logging.ERROR)  # AutoCast logs every node it skips at INFO
-    mixed = convert_to_mixed_precision(
-        os.fspath(onnx_path),
-        low_precision_type=precision,
-        nodes_to_exclude=[f"^{re.escape(name)}$" for name in fp32_nodes],
-        keep_io_types=True,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns about every initializer value it clamps to FP16's range
+        logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.ERROR)
+        mixed = convert_float_to_float16(
+            load_onnx(onnx_path), keep_io_types=True, node_block_list=list(fp32_nodes), disable_shape_infer=False
+        )
+    mixed = drop_fp16_round_trips(mixed)
     meta.precision = precision
     meta.opset = next(op.version for op in mixed.opset_import if op.domain in ("", "ai.onnx"))
-    meta.extra = {**meta.extra, "fp32_nodes": len(fp32_nodes), "converter": _autocast_label()}
+    meta.extra = {
+        **meta.extra,
+        "fp32_nodes": len(fp32_nodes),
+        "converter": mixed_converter_label(),
+        **source_record(onnx_path),
+    }
     write_metadata(mixed, meta)
     return mixed
+
+
+def drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove every ``Cast(to=FP32)(Cast(to=FP16)(x))`` of an FP32 ``x``: its readers read ``x`` itself.
+
+    Such a pair only rounds ``x`` to FP16 (between two nodes that are both kept FP32); the first
+    Cast stays where something else reads its FP16 output.
+    """
+    types = _elem_types(model)
+    graph = gs.import_onnx(model)
+    outputs = {tensor.name for tensor in graph.outputs}
+    for node in graph.nodes:
+        if node.op != "Cast" or node.attrs.get("to") != onnx.TensorProto.FLOAT or node.outputs[0].name in outputs:
+            continue
+        middle = node.inputs[0]
+        first = middle.inputs[0] if len(middle.inputs) == 1 else None
+        if first is None or first.op != "Cast" or first.attrs.get("to") != onnx.TensorProto.FLOAT16:
+            continue
+        source = first.inputs[0]
+        if types.get(source.name) != onnx.TensorProto.FLOAT:
+            continue
+        rounded = node.outputs[0]
+        for reader in list(rounded.outputs):
+            for i, tensor in enumerate(reader.inputs):
+                if tensor is rounded:
+                    reader.inputs[i] = source
+        node.outputs.clear()
+    graph.cleanup().toposort()
+    cleaned = gs.export_onnx(graph)
+    cleaned.ir_version = model.ir_version
+    del cleaned.metadata_props[:]
+    cleaned.metadata_props.extend(model.metadata_props)
+    return cleaned
+
+
+def source_record(onnx_path: str | os.PathLike[str]) -> dict[str, str]:
+    """What a reduced-precision graph records of the FP32 graph it was made from: absolute path and sha256."""
+    return {"source_onnx": os.path.abspath(onnx_path), "source_onnx_sha256": sha256_file(onnx_path)}
 
 
 def write_mixed_onnx(onnx_path: str | os.PathLike[str], plan: PrecisionPlan, out: str | os.PathLike[str]) -> Path:
@@ -158,8 +210,7 @@ def emulate_fp16(fp32: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
     never rounded: a mixed graph looks better on the CPU than on FP16 hardware. This graph
     rounds every float input and output of ``nodes`` to FP16's 11-bit significand with
     Veltkamp's split (``p = 8193 v; v16 = p - (p - v)``), which no optimizer removes, and rounds
-    their FP32 initializers. FP16's range (overflow above 65504, subnormals) is not modelled;
-    AutoCast keeps large-valued nodes in FP32 anyway.
+    their FP32 initializers. FP16's range (overflow above 65504, subnormals) is not modelled.
     """
     meta = read_metadata(fp32)
     graph = gs.import_onnx(fp32)
@@ -179,13 +230,15 @@ def emulate_fp16(fp32: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
             rounded[tensor.name] = out
         return rounded[tensor.name]
 
+    constants: dict[str, gs.Constant] = {}  # one rounded copy per constant, however many nodes read it
     for node in [n for n in graph.nodes if n.name in nodes]:
         for i, tensor in enumerate(node.inputs):
             if isinstance(tensor, gs.Constant):
                 if tensor.values.dtype == np.float32:
-                    node.inputs[i] = gs.Constant(
-                        tensor.name + "_fp16", tensor.values.astype(np.float16).astype(np.float32)
-                    )
+                    if tensor.name not in constants:
+                        rounded_values = tensor.values.astype(np.float16).astype(np.float32)
+                        constants[tensor.name] = gs.Constant(tensor.name + "_fp16", rounded_values)
+                    node.inputs[i] = constants[tensor.name]
             elif tensor.dtype == np.float32:
                 node.inputs[i] = round_tensor(tensor)
         for i, tensor in enumerate(node.outputs):
@@ -221,8 +274,12 @@ def node_precisions(model: onnx.ModelProto) -> dict[str, int]:
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
-def _autocast_label() -> str:
-    return _modelopt_label("modelopt.onnx.autocast")
+def mixed_converter_label() -> str:
+    """What writes the mixed-precision graphs, with ONNX Runtime's version."""
+    try:
+        return f"onnxruntime.transformers.float16 {version('onnxruntime')}"
+    except Exception:  # noqa: BLE001 - a label only
+        return "onnxruntime.transformers.float16"
 
 
 def quantizer_label() -> str:

@@ -36,17 +36,20 @@ import numpy as np
 import onnx
 
 from idlevit.configs import get_arch
-from idlevit.data import load_dataset
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write
+from idlevit.images import load_dataset
 from idlevit.metadata import ExportMetadata, load_onnx, read_metadata, write_metadata
 from idlevit.names import DIGITS, IMAGES
 
 from .plan import ATTENTION, BLOCK_GEMMS, CALIBRATION_METHODS, FP8, INT8, QUANT_PLANS, Quantization, QuantPlan
-from .precision import quantizer_label, scoring_path_nodes
+from .precision import quantizer_label, scoring_path_nodes, source_record
 from .tensorrt import is_installed as runtime_installed
 
-QUANT_INSTALL = "pip install -e '.[quant]' (nvidia-modelopt without its [onnx] extra, onnxslim, lief, cppimport)"
+QUANT_INSTALL = (
+    "pip install -e '.[quant]' (nvidia-modelopt, which needs PyTorch, without its [onnx] extra; onnxslim, lief, "
+    "cppimport), or write the Q/DQ graph where ModelOpt is installed and pass it here with --onnx: it builds as it is"
+)
 #: Calibration images when ``--calib-images`` is not given: the whole digits train split, else this many.
 DEFAULT_CALIB_IMAGES = 512
 #: Images per calibration batch (ONNX Runtime runs the graph on this many at a time).
@@ -242,7 +245,7 @@ def quantize_onnx(
     )
     meta.precision = precision
     meta.opset = next(op.version for op in quantized.opset_import if op.domain in ("", "ai.onnx"))
-    meta.extra = {**meta.extra, "quantization": record.to_dict()}
+    meta.extra = {**meta.extra, "quantization": record.to_dict(), **source_record(onnx_path)}
     write_metadata(quantized, meta)
     return quantized, record
 

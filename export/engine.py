@@ -28,6 +28,7 @@ from engines.quantize import (
     quantize_onnx,
     quantize_summary,
     quantized_onnx_path,
+    recorded_quantization,
     require_modelopt,
     write_quantized_onnx,
 )
@@ -39,6 +40,7 @@ from idlevit.sidecar import sidecar_path
 from idlevit.state import given_or_last_export
 from validate.inputs import InputSpec
 from validate.reduced import check_reduced_precision, cpu_runs_fp8
+from validate.sources import recorded_fp32_graph
 
 PLUGIN_DOMAIN = "idlevit"
 
@@ -58,14 +60,30 @@ def resolve_target(runtime: str | None, trt_version: str | None) -> tuple[Target
 
 
 def default_engine_path(source: Path, precision: str, target: Target) -> Path:
-    """``model.onnx`` -> ``model_<precision>[_rtx].engine`` beside it."""
-    return source.with_name(f"{source.stem}_{precision}{'_rtx' if target.is_rtx else ''}.engine")
+    """``model.onnx`` -> ``model_<precision>[_rtx].engine`` beside it; a reduced graph's own
+    ``model_int8.onnx`` / ``model_fp16_mixed.onnx`` give the same name as their FP32 source would."""
+    stem = source.stem
+    for suffix in (f"_{precision}_mixed", f"_{precision}"):
+        if precision != FP32 and stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return source.with_name(f"{stem}_{precision}{'_rtx' if target.is_rtx else ''}.engine")
+
+
+def given_precision(source: Path, graph_precision: str, asked: str | None) -> str:
+    """The precision to build: the flag's, else the graph's own; a reduced graph builds only in its own."""
+    if graph_precision == FP32 or asked in (None, graph_precision):
+        return asked or graph_precision
+    raise ToolkitError(
+        f"{source} is already an {graph_precision.upper()} graph and cannot be built as {asked.upper()}; "
+        f"build it as it is (--{graph_precision} or no precision flag), or pass the FP32 graph it was made from"
+    )
 
 
 def export_engine(
     onnx_path: str | os.PathLike[str] | None,
     *,
-    precision: str = FP32,
+    precision: str | None = None,
     runtime: str | None = None,
     trt_version: str | None = None,
     options: BuildOptions | None = None,
@@ -79,9 +97,12 @@ def export_engine(
 ) -> Path:
     """Check, plan and build; returns the engine path. ``check_inputs=None`` skips the reduced-precision check.
 
-    ``quantization`` is the plan and calibration of ``int8`` / ``fp8`` (default: :class:`QuantOptions`).
-    Raises :class:`MissingDependencyError` after every other step when the target's TensorRT is
-    not installed here (nothing is built then).
+    ``precision`` None builds the graph's own precision (FP32 for an export). A reduced-precision
+    graph written earlier (FP16 mixed, INT8 / FP8 Q/DQ, e.g. on a workstation with ModelOpt) is
+    built as it is, without converting or quantizing it again, after the same check against the
+    FP32 graph it records it was made from. ``quantization`` is the plan and calibration of
+    ``int8`` / ``fp8`` (default: :class:`QuantOptions`). Raises :class:`MissingDependencyError`
+    after every other step when the target's TensorRT is not installed here (nothing is built then).
     """
     options = options or BuildOptions()
     source = given_or_last_export(onnx_path, "--onnx")
@@ -91,6 +112,8 @@ def export_engine(
             f"{source} is optimised for {meta.optimized_for} only (its own fused ops, which TensorRT cannot parse); "
             "build engines from the plain export (python -m export.onnx without --optimize)"
         )
+    precision = given_precision(source, meta.precision, precision)
+    reduced_given = meta.precision != FP32
     model = load_onnx(source, load_external_data=False)
     lint.check_schedule_matches(model, meta, os.fspath(source))
     target, installed = resolve_target(runtime, trt_version)
@@ -110,15 +133,29 @@ def export_engine(
     )
     _report_findings(lint.static_checks(model, target, trtcheck), verbose, echo)
     plan = plan_precision(model, precision, target)
-    if plan.needs_qdq_onnx:
+    if reduced_given:
+        recorded = recorded_quantization(meta)
+        plan.quantization = recorded.to_dict() if recorded else None
+        plan.converter = str(meta.extra.get("converter") or (recorded.quantizer if recorded else plan.converter))
+    elif plan.needs_qdq_onnx:
         require_modelopt()
         quantization = quantization or QuantOptions()
         plan.quantization = {"plan": quantization.plan}
     echo(f"precision plan: {plan.summary()}")
 
     out_dir = Path(out).parent if out else None
-    build_onnx = source
-    if plan.needs_mixed_onnx:
+    build_onnx, built_from = source, source
+    if reduced_given:
+        echo(f"{source} is already an {precision.upper()} graph: built as it is")
+        if check_inputs is not None:
+            built_from = recorded_fp32_graph(
+                source, meta, "put that FP32 graph beside it to check against, or pass --no-check to build unchecked"
+            )
+            if precision == FP8 and check_device == "cpu" and not cpu_runs_fp8():
+                echo("ONNX Runtime cannot run FP8 Q/DQ on the CPU here, so the FP8 graph is not compared")
+            else:
+                _check_reduced(built_from, source, check_inputs, check_device, echo)
+    elif plan.needs_mixed_onnx:
         started = time.perf_counter()
         build_onnx = write_mixed_onnx(source, plan, mixed_onnx_path(source, precision, out_dir))
         echo(f"wrote {build_onnx} (mixed precision) in {time.perf_counter() - started:.1f} s")
@@ -145,7 +182,7 @@ def export_engine(
             f"{target.runtime} is not installed, so no engine was built; {api.INSTALL_HINTS[target.runtime]}"
         )
     started = time.perf_counter()
-    sidecar = build_engine(build_onnx, source, plan, options, engine, echo, verbose)
+    sidecar = build_engine(build_onnx, built_from, plan, options, engine, echo, verbose)
     size = engine.stat().st_size / 2**20
     echo(
         f"wrote {engine} ({size:.1f} MiB, {sidecar.runtime} {sidecar.runtime_version}, runs on compute capability "

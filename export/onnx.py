@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 
 from idlevit.cli import cli_parser, run_cli
-from idlevit.configs import list_archs
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK
+from idlevit.configs import check_batch, check_size_flag, list_archs
+from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, require_torch
 from idlevit.schedule import add_schedule_arguments, schedule_arguments
 from idlevit.state import record_last_export
 
@@ -122,8 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The values the parser cannot judge alone, before anything loads: sizes in range."""
+    if args.img_size is not None:
+        check_size_flag("--img-size", args.img_size)
+    if args.batch is not None:
+        check_batch("--batch", args.batch)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_flags(args)
+    require_torch("export.onnx (it traces the PyTorch model)")
     from .exporter import export_checkpoint, verdict_line  # lazy: torch and onnx load after the arguments parse
 
     result = export_checkpoint(

@@ -44,16 +44,16 @@ which ONNX: --onnx, else the file `python -m export.onnx` wrote last, as recorde
 {state_file()} (relative to the working directory; set IDLEVIT_STATE_DIR to move it): run both
 commands from the same folder.
 
-precision: --fp32 builds FP32 everywhere (TF32 off). --fp16 keeps every idle layer's scoring
-path (norm1 -> CLS query folded into the keys -> scores -> TopK) in FP32 so FP16 rounding cannot
-reorder the kept tokens. Strongly typed targets (TensorRT 10.12+, 11.x, TensorRT-RTX) get a
-mixed-precision ONNX, always written (<onnx>_fp16_mixed.onnx beside the input, or beside --out)
-and checked in ONNX Runtime (CPU) against the FP32 graph: as ONNX Runtime's kernels run it, and
-with FP16 storage rounding emulated (those kernels compute many FP16 ops in FP32 and skip the
-rounding, the scores before TopK among them). Top-1 and kept-token flips are counted apart when
-the FP32 graph's own logits / scores are within 1% of a tie, and kept-token flips after an
-earlier flip of the same sample as cascades. TensorRT < 10.12 gets the FP32 ONNX with the FP16
-builder flag and per-layer FP32 constraints.
+precision: --fp32 builds FP32 everywhere (TF32 off). --fp16 keeps every idle layer's scoring path
+(norm1 -> CLS query folded into the keys -> scores -> TopK) in FP32 so FP16 rounding cannot reorder
+the kept tokens. Strongly typed targets (TensorRT 10.12+, 11.x, TensorRT-RTX) get a mixed-precision
+ONNX (ONNX Runtime's FP16 converter, no PyTorch needed), always written (<onnx>_fp16_mixed.onnx
+beside the input, or beside --out) and checked in ONNX Runtime (CPU) against the FP32 graph: as
+ONNX Runtime's kernels run it, and with FP16 storage rounding emulated (those kernels compute many
+FP16 ops in FP32 and skip the rounding, the scores before TopK among them). Top-1 and kept-token
+flips are counted apart when the FP32 graph's own logits / scores are within 1% of a tie, and kept-
+token flips after an earlier flip of the same sample as cascades. TensorRT < 10.12 gets the FP32
+ONNX with the FP16 builder flag and per-layer FP32 constraints.
 
 --int8 / --fp8 write a Q/DQ graph (<onnx>_int8.onnx / <onnx>_fp8.onnx beside the input, or
 beside --out) with ModelOpt, calibrated on ONNX Runtime's CPU with --calib-data read by the
@@ -65,7 +65,13 @@ digits test split (or --check-data): top-1 agreement, kept tokens per idle layer
 and cascade accounting, logit cosine, by the int8 / fp8 presets; a failed check exits
 {EXIT_CHECK_FAILED} and builds nothing. FP8 needs compute capability 8.9+: TensorRT-RTX only with
 --compute-capabilities 8.9 and/or 12.0 (anything else is refused up front); full TensorRT on an
-Ada, Hopper, Blackwell or Thor GPU. Plans (--int8-plan, also for --fp8; default {DEFAULT_QUANT_PLAN},
+Ada, Hopper, Blackwell or Thor GPU. ModelOpt needs PyTorch: on a host without it, write the Q/DQ
+graph where ModelOpt is installed and build that file here (--onnx model_int8.onnx).
+
+a reduced graph given with --onnx (<onnx>_fp16_mixed.onnx, <onnx>_int8.onnx, <onnx>_fp8.onnx) is
+built as it is in its own precision (no precision flag, or the same one), after the same check
+against the FP32 graph its metadata records (by sha256, where it was or beside it; --no-check
+builds without it). Plans (--int8-plan, also for --fp8; default {DEFAULT_QUANT_PLAN},
 measured by `python -m benchmarks.quantization`):
 {PLAN_LINES}
 
@@ -77,7 +83,7 @@ still run, the command is printed, and no engine is written.
 
 exit codes: {EXIT_OK} engine built; {EXIT_CHECK_FAILED} a static check or the reduced-precision check failed;
 {EXIT_BAD_INPUT} bad file or flag (a plugin graph for TensorRT-RTX, --fp8 for a GPU without FP8 included);
-{EXIT_MISSING_DEPENDENCY} TensorRT (or ModelOpt for --fp16/--int8/--fp8) is not installed; {EXIT_BUILD_FAILED}
+{EXIT_MISSING_DEPENDENCY} TensorRT (or ModelOpt for --int8/--fp8 of an FP32 graph) is not installed; {EXIT_BUILD_FAILED}
 TensorRT's parser or builder failed.
 """
 
@@ -204,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engines.builder import BuildOptions  # lazy: onnx, torch and TensorRT load after the arguments parse
+    from engines.builder import BuildOptions  # lazy: onnx and TensorRT load after the arguments parse
+    from idlevit.metadata import read_metadata  # lazy: as above
+    from idlevit.state import given_or_last_export  # lazy: as above
     from validate.inputs import InputSpec  # lazy: as above
 
     from .engine import export_engine  # lazy: as above
@@ -219,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         list(args.plugins),
         [cc.strip() for cc in args.compute_capabilities.split(",")] if args.compute_capabilities else [],
     )
-    quantized = args.precision in QUANTIZED
+    # a Q/DQ graph given as it is (made where ModelOpt is installed) is checked like --int8 / --fp8
+    quantized = (args.precision or read_metadata(given_or_last_export(args.onnx, "--onnx")).precision) in QUANTIZED
     check = InputSpec(
         data=args.check_data or ("digits" if quantized else None),
         num_images=args.check_images if args.check_images is not None else (512 if quantized else 16),
@@ -228,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     export_engine(
         args.onnx,
-        precision=args.precision or FP32,
+        precision=args.precision,
         quantization=QuantOptions(args.quant_plan, args.calib_data, args.calib_images, args.calib_method),
         runtime=args.runtime,
         trt_version=args.trt_version,

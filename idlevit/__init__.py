@@ -1,7 +1,8 @@
 """IdleViT: token-idling Vision Transformers, their checkpoints and schedules, and the artefact contract.
 
 The names below load on first use (PEP 562), so that ``import idlevit.cli`` and the commands'
-``--help`` do not pay for torch.
+``--help`` do not pay for torch, and a host without PyTorch can use every name that needs none
+(the demo's paths, configs, errors, I/O names, schedules).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ __version__ = "0.1.0"
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
-    "DEMO_CHECKPOINT": "checkpoint",
-    "DEMO_TEACHER": "checkpoint",
+    "DEMO_CHECKPOINT": "bundled",
+    "DEMO_TEACHER": "bundled",
     "create_model": "checkpoint",
     "infer_arch": "checkpoint",
     "load_checkpoint": "checkpoint",
     "read_checkpoint": "checkpoint",
-    "resolve_checkpoint_path": "checkpoint",
+    "resolve_checkpoint_path": "bundled",
     "save_checkpoint": "checkpoint",
     "ArchConfig": "configs",
     "get_arch": "configs",
@@ -65,16 +66,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .checkpoint import (
-        DEMO_CHECKPOINT,
-        DEMO_TEACHER,
-        create_model,
-        infer_arch,
-        load_checkpoint,
-        read_checkpoint,
-        resolve_checkpoint_path,
-        save_checkpoint,
-    )
+    from .bundled import DEMO_CHECKPOINT, DEMO_TEACHER, resolve_checkpoint_path
+    from .checkpoint import create_model, infer_arch, load_checkpoint, read_checkpoint, save_checkpoint
     from .configs import ArchConfig, get_arch, list_archs, register_arch
     from .errors import CheckpointError, ScheduleError, ToolkitError, UnsafeCheckpointError
     from .model import IdleViT

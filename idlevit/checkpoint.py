@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .bundled import DEMO_CHECKPOINT, DEMO_TEACHER, resolve_checkpoint_path  # noqa: F401 - re-exported
 from .configs import DATA_KEYS, ArchConfig, check_data_config, get_arch, list_archs
 from .errors import CheckpointError, UnsafeCheckpointError
 from .fileio import atomic_write
@@ -28,24 +29,6 @@ from .schedule import resolve_schedule
 
 #: Classes a checkpoint pickle may construct besides tensors and containers.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
-
-#: The bundled demo: deit_micro (deit_tiny at half width) IdleViT, keep rate 0.7, finetuned on
-#: scikit-learn's digits, and its dense teacher.
-DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "idlevit_deit_micro_digits_ratio0.7.pth"
-DEMO_TEACHER = Path(__file__).parent / "assets" / "deit_micro_digits_dense.pth"
-
-
-def resolve_checkpoint_path(ckpt: str | os.PathLike[str] | None) -> Path:
-    """``None`` or ``"demo"`` -> the bundled demo checkpoint; anything else is a path."""
-    if ckpt is None or str(ckpt) == "demo":
-        if not DEMO_CHECKPOINT.is_file():
-            raise CheckpointError(
-                f"the bundled demo checkpoint is missing ({DEMO_CHECKPOINT.name}); reinstall the package "
-                "or rebuild it with `python -m idlevit.finetune --recipe demo`"
-            )
-        return DEMO_CHECKPOINT
-    return Path(ckpt)
-
 
 #: Keys under which a checkpoint may hold its state dict, most specific first.
 STATE_DICT_KEYS = ("model", "state_dict", "model_ema")

@@ -3,8 +3,12 @@
 :func:`run_cli` wraps a command's ``main``: a :class:`~idlevit.errors.ToolkitError` becomes one
 line on stderr (``error: <what is wrong>; <how to fix it>``) and its exit code, Ctrl-C exits
 130 and SIGTERM 143 (temporary files are removed on the way out, see
-:func:`idlevit.fileio.atomic_write`), and anything unexpected exits 70 with one line that asks
-for a report (``IDLEVIT_DEBUG=1`` prints the traceback too). :func:`cli_parser` makes every
+:func:`idlevit.fileio.atomic_write`), a known failure of a library or of the machine (not enough
+memory, a full disk, see :mod:`idlevit.failures`) exits 2 with its fix, and anything unexpected
+exits 70 with one line that asks for a report (``IDLEVIT_DEBUG=1`` prints the traceback too).
+A signal that arrives while a command is still being imported (before :func:`run_cli` runs)
+ends it the same way: importing this module in a command's process installs handlers that say
+so in one line and exit 130 / 143. :func:`cli_parser` makes every
 command's parser, whose usage errors are one line as well, and :func:`progress` its progress
 bars, which stay off when stderr is not a terminal.
 
@@ -19,11 +23,13 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ToolkitError
+from .failures import known_failure
 
 #: Set to 1 to see the traceback of an unexpected error.
 DEBUG_ENV = "IDLEVIT_DEBUG"
@@ -35,6 +41,45 @@ class Terminated(BaseException):
 
 def _raise_terminated(signum: int, _frame: object) -> None:
     raise Terminated(signum)
+
+
+#: The toolkit's packages: a process whose ``__main__`` is one of their modules is a command.
+COMMAND_PACKAGES = ("idlevit", "plugins", "engines", "validate", "export", "benchmarks")
+#: What a signal ends a command with: its one line and exit code.
+SIGNAL_ENDINGS: dict[int, tuple[str, int]] = {
+    signal.SIGINT: ("interrupted (Ctrl-C)", EXIT_SIGINT),
+    signal.SIGTERM: ("terminated (SIGTERM)", EXIT_SIGTERM),
+}
+#: Handlers in place before :func:`_install_early_handlers` replaced them (restored once a command is done).
+_BEFORE_EARLY: dict[int, Any] = {}
+
+
+def _exit_early(signum: int, _frame: object) -> None:
+    """A signal before :func:`run_cli` runs (the command is still importing; nothing is written yet): its line, its
+    code, at once (``os._exit``: an exception here would be a traceback from the middle of an import)."""
+    message, code = SIGNAL_ENDINGS[signum]
+    os.write(2, f"error: {message}\n".encode())
+    os._exit(code)
+
+
+def _running_a_command() -> bool:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name.split(".")[0] in COMMAND_PACKAGES
+
+
+def _install_early_handlers() -> None:
+    """In a command's process, end SIGINT and SIGTERM in one line from now on, imports included. Handlers the
+    parent set (SIG_IGN under nohup) are left alone, and so is every process that is not a command."""
+    if not _running_a_command() or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in SIGNAL_ENDINGS:
+        current = signal.getsignal(signum)
+        if current in (signal.SIG_DFL, signal.default_int_handler):
+            _BEFORE_EARLY[signum] = current
+            signal.signal(signum, _exit_early)
+
+
+_install_early_handlers()
 
 
 #: Longest error line printed; a longer message (a runaway list, a quoted file) is cut in the middle.
@@ -87,7 +132,12 @@ def warn(message: str) -> None:
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
     """Run a command's ``main`` and exit with the code the README documents for what happened."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated),
+        signal.SIGINT: signal.getsignal(signal.SIGINT),
+    }
+    if previous[signal.SIGINT] is _exit_early:  # Ctrl-C is KeyboardInterrupt while the command works
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = main(argv)
     except ToolkitError as err:
@@ -97,6 +147,12 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except Terminated:
         fail("terminated (SIGTERM)", EXIT_SIGTERM)
     except Exception as err:  # noqa: BLE001 - the one place that turns a bug into a report line
+        known = known_failure(err)
+        if known is not None:
+            if os.environ.get(DEBUG_ENV) == "1":
+                _close_progress_bars()
+                traceback.print_exc()
+            fail(str(known), known.exit_code)
         if os.environ.get(DEBUG_ENV) == "1":
             _close_progress_bars()
             traceback.print_exc()
@@ -106,7 +162,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
             EXIT_INTERNAL,
         )
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, _BEFORE_EARLY.get(signum, handler) if handler is _exit_early else handler)
     sys.stdout.flush()
     sys.exit(code or EXIT_OK)
 

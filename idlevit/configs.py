@@ -19,6 +19,42 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_KEYS = ("mean", "std", "crop_pct", "interpolation")
 #: Resize filters timm's transforms know by name.
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+#: Largest image side a model may be built for: far above any published IdleViT (224 px), low enough that
+#: a mistyped size is refused before its position embedding and N x N attention are allocated.
+MAX_IMG_SIZE = 4096
+#: Largest batch any flag or record may name: far above what a ViT runs at once (TensorRT profiles, Triton's
+#: max_batch_size, parity batches), low enough that a mistyped batch is refused before it is allocated.
+MAX_BATCH = 65536
+
+
+def check_batch(flag: str, value: int, low: int = 1) -> int:
+    """A batch size from a flag or a record: an integer in ``low``..:data:`MAX_BATCH`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_BATCH:
+        raise ToolkitError(f"{flag} {shown(value)} is not a batch size from {low} to {MAX_BATCH}")
+    return value
+
+
+def check_size_flag(flag: str, value: int, limit: int = MAX_IMG_SIZE) -> int:
+    """A pixel count given on a command line (``--img-size``, ``--patch-size``): an integer in 1..``limit``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ToolkitError(
+            f"{flag} {shown(value)} is not a size in pixels from 1 to {limit}; the image size is a multiple of "
+            "the patch size (224 px with 16 px patches for the published models)"
+        )
+    return value
+
+
+def check_geometry(img_size: int, patch_size: int, where: str) -> None:
+    """The image is a whole number of patches (at least one) and at most :data:`MAX_IMG_SIZE` pixels wide."""
+    check_size_flag("patch size", patch_size)
+    check_size_flag("image size", img_size)
+    if img_size % patch_size:
+        below = img_size // patch_size * patch_size
+        nearest = [size for size in (below, below + patch_size) if 0 < size <= MAX_IMG_SIZE]
+        raise ToolkitError(
+            f"{where}: image size {img_size} px is not a multiple of the patch size {patch_size} px (the patches "
+            f"would not cover the image); use {' or '.join(map(str, nearest))}"
+        )
 
 
 def data_config(
@@ -116,7 +152,10 @@ class ArchConfig:
         a data config change is checked (:func:`check_data_config`) on every path."""
         changes = {k: v for k, v in changes.items() if v is not None}
         changes.update(check_data_config({k: v for k, v in changes.items() if k in DATA_KEYS}, f"arch {self.name}"))
-        return replace(self, **changes)
+        updated = replace(self, **changes)
+        if "img_size" in changes or "patch_size" in changes:
+            check_geometry(updated.img_size, updated.patch_size, f"arch {self.name}")
+        return updated
 
 
 _ARCHS: dict[str, ArchConfig] = {}

@@ -57,3 +57,41 @@ class CheckFailed(ToolkitError):
     """A verification ran and its thresholds did not hold."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+#: The packages of the PyTorch side (the model, the exporter, training, the PyTorch reference).
+TORCH_PACKAGES = ("torch", "torchvision", "timm")
+#: How to add them to an install made with the device line (``pip install -e .``).
+TORCH_INSTALL = "pip install -e '.[torch]' (torch, torchvision and timm; the device install leaves them out)"
+
+
+def missing_torch_package() -> str | None:
+    """The first of :data:`TORCH_PACKAGES` that is not installed here (found without importing it), else None."""
+    import importlib.util  # lazy: only asked where the PyTorch side is needed
+
+    for name in TORCH_PACKAGES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def require_torch(what: str) -> None:
+    """Exit 3 in one line naming ``what`` needs PyTorch when torch, torchvision or timm is missing."""
+    missing = missing_torch_package()
+    if missing:
+        raise torch_missing(what, missing)
+
+
+def torch_missing(what: str, package: str) -> MissingDependencyError:
+    return MissingDependencyError(f"{what} needs PyTorch, and {package} is not installed here; {TORCH_INSTALL}")
+
+
+def as_missing_dependency(err: BaseException) -> MissingDependencyError | None:
+    """A ``ModuleNotFoundError`` of the PyTorch side as the one-line exit-3 error (None for any other error)."""
+    name = getattr(err, "name", None) or ""
+    if isinstance(err, ModuleNotFoundError) and name.split(".")[0] in TORCH_PACKAGES:
+        return torch_missing("this command", name.split(".")[0])
+    return None

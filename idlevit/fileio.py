@@ -31,13 +31,32 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, judged before any work from the nearest folder that exists: it is a
+    file, or it cannot be written into. None when it looks writable (the write itself still has the last word)."""
+    if _special_file(path):
+        return None
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{os.fspath(parent)!r} is a file, not a folder"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return os.strerror(errno.EACCES) + f" (in {os.fspath(parent)!r})"
+            return None
+    return None
+
+
 def refuse_overwriting_inputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None]) -> None:
     """Exit 2 naming both paths when any output is one of the inputs (resolved, links followed), and
-    before any work, when an output is a folder (the write would fail only at the end)."""
+    before any work, when an output is a folder or its folder cannot be written (the write would fail
+    only at the end)."""
     sources = [Path(p) for p in inputs if p is not None]
     for out in (Path(p) for p in outputs if p is not None):
         if out.is_dir():
             raise ToolkitError(f"output {os.fspath(out)!r} is a folder; give a file path")
+        reason = _unwritable(out)
+        if reason:
+            raise ToolkitError(f"cannot write {os.fspath(out)!r}: {reason}; choose a writable path")
         for source in sources:
             if _same_file(out, source):
                 raise ToolkitError(
@@ -56,7 +75,7 @@ def _special_file(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def _missing_parents(path: Path) -> list[Path]:
+def missing_parents(path: Path) -> list[Path]:
     """The folders above ``path`` that do not exist yet, outermost last (removed again if the write fails)."""
     missing = []
     for parent in path.parents:
@@ -85,7 +104,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             with open(target, mode) as handle:
                 yield handle
             return
-        made = _missing_parents(target)
+        made = missing_parents(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         umask = os.umask(0)

@@ -15,10 +15,18 @@ import argparse
 from pathlib import Path
 
 from .cli import cli_parser, run_cli
-from .configs import list_archs
+from .configs import check_size_flag, list_archs
 from .errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError
 from .names import DIGITS
-from .recipe import CUT_LOSSES, DEMO_ARCH, DEMO_IMG_SIZE, DEMO_PATCH_SIZE, DENSE_RECIPE, STUDENT_RECIPE
+from .recipe import (
+    CUT_LOSSES,
+    DEMO_ARCH,
+    DEMO_IMG_SIZE,
+    DEMO_PATCH_SIZE,
+    DENSE_RECIPE,
+    STUDENT_RECIPE,
+    train_config,
+)
 from .schedule import add_schedule_arguments
 
 EPILOG = f"""
@@ -103,9 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Most CPU threads or loader workers a run may ask for.
+MAX_THREADS = 1024
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every flag's value, before torch loads: the optimisation settings (:class:`~idlevit.recipe.TrainConfig`
+    checks its own), sizes, threads and workers."""
+    train_config(args, DENSE_RECIPE if args.dense else STUDENT_RECIPE)
+    check_size_flag("--img-size", args.img_size)
+    check_size_flag("--patch-size", args.patch_size)
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise ToolkitError(f"--threads {args.threads} is not from 1 to {MAX_THREADS}")
+    if not 0 <= args.workers <= MAX_THREADS:
+        raise ToolkitError(f"--workers {args.workers} is not from 0 to {MAX_THREADS}")
+    if args.recipe != "demo" and not args.out:
+        raise ToolkitError("--out is required: the checkpoint to write (e.g. --out idlevit_digits.pth)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_flags(args)
     if args.recipe == "demo" and args.seed != 0 and args.out_dir is None:
         raise ToolkitError(f"the bundled demo is seed 0; write seed {args.seed} elsewhere with --out-dir DIR")
     from .trainer import train  # lazy: torch and timm load after the arguments parse

@@ -7,14 +7,18 @@ model's facts from here, so nothing downstream asks the user again or branches o
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePath
 from typing import Any
 
 import onnx
 
-from .configs import check_data_config, data_config
-from .errors import ToolkitError
+from .configs import MAX_BATCH, MAX_IMG_SIZE, check_data_config, data_config
+from .errors import ToolkitError, shown
+from .names import IMAGES, LOGITS
 from .records import record_from_dict
 from .schedule import Schedule
 
@@ -105,10 +109,28 @@ class ExportMetadata:
                 raise ToolkitError(f"{where}: metadata field {name} is {getattr(self, name)}, not >= 1; {REEXPORT}")
         if any(not 1 <= k <= self.num_tokens for k in self.keep_tokens):
             raise ToolkitError(
-                f"{where}: metadata keep_tokens {self.keep_tokens} are outside 1..{self.num_tokens}; {REEXPORT}"
+                f"{where}: metadata keep_tokens {shown(self.keep_tokens)} are outside 1..{self.num_tokens}; {REEXPORT}"
             )
-        if self.batch < 0:
-            raise ToolkitError(f"{where}: metadata field batch is {self.batch}, not >= 0; {REEXPORT}")
+        if not 0 <= self.batch <= MAX_BATCH:
+            raise ToolkitError(f"{where}: metadata field batch is {self.batch}, not in 0..{MAX_BATCH}; {REEXPORT}")
+        if self.img_size > MAX_IMG_SIZE:
+            raise ToolkitError(f"{where}: metadata field img_size is {self.img_size}, above {MAX_IMG_SIZE}; {REEXPORT}")
+        grid = math.isqrt(self.num_tokens)
+        if grid * grid != self.num_tokens or self.img_size % grid:
+            raise ToolkitError(
+                f"{where}: metadata num_tokens {self.num_tokens} is not a square grid of patches that divides "
+                f"img_size {self.img_size}; {REEXPORT}"
+            )
+        if list(self.idle_layers) != sorted(set(self.idle_layers)) or any(layer < 0 for layer in self.idle_layers):
+            raise ToolkitError(
+                f"{where}: metadata idle_layers {shown(self.idle_layers)} are not increasing block indices; {REEXPORT}"
+            )
+        expected = [int(self.num_tokens * ratio) if 0 < ratio <= 1 else None for ratio in self.keep_ratios]
+        if expected != list(self.keep_tokens):
+            raise ToolkitError(
+                f"{where}: metadata keep_tokens {shown(self.keep_tokens)} are not int(num_tokens x ratio) of its "
+                f"keep_ratios {shown(self.keep_ratios)} and num_tokens {self.num_tokens}; {REEXPORT}"
+            )
         check_data_config(asdict(self), f"{where}'s metadata")
 
 
@@ -122,11 +144,113 @@ def write_metadata(model: onnx.ModelProto, meta: ExportMetadata) -> None:
 
 
 def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> ExportMetadata:
-    """Read the metadata of a loaded model or an ONNX file (weights are not loaded for files)."""
+    """Read the metadata of a loaded model or an ONNX file (weights are not loaded for files).
+
+    A file's graph is checked against what its metadata says it takes and gives (:func:`check_graph_io`),
+    so that a renamed input or an edited image size is named here, not by ONNX Runtime later."""
     if isinstance(model, onnx.ModelProto):
         return ExportMetadata.from_props({p.key: p.value for p in model.metadata_props})
     proto = load_onnx(model, load_external_data=False)
-    return ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, os.fspath(model))
+    meta = ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, os.fspath(model))
+    check_graph_io(proto.graph, meta, os.fspath(model))
+    return meta
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    """A graph input's or output's dims: sizes, or the symbolic name ('?' when it has none)."""
+    dims: list[int | str] = []
+    for dim in value.type.tensor_type.shape.dim:
+        dims.append(dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?"))
+    return dims
+
+
+def check_graph_io(graph: onnx.GraphProto, meta: ExportMetadata, where: str) -> None:
+    """The graph takes ``images`` (B, 3, img_size, img_size) and gives ``logits`` (B, num_classes), as its
+    metadata records: every feeder builds its batches from the metadata."""
+    fix = "export the graph again with `python -m export.onnx`, or pass the file export wrote"
+    initializers = {init.name for init in graph.initializer}
+    inputs = {v.name: v for v in graph.input if v.name not in initializers}
+    outputs = {v.name: v for v in graph.output}
+    head = f"{where}'s graph does not match its idlevit.* metadata"
+    if IMAGES not in inputs:
+        raise ToolkitError(f"{head}: its inputs are {shown(sorted(inputs))}, not {IMAGES!r}; {fix}")
+    if LOGITS not in outputs:
+        raise ToolkitError(f"{head}: its outputs are {shown(sorted(outputs), 80)}, not {LOGITS!r} among them; {fix}")
+    size, batch = meta.img_size, meta.batch or "batch"
+    want_in: list[int | str] = [batch, 3, size, size]
+    want_out: list[int | str] = [batch, meta.num_classes]
+    for name, value, want in ((IMAGES, inputs[IMAGES], want_in), (LOGITS, outputs[LOGITS], want_out)):
+        dims = _dims(value)
+        fixed = [(got, expected) for got, expected in zip(dims, want) if isinstance(got, int) and got > 0]
+        if len(dims) != len(want) or any(isinstance(e, int) and g != e for g, e in fixed):
+            shape = "(" + ", ".join(map(str, dims)) + ")"
+            expected = "(" + ", ".join(map(str, want)) + ")"
+            raise ToolkitError(
+                f"{head}: {name} has shape {shape}, but the metadata (img_size {size}, num_classes "
+                f"{meta.num_classes}, batch {meta.batch or 'dynamic'}) gives {expected}; {fix}"
+            )
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph stores: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def external_data_files(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Path]:
+    """The files beside ``path`` that hold the model's external weights, each checked: a plain relative
+    location inside the model's folder (ONNX Runtime refuses any other), present, and long enough for
+    every tensor read from it. A bad one raises a one-line :class:`ToolkitError` naming it."""
+    where = os.fspath(path)
+    folder = Path(where).parent
+    sizes: dict[str, int] = {}
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        pure = PurePath(location)
+        fix = "keep the data file beside the .onnx under the name the model records, or export the graph again"
+        if not location or "\0" in location or pure.is_absolute() or ".." in pure.parts:
+            raise ToolkitError(
+                f"{where!r} reads tensor {tensor.name!r} from external data {shown(location)}, which is not a file "
+                f"inside the model's folder; {fix}"
+            )
+        try:
+            end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        except ValueError:
+            raise ToolkitError(
+                f"{where!r}: tensor {tensor.name!r} has an external data offset or length that is not a number; "
+                f"{REEXPORT}"
+            ) from None
+        sizes[location] = max(sizes.get(location, 0), end)
+    files = []
+    for location, needed in sizes.items():
+        data = folder / location
+        try:
+            size = data.stat().st_size if data.is_file() else None
+        except OSError:
+            size = None
+        if size is None:
+            raise ToolkitError(
+                f"{where!r} keeps its weights in {location!r}, which is not beside it ({os.fspath(data)!r} is missing "
+                "or not a file); copy the data file along with the .onnx, or export the graph again"
+            )
+        if size < needed:
+            raise ToolkitError(
+                f"{where!r}'s external data {location!r} holds {size} bytes but its tensors need {needed}: the file "
+                "is truncated or belongs to another export; copy it again, or export the graph again"
+            )
+        files.append(data)
+    return files
 
 
 def load_onnx(path: str | os.PathLike[str], load_external_data: bool = True) -> onnx.ModelProto:
@@ -139,7 +263,7 @@ def load_onnx(path: str | os.PathLike[str], load_external_data: bool = True) -> 
     if not os.path.isfile(where):
         raise ToolkitError(f"ONNX file {where!r} does not exist; export one with `python -m export.onnx`")
     try:
-        model = onnx.load(where, load_external_data=load_external_data)
+        model = onnx.load(where, load_external_data=False)
     except OSError as err:
         raise ToolkitError(f"cannot read {where!r}: {err.strerror or err}; check the file's permissions") from None
     except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors have no common base
@@ -149,4 +273,11 @@ def load_onnx(path: str | os.PathLike[str], load_external_data: bool = True) -> 
         ) from None
     if not model.graph.node:
         raise ToolkitError(f"{where!r} holds no ONNX graph (is it empty or truncated?); export it again")
+    if external_data_files(model, where) and load_external_data:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(where)))
+        except OSError as err:
+            raise ToolkitError(
+                f"cannot read the external data of {where!r}: {err.strerror or err}; check the files' permissions"
+            ) from None
     return model

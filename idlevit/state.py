@@ -1,9 +1,10 @@
 """Remembers the ONNX file that ``export.onnx`` wrote last, so ``export.trt`` can default to it.
 
 The record is ``.idlevit/last_export.json`` in the working directory (override the folder with
-``IDLEVIT_STATE_DIR``): run both commands from the same folder and the second finds the first's
-output. The record is a convenience: failing to write it is a warning (the export itself
-succeeded), and a record that cannot be read is named, not followed.
+``IDLEVIT_STATE_DIR``; set but empty counts as not set): run both commands from the same folder
+and the second finds the first's output. The record is a convenience: failing to write it is a
+warning (the export itself succeeded), and a record that cannot be read, or that names something
+no file system path can be, is named, not followed.
 """
 
 from __future__ import annotations
@@ -13,12 +14,31 @@ import os
 from pathlib import Path
 
 from .cli import warn
-from .errors import ToolkitError
+from .errors import ToolkitError, shown
 from .fileio import atomic_write
+
+STATE_DIR_ENV = "IDLEVIT_STATE_DIR"
+DEFAULT_STATE_DIR = ".idlevit"
+#: A record is one short JSON object; anything much larger is not one this toolkit wrote.
+MAX_RECORD_BYTES = 64 * 1024
+#: Longest path a record may name (Linux's PATH_MAX).
+MAX_PATH_CHARS = 4096
 
 
 def state_file() -> Path:
-    return Path(os.environ.get("IDLEVIT_STATE_DIR", ".idlevit")) / "last_export.json"
+    """Where the record lives: ``$IDLEVIT_STATE_DIR/last_export.json``, or ``.idlevit/`` when unset or empty."""
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR) / "last_export.json"
+
+
+def check_recorded_path(recorded: object) -> str:
+    """The path a record names, when it can be one: non-empty text, no NUL, at most :data:`MAX_PATH_CHARS`
+    characters; a one-line :class:`ToolkitError` otherwise."""
+    if not isinstance(recorded, str) or not recorded or "\0" in recorded or len(recorded) > MAX_PATH_CHARS:
+        raise ToolkitError(
+            f"the last-export record {os.fspath(state_file())!r} is corrupt: it names {shown(recorded)}, not a "
+            "path this system can open; pass the file explicitly (--onnx / --model), or export again to rewrite it"
+        )
+    return recorded
 
 
 def record_last_export(onnx_path: str | os.PathLike[str]) -> bool:
@@ -42,26 +62,32 @@ def last_export() -> Path | None:
     :func:`record_last_export` writes raises a one-line :class:`ToolkitError` naming it.
     """
     path = state_file()
+    corrupt = (
+        f'the last-export record {os.fspath(path)!r} is corrupt (expected {{"onnx": path}}); '
+        "pass the file explicitly (--onnx / --model), or export again to rewrite it"
+    )
     try:
-        text = path.read_text()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RECORD_BYTES + 1)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise ToolkitError(
-            f"cannot read the last-export record {os.fspath(path)!r} ({getattr(err, 'strerror', None) or err}); "
+            f"cannot read the last-export record {os.fspath(path)!r} ({err.strerror or err}); "
             "pass the file explicitly (--onnx / --model) or delete the record"
         ) from None
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ToolkitError(corrupt)
     try:
-        recorded = json.loads(text)["onnx"]
-        if not isinstance(recorded, str) or not recorded:
-            raise TypeError(recorded)
-    except (ValueError, KeyError, TypeError):
-        raise ToolkitError(
-            f'the last-export record {os.fspath(path)!r} is corrupt (expected {{"onnx": path}}); '
-            "pass the file explicitly (--onnx / --model), or export again to rewrite it"
-        ) from None
+        recorded = json.loads(raw.decode("utf-8"))["onnx"]
+    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ToolkitError(corrupt) from None
+    recorded = check_recorded_path(recorded)
     found = Path(recorded)
-    return found if found.is_file() else None
+    try:
+        return found if found.is_file() else None
+    except OSError:  # a component too long for this file system, a loop of links: no file there
+        return None
 
 
 def given_or_last_export(path: str | os.PathLike[str] | None, flag: str) -> Path:

@@ -10,36 +10,20 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import data
-from .checkpoint import create_model, load_checkpoint, save_checkpoint
+from .checkpoint import create_model, load_checkpoint, resolve_checkpoint_path, save_checkpoint
 from .errors import ToolkitError
+from .fileio import refuse_overwriting_inputs
 from .model import IdleViT
-from .recipe import TrainConfig
+from .recipe import TrainConfig, train_config
 from .schedule import schedule_arguments
 from .training import fit, top1
-
-
-def _train_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
-    changes = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "max_shift": args.max_shift,
-    }
-    return replace(
-        base,
-        **{k: v for k, v in changes.items() if v is not None},
-        cut_loss=args.cut_loss,
-        seed=args.seed,
-        bf16=args.bf16 or base.bf16,
-    )
 
 
 def _schedule(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,12 +57,15 @@ def build_student(args: argparse.Namespace, classes: int) -> IdleViT:
 
 def train(args: argparse.Namespace, base: TrainConfig) -> tuple[Path, float]:
     """One training run from parsed flags; returns the checkpoint path and its test top-1."""
-    torch.set_num_threads(args.threads)
     if not args.out:
         raise ToolkitError("--out is required: the checkpoint to write (e.g. --out idlevit_digits.pth)")
     if not args.dense and not args.teacher and not args.init:
         raise ToolkitError("an IdleViT student starts from a dense model: pass --teacher DENSE.pth (or --dense first)")
-    cfg = _train_config(args, base)
+    cfg = train_config(args, base)
+    # before any work: a run that ends by writing over its own teacher or starting point loses it
+    starts = [resolve_checkpoint_path(p) for p in (args.teacher, args.init) if p]
+    refuse_overwriting_inputs([args.out], starts)
+    torch.set_num_threads(args.threads)
     probe = _probe_classes(args)
     model = build_student(args, probe)
     teacher = load_checkpoint(args.teacher, idle_layers=[], keep_ratios=[]) if args.teacher else None

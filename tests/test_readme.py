@@ -74,7 +74,7 @@ LINES: dict[str, Line] = {
     "python -m validate.accuracy --onnx my.onnx --engine my_fp16.engine --data /data/imagenet": Line(
         "pipeline", run=False, why=GPU
     ),
-    "python -m export.trt --fp16": Line("pipeline", code=_built(HAS_TRT or HAS_RTX)),
+    "python -m export.trt --fp16": Line("pipeline", code=0 if HAS_TRT or HAS_RTX else 3),
     "python -m export.trt --onnx my.onnx --fp32 --runtime tensorrt-rtx --max-batch 64": Line(
         "pipeline", code=0 if HAS_RTX else 3
     ),
@@ -87,6 +87,27 @@ LINES: dict[str, Line] = {
     ),
     "python -m validate.accuracy --onnx my_int8.onnx --ckpt my.pth": Line(
         "pipeline", run=HAS_MODELOPT, extra="--limit 64 --quiet", why="ModelOpt is not installed"
+    ),
+    # on the device (here with PyTorch installed too; tests/test_device.py runs them without it)
+    "python -m export.trt --onnx my.onnx --fp16": Line("pipeline", code=0 if HAS_TRT or HAS_RTX else 3),
+    "python -m export.trt --onnx my_int8.onnx": Line(
+        "pipeline",
+        run=HAS_MODELOPT,
+        extra="--check-images 64",
+        code=0 if HAS_TRT or HAS_RTX else 3,
+        why="ModelOpt is not installed, so no INT8 graph was written",
+    ),
+    "python -m validate.parity --onnx my_fp16_mixed.onnx": Line(
+        "pipeline", extra="--num-images 16 --random-batches 1 --quiet"
+    ),
+    "python -m validate.parity --onnx my.onnx --engine my_fp16.engine --reference-onnx my.onnx": Line(
+        "pipeline", run=False, why=GPU
+    ),
+    "python -m validate.accuracy --onnx my_int8.onnx": Line(
+        "pipeline", run=HAS_MODELOPT, extra="--limit 64 --quiet", why="ModelOpt is not installed"
+    ),
+    "python -m engines.infer --model my_fp16.engine cat.jpg": Line(
+        "pipeline", run=HAS_TRT or HAS_RTX, why="no engine was built here"
     ),
     "python -m engines.package": Line("pipeline"),
     "python -m engines.package my.onnx --labels classes.txt --force": Line("pipeline"),

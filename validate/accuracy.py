@@ -1,10 +1,11 @@
 """``python -m validate.accuracy``: top-1/top-5 of every backend on a dataset, side by side.
 
 The same batches go through the PyTorch reference (``--ckpt``; default: the checkpoint the ONNX
-metadata records), ONNX Runtime (``--onnx``; default: the last export here) and
-TensorRT (``--engine``) in one streamed Polygraphy run, so the figures are measured together.
-Images are the bundled digits split or an ImageFolder (timm's eval transform with the mean/std
-the ONNX records). images/s counts backend inference time only, not data loading.
+metadata records, when PyTorch is installed), ONNX Runtime (``--onnx``; default: the last export
+here) and TensorRT (``--engine``) in one streamed Polygraphy run, so the figures are measured
+together. Images are the bundled digits split or an ImageFolder with one class folder per model
+class (timm's eval preprocessing with the mean/std the ONNX records, done without PyTorch).
+images/s counts backend inference time only, not data loading.
 
 Examples::
 
@@ -20,7 +21,16 @@ import json
 from pathlib import Path
 
 from idlevit.cli import cli_parser, run_cli
-from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, CheckpointError, ToolkitError
+from idlevit.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_MISSING_DEPENDENCY,
+    EXIT_OK,
+    TORCH_INSTALL,
+    CheckpointError,
+    ToolkitError,
+    missing_torch_package,
+    torch_missing,
+)
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs
 from idlevit.state import given_or_last_export
 
@@ -30,7 +40,7 @@ EPILOG = f"""
 images/s counts backend inference time only (no data loading), leaving out the first batch (warm-up).
 
 exit codes: {EXIT_OK} measured; {EXIT_BAD_INPUT} bad file, checkpoint, dataset or flag;
-{EXIT_MISSING_DEPENDENCY} TensorRT or onnxruntime-gpu missing.
+{EXIT_MISSING_DEPENDENCY} TensorRT, onnxruntime-gpu or (for a PyTorch reference) PyTorch missing.
 """
 
 
@@ -54,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(data, "split: 'test' or 'train' (digits); folders use ROOT/val or ROOT/test (default test)")
     data.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     data.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    data.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    data.add_argument(
+        "--workers", type=int, default=0, help="threads that decode and preprocess images (default 0: none)"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--report", default=None, help="also write the figures as JSON here (Markdown beside it)")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -67,11 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.ckpt and args.no_pytorch:
         raise ToolkitError("--ckpt and --no-pytorch contradict each other; pass one")
     onnx_path = given_or_last_export(args.onnx, "--onnx")
-    from .evaluate import markdown, measure_accuracy  # lazy: torch, onnx and Polygraphy load after the arguments parse
-    from .reference import reference_checkpoint  # lazy: as above
+    from .evaluate import markdown, measure_accuracy  # lazy: onnx and Polygraphy load after the arguments parse
+    from .sources import reference_checkpoint  # lazy: as above
 
     ckpt = None
-    if not args.no_pytorch:
+    missing = None if args.no_pytorch else missing_torch_package()
+    if missing and args.ckpt:
+        raise torch_missing("the PyTorch row (--ckpt)", missing)
+    if missing:
+        print(f"note: no PyTorch row: {missing} is not installed here ({TORCH_INSTALL})")
+    elif not args.no_pytorch:
         try:
             ckpt = reference_checkpoint(onnx_path, args.ckpt)
         except CheckpointError as err:

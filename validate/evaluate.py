@@ -1,8 +1,9 @@
 """Top-1/top-5 and images/s of every backend on a dataset, streamed through all of them at once.
 
-The same batches go through the PyTorch reference, ONNX Runtime and TensorRT in one streamed
-Polygraphy run, so the figures are measured together; ``python -m validate.accuracy`` prints
-them.
+The same batches go through the PyTorch reference (when torch is installed and a checkpoint is
+given), ONNX Runtime and TensorRT in one streamed Polygraphy run, so the figures are measured
+together; ``python -m validate.accuracy`` prints them. The images are read and batched without
+PyTorch (:mod:`idlevit.images`), so everything but the PyTorch row runs on a deployment host.
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.comparator import Comparator
 from polygraphy.exception import PolygraphyException
 
 from idlevit.cli import progress as progress_bar
-from idlevit.data import load_dataset, num_classes
 from idlevit.errors import ToolkitError
+from idlevit.images import Head, ImageSet, batches, check_classes, load_dataset
 from idlevit.metadata import ExportMetadata, read_metadata
 from idlevit.names import IMAGES, LOGITS
 
 from .metrics import topk_correct
-from .reference import TorchRunner, load_reference, reference_normalization
 from .runners import backend_runners, polygraphy_quiet
 
 
@@ -59,19 +58,19 @@ class AccuracyRow:
 class _LabelledFeeds:
     """Feed dicts for Polygraphy, keeping each batch's labels for the consumer of the stream."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
-        self.loader = loader
+    def __init__(self, dataset: ImageSet, batch_size: int, workers: int) -> None:
+        self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
         self.labels: collections.deque[np.ndarray] = collections.deque()
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for images, labels in self.loader:
-            self.labels.append(labels.numpy())
-            yield {IMAGES: images.numpy().astype(np.float32)}
+        for images, labels in batches(self.dataset, self.batch_size, self.workers):
+            self.labels.append(labels)
+            yield {IMAGES: images}
 
 
 def evaluate_accuracy(
     runners: list[BaseRunner],
-    dataset: torch.utils.data.Dataset,
+    dataset: ImageSet,
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = True,
@@ -81,8 +80,7 @@ def evaluate_accuracy(
     images/s leaves out the first batch, whose time includes each backend's warm-up (lazy
     initialisation, first-call allocations); a one-batch run has no rate.
     """
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    feeds = _LabelledFeeds(loader)
+    feeds = _LabelledFeeds(dataset, batch_size, workers)
     rows = {runner.name: AccuracyRow(runner.name) for runner in runners}
     bar = progress_bar(total=len(dataset), enabled=progress, desc="accuracy", unit="img")
     try:
@@ -136,16 +134,14 @@ def measure_accuracy(
     meta = read_metadata(onnx_path)
     if meta.batch and batch_size != meta.batch:
         raise ToolkitError(f"the graph has a static batch of {meta.batch}; pass --batch-size {meta.batch}")
-    dataset = load_dataset(data, split, meta.input_config)  # pixels 0..255 for a graph with folded normalisation
-    if num_classes(dataset) > meta.num_classes:
-        raise ToolkitError(
-            f"the dataset has {num_classes(dataset)} classes but the model {meta.num_classes}; "
-            "point --data at data of the model's classes"
-        )
+    dataset: ImageSet = load_dataset(data, split, meta.input_config)  # pixels 0..255 for a folded graph
+    check_classes(dataset, meta.num_classes, data)
     if limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+        dataset = Head(dataset, limit)
     runners: list[BaseRunner] = []
     if ckpt is not None:
+        from .reference import TorchRunner, load_reference, reference_normalization  # lazy: torch for this row only
+
         model = load_reference(ckpt, meta)
         runners.append(TorchRunner(model, with_indices=False, threads=threads, normalize=reference_normalization(meta)))
     runners += backend_runners(onnx_path, engine, ort, threads)

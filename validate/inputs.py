@@ -1,7 +1,7 @@
 """Inputs of a parity run: real images and seeded random batches, at several batch sizes.
 
-Real images come from the bundled digits split or an ImageFolder (timm's eval transform with the
-preprocessing the ONNX records, via :func:`idlevit.data.load_dataset`); random batches come from
+Real images come from the bundled digits split or an ImageFolder (timm's eval preprocessing for
+what the ONNX records, via :func:`idlevit.images.load_dataset`, without PyTorch); random batches come from
 Polygraphy's seeded ``DataLoader`` over the range that pixels in [0, 1] take once normalised.
 Both follow :attr:`~idlevit.metadata.ExportMetadata.input_config`: normalised images, or RGB
 pixels 0..255 for a graph with folded normalisation.
@@ -15,15 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from polygraphy.common import TensorMetadata
 from polygraphy.comparator import DataLoader
 from polygraphy.datatype import DataType
 
-from idlevit.data import DIGITS, load_dataset
 from idlevit.errors import ToolkitError
+from idlevit.images import load_dataset
 from idlevit.metadata import ExportMetadata
-from idlevit.names import IMAGES
+from idlevit.names import DIGITS, IMAGES
 
 REAL, RANDOM = "real", "random"
 
@@ -52,7 +51,7 @@ def sample_images(data: str | os.PathLike[str], split: str, meta: ExportMetadata
     if len(dataset) == 0:
         raise ToolkitError(f"dataset {os.fspath(data)!r} ({split}) holds no images; point --data at an ImageFolder")
     picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int))
-    images = torch.stack([dataset[int(i)][0] for i in picks]).numpy().astype(np.float32)
+    images = np.stack([dataset[int(i)][0] for i in picks]).astype(np.float32)
     if images.shape[1:] != (3, meta.img_size, meta.img_size):
         raise ToolkitError(
             f"images from {os.fspath(data)!r} have shape {images.shape[1:]} but the graph takes "

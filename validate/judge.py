@@ -2,8 +2,9 @@
 
 Every "does this artefact still compute the model?" question is answered here, whatever the
 reference: the PyTorch model (:func:`run_parity`, ``python -m validate.parity`` and the check
-``python -m export.onnx`` runs on what it wrote) or the FP32 graph (the reduced-precision check
-of :mod:`validate.reduced`). The runners go through Polygraphy's ``Comparator``; the comparison
+``python -m export.onnx`` runs on what it wrote; torch loads only then) or the FP32 graph in
+ONNX Runtime (:mod:`validate.reduced`: the reduced-precision check, and parity of an engine or a
+reduced graph where PyTorch is not installed). The runners go through Polygraphy's ``Comparator``; the comparison
 functions, presets and near-tie/cascade bookkeeping are :mod:`validate.compare`'s, and the
 verdict is a :class:`~validate.report.ParityReport`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from polygraphy.backend.base import BaseRunner
 from polygraphy.comparator import Comparator
@@ -22,15 +24,16 @@ from idlevit.cli import progress as progress_bar
 from idlevit.errors import CheckFailed, ToolkitError
 from idlevit.fileio import sha256_file
 from idlevit.metadata import load_onnx, read_metadata
-from idlevit.model import IdleViT
 from idlevit.names import LOGITS, kept_indices_name
 
 from .compare import compare_funcs
 from .inputs import InputGroup, InputSpec, parity_inputs
 from .presets import Thresholds, preset
-from .reference import TorchRunner, load_reference, reference_normalization
 from .report import GroupResult, ParityReport, aggregate
 from .runners import backend_runners, engine_precision, polygraphy_quiet
+
+if TYPE_CHECKING:
+    from idlevit.model import IdleViT
 
 
 def compare_runners(
@@ -90,11 +93,14 @@ def run_parity(
     metadata's for ONNX Runtime and the engine sidecar's for TensorRT), with ``overrides``
     (threshold field -> value) applied on top.
     """
+    from .reference import TorchRunner, load_reference, reference_normalization  # lazy: the PyTorch side
+
     meta = read_metadata(onnx_path)
     outputs = graph_outputs(onnx_path)
     if LOGITS not in outputs:
         raise ToolkitError(f"{os.fspath(onnx_path)} has no '{LOGITS}' output; export it with `python -m export.onnx`")
-    model = reference if isinstance(reference, IdleViT) else load_reference(reference, meta)
+    from_file = isinstance(reference, (str, os.PathLike))
+    model = load_reference(reference, meta) if from_file else reference
     backends = backend_runners(onnx_path, engine, ort, threads)
     precisions = {
         runner.name: precision
@@ -114,7 +120,7 @@ def run_parity(
     setup = {
         "onnx": os.fspath(onnx_path),
         "onnx_sha256": sha256_file(onnx_path),
-        "checkpoint": "in memory" if isinstance(reference, IdleViT) else os.fspath(reference),
+        "checkpoint": os.fspath(reference) if from_file else "in memory",
         "checkpoint_recorded": meta.checkpoint,
         "engine": None if engine is None else os.fspath(engine),
         "arch": meta.arch,

@@ -1,11 +1,14 @@
-"""``python -m validate.parity``: is the deployed artefact still the model? A verdict against PyTorch.
+"""``python -m validate.parity``: is the deployed artefact still the model? A verdict against a reference.
 
-Runs the PyTorch reference (``--ckpt``, rebuilt with the schedule the ONNX records; default: the
-checkpoint the ONNX metadata records), ONNX Runtime (``--onnx``; default: the last export here)
-and TensorRT (``--engine``) through Polygraphy's ``Comparator`` on real images and seeded random
-batches at several batch sizes, and checks logits (max abs / relative error, cosine similarity,
-top-1 agreement) and the kept tokens of every idle layer (set semantics, near-ties counted apart)
-against thresholds chosen by each backend's precision.
+Runs the reference, ONNX Runtime (``--onnx``; default: the last export here) and TensorRT
+(``--engine``) through Polygraphy's ``Comparator`` on real images and seeded random batches at
+several batch sizes, and checks logits (max abs / relative error, cosine similarity, top-1
+agreement) and the kept tokens of every idle layer (set semantics, near-ties counted apart)
+against thresholds chosen by each backend's precision. The reference is the PyTorch model
+(``--ckpt``, rebuilt with the schedule the ONNX records; default: the checkpoint the ONNX
+metadata records), or the FP32 graph in ONNX Runtime, which needs no PyTorch: for a
+reduced-precision graph (FP16 mixed, INT8 / FP8 Q/DQ) the FP32 graph it records it was made from
+(or ``--reference-onnx``), and for an engine where PyTorch is not installed its FP32 ONNX.
 
 Examples::
 
@@ -13,6 +16,8 @@ Examples::
     python -m validate.parity --ckpt demo --onnx idlevit_deit_micro_digits_ratio0.7.onnx
     python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --engine model.engine --data /data/imagenet
     python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --batch-sizes 1,4,32 --atol 1e-4
+    python -m validate.parity --onnx model_int8.onnx          # against the FP32 graph it was made from
+    python -m validate.parity --onnx model.onnx --engine model_fp16.engine --reference-onnx model.onnx
 """
 
 from __future__ import annotations
@@ -22,18 +27,20 @@ import sys
 from pathlib import Path
 
 from idlevit.cli import cli_parser, run_cli
+from idlevit.configs import check_batch
 from idlevit.errors import (
     EXIT_BAD_INPUT,
     EXIT_CHECK_FAILED,
     EXIT_MISSING_DEPENDENCY,
     EXIT_OK,
     ToolkitError,
+    require_torch,
 )
 from idlevit.fileio import refuse_overwriting_inputs
 from idlevit.state import given_or_last_export
 
 from .options import add_backend_arguments, add_data_arguments, parse_batch_sizes
-from .presets import PRESETS, THRESHOLD_FIELDS
+from .presets import PRESETS, THRESHOLD_FIELDS, threshold_flag
 
 EPILOG = f"""
 thresholds: defaults follow each backend's precision (--precision; else the ONNX metadata's 'precision' for
@@ -48,8 +55,19 @@ out of the logit error and cosine checks (top-1 agreement still counts them).
 
 exit codes: {EXIT_OK} every threshold holds; {EXIT_CHECK_FAILED} a threshold failed (the report says which
 metric, backend and batch) or a backend failed to run; {EXIT_BAD_INPUT} bad file, checkpoint or flag;
-{EXIT_MISSING_DEPENDENCY} TensorRT or onnxruntime-gpu missing.
+{EXIT_MISSING_DEPENDENCY} TensorRT, onnxruntime-gpu or (for a PyTorch reference) PyTorch missing.
 """
+
+
+#: Each threshold flag, with its range (:data:`validate.presets.THRESHOLD_RANGES` checks it).
+THRESHOLD_HELP = {
+    "atol": "max abs logit error per batch (finite, >= 0)",
+    "rtol": "max relative logit error per batch, |a-b|/|b| (finite, >= 0)",
+    "min_cosine": "min cosine similarity of a batch's logits (-1 to 1)",
+    "min_top1": "min fraction of samples sharing the top-1 class (0 to 1)",
+    "max_mismatch": "max fraction of samples per idle layer whose kept token set differs beyond a near-tie (0 to 1)",
+    "tie_rtol": "near-tie tolerance on reference scores, relative to max |score| (0 to below 1)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--onnx",
         default=None,
         help="exported ONNX file, its metadata gives the schedule and data config (default: the last export here)",
+    )
+    src.add_argument(
+        "--reference-onnx",
+        default=None,
+        metavar="FP32.onnx",
+        help="judge against this FP32 graph in ONNX Runtime instead of PyTorch (default for a reduced-precision "
+        "--onnx: the FP32 graph its metadata records, checked by sha256; for --engine without PyTorch: --onnx)",
     )
     add_backend_arguments(src)
     data = parser.add_argument_group("inputs")
@@ -87,19 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="preset for every backend (default: the ONNX metadata's precision for ONNX Runtime, the engine "
         "sidecar's for TensorRT)",
     )
-    limits.add_argument("--atol", type=float, default=None, help="max abs logit error per batch")
-    limits.add_argument("--rtol", type=float, default=None, help="max relative logit error per batch, |a-b|/|b|")
-    limits.add_argument("--min-cosine", type=float, default=None, help="min cosine similarity of a batch's logits")
-    limits.add_argument("--min-top1", type=float, default=None, help="min fraction of samples sharing the top-1 class")
-    limits.add_argument(
-        "--max-mismatch",
-        type=float,
-        default=None,
-        help="max fraction of samples per idle layer whose kept token set differs beyond a near-tie",
-    )
-    limits.add_argument(
-        "--tie-rtol", type=float, default=None, help="near-tie tolerance on reference scores, relative to max |score|"
-    )
+    for name, text in THRESHOLD_HELP.items():
+        limits.add_argument("--" + name.replace("_", "-"), type=threshold_flag(name), default=None, help=text)
     out = parser.add_argument_group("output")
     out.add_argument(
         "--report", default=None, help="JSON report path (default: <onnx>.parity.json); Markdown beside it (.md)"
@@ -109,8 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Seeds of the random batches are ``--seed + 1000 x batch size``, which NumPy takes below 2**32.
+MAX_SEED = 2**31 - 1
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Values the parser cannot judge alone (the thresholds' types judge themselves), before anything loads."""
+    for size in args.batch_sizes:
+        check_batch("--batch-sizes: batch", size)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ToolkitError(f"--seed {args.seed} is not in 0..{MAX_SEED}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_flags(args)
     onnx_path = given_or_last_export(args.onnx, "--onnx")
     json_path = Path(args.report) if args.report else onnx_path.with_suffix(".parity.json")
     md_path = json_path.with_suffix(".md")
@@ -118,15 +145,22 @@ def main(argv: list[str] | None = None) -> int:
         raise ToolkitError(
             f"--report {json_path} would put the JSON and the Markdown report in one file; end it in .json"
         )
-    from .inputs import InputSpec  # lazy: torch, onnx and Polygraphy load after the arguments parse
-    from .judge import run_parity  # lazy: as above
-    from .reference import reference_checkpoint  # lazy: as above
+    from .inputs import InputSpec  # lazy: onnx and Polygraphy load after the arguments parse
+    from .sources import reference_checkpoint, reference_graph  # lazy: as above
 
-    ckpt = reference_checkpoint(onnx_path, args.ckpt)
-    if not args.ckpt:
+    graph = reference_graph(onnx_path, args.reference_onnx, args.ckpt, args.engine)
+    if graph is None:
+        require_torch(
+            "parity against the PyTorch model (without PyTorch: an engine with --engine, or a reduced-precision "
+            "graph, against the FP32 graph)"
+        )
+    ckpt = None if graph is not None else reference_checkpoint(onnx_path, args.ckpt)
+    if graph is not None:
+        print(f"reference: {graph} in ONNX Runtime (the FP32 graph)")
+    elif not args.ckpt:
         print(f"reference: {ckpt} (the checkpoint {onnx_path.name} records)")
     engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
-    refuse_overwriting_inputs([json_path, md_path], [onnx_path, ckpt, args.engine, engine_sidecar])
+    refuse_overwriting_inputs([json_path, md_path], [onnx_path, ckpt, graph, args.engine, engine_sidecar])
 
     spec = InputSpec(
         data=args.data,
@@ -136,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_sizes=tuple(args.batch_sizes),
         seed=args.seed,
     )
-    report = run_parity(
-        onnx_path,
-        ckpt,
-        args.engine,
+    common = dict(
         inputs=spec,
         precision=args.precision,
         overrides={name: getattr(args, name) for name in THRESHOLD_FIELDS},
@@ -148,11 +179,21 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.quiet,
         verbose=args.verbose,
     )
+    if graph is not None:
+        from .reduced import run_graph_parity  # lazy: as above
+
+        report = run_graph_parity(onnx_path, graph, args.engine, **common)
+        against = f"the FP32 graph {graph.name}"
+    else:
+        from .judge import run_parity  # lazy: torch loads here, for the PyTorch reference
+
+        report = run_parity(onnx_path, ckpt, args.engine, **common)
+        against = "PyTorch"
     report.write(json_path, md_path)
     checked = report.setup["kept_indices_checked"]
     backends = ", ".join(f"{name} ({precision} thresholds)" for name, precision in report.setup["precision"].items())
     print(
-        f"parity of {backends} against PyTorch ({report.setup['arch']}); kept tokens checked at idle layers "
+        f"parity of {backends} against {against} ({report.setup['arch']}); kept tokens checked at idle layers "
         f"{checked or 'none (export with --with-indices to check them)'}"
     )
     print(report.markdown(), end="")

@@ -8,9 +8,56 @@ without importing anything heavy.
 
 from __future__ import annotations
 
+import argparse
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
 from idlevit.errors import ToolkitError
+
+#: The values each threshold can take: (low, high, high included). Every one is a finite number >= low;
+#: a NaN would make every comparison false (a check silently dropped), a negative tolerance or a
+#: fraction above 1 a check that cannot pass.
+THRESHOLD_RANGES: dict[str, tuple[float, float, bool]] = {
+    "atol": (0.0, math.inf, False),
+    "rtol": (0.0, math.inf, False),
+    "min_cosine": (-1.0, 1.0, True),
+    "min_top1": (0.0, 1.0, True),
+    "max_mismatch": (0.0, 1.0, True),
+    "tie_rtol": (0.0, 1.0, False),
+}
+
+
+def _range_text(name: str) -> str:
+    low, high, closed = THRESHOLD_RANGES[name]
+    if math.isinf(high):
+        return f"a finite number >= {low:g}"
+    return f"a number in [{low:g}, {high:g}{']' if closed else ')'}"
+
+
+def check_threshold(name: str, value: float) -> float:
+    """``value`` when it is a valid ``name`` threshold (:data:`THRESHOLD_RANGES`), else a one-line ToolkitError."""
+    low, high, closed = THRESHOLD_RANGES[name]
+    number = float(value)
+    if not (math.isfinite(number) and low <= number and (number <= high if closed else number < high)):
+        flag = "--" + name.replace("_", "-")
+        raise ToolkitError(f"{flag} {value!r} is not {_range_text(name)}; see the presets in --help")
+    return number
+
+
+def threshold_flag(name: str) -> Callable[[str], float]:
+    """An argparse ``type=`` for the ``name`` threshold: a bad value is a usage error (exit 2) naming its range."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_threshold(name, float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {_range_text(name)}") from None
+        except ToolkitError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_range_text(name)}") from None
+
+    parse.__name__ = name  # argparse names the type in its own messages
+    return parse
 
 
 @dataclass(frozen=True)
@@ -24,7 +71,12 @@ class Thresholds:
     max_mismatch: float  # fraction of samples, per idle layer, whose kept set differs beyond a near-tie
     tie_rtol: float  # near-tie tolerance on the reference's token scores and logits, relative to the row's max |value|
 
+    def __post_init__(self) -> None:
+        for name in THRESHOLD_RANGES:
+            check_threshold(name, getattr(self, name))
+
     def with_overrides(self, **changes: float | None) -> Thresholds:
+        """A copy with the given thresholds replaced (``None``: keep the preset's), each checked."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The reduced-precision check: a parity run whose reference is the FP32 graph.
+"""The FP32 graph as the reference: the reduced-precision check, and parity where PyTorch is not installed.
 
 Before an engine is built from a reduced-precision graph (``--fp16``'s mixed-precision ONNX),
 that graph runs in ONNX Runtime beside the FP32 graph it came from, on the same real and
@@ -17,6 +17,10 @@ need no emulation: ONNX Runtime computes their QuantizeLinear / DequantizeLinear
 integer kernels, FP8 by rounding to E4M3 and back), so the check sees the quantization a GPU
 applies, judged by the preset of the graph's precision. An ONNX Runtime that cannot run FP8 Q/DQ
 on the CPU (:func:`cpu_runs_fp8`) leaves an FP8 graph to its static checks.
+
+:func:`run_graph_parity` is ``python -m validate.parity`` with this reference: a reduced graph
+against the FP32 graph it was made from, or an engine against its FP32 ONNX. It needs no PyTorch,
+so a deployment host checks what it builds and runs.
 """
 
 from __future__ import annotations
@@ -30,20 +34,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from polygraphy.backend.base import BaseRunner
 
 from engines.ort import ort_runner
 from engines.plan import FP16
 from engines.precision import emulate_fp16, fp16_nodes
+from engines.runtime import TENSORRT, tensorrt_runner
 from idlevit.errors import ToolkitError
 from idlevit.fileio import sha256_file
 from idlevit.metadata import load_onnx, read_metadata
 from idlevit.names import kept_indices_name, token_scores_name
 
-from .inputs import InputSpec, parity_inputs
+from .inputs import InputGroup, InputSpec, parity_inputs
 from .judge import compare_runners, group_setup
-from .presets import preset
-from .report import ParityReport
-from .runners import polygraphy_quiet
+from .presets import Thresholds, preset
+from .report import GroupResult, ParityReport
+from .runners import engine_precision, polygraphy_quiet, resolve_devices
+from .sources import check_reference_graph
 
 #: Runner names in the report: the FP32 graph, the reduced graph as ONNX Runtime's kernels run it,
 #: and the reduced graph with FP16 storage rounding emulated.
@@ -117,6 +124,39 @@ def cpu_runs_fp8() -> bool:
     return bool(out[1] == 3.25)  # E4M3 keeps 3 mantissa bits: 3.3 rounds to 3.25
 
 
+def judge_against_graph(
+    fp32: onnx.ModelProto,
+    idle_layers: Sequence[int],
+    candidates: Mapping[str, tuple[onnx.ModelProto, str]],
+    runners: Sequence[BaseRunner],
+    thresholds: Mapping[str, Thresholds],
+    groups: Sequence[InputGroup],
+    *,
+    device: str = "cpu",
+    threads: int = 0,
+    progress: bool = False,
+    verbose: bool = False,
+) -> list[GroupResult]:
+    """The one judge with the FP32 graph in ONNX Runtime as the reference.
+
+    The reference runs a probe copy of ``fp32`` that exposes every idle layer's kept positions and
+    scores (on ``device``); each candidate graph (name -> (model, device)) runs as a probe copy that
+    exposes its kept positions; ``runners`` (a TensorRT engine) run as they are.
+    """
+    layers = list(idle_layers)
+    with tempfile.TemporaryDirectory(prefix="idlevit-graph-reference-") as tmp:
+        reference_path = Path(tmp, "reference.onnx")
+        onnx.save(probe_copy(fp32, layers, with_scores=True), reference_path)
+        backends = []
+        for i, (name, (model, on)) in enumerate(candidates.items()):
+            path = Path(tmp, f"candidate{i}.onnx")
+            onnx.save(probe_copy(model, layers, with_scores=False), path)
+            backends.append(ort_runner(path, on, threads, name=name))
+        backends += list(runners)
+        reference = ort_runner(reference_path, device, threads, name=REFERENCE_NAME)
+        return compare_runners(reference, backends, thresholds, layers, groups, progress=progress, verbose=verbose)
+
+
 def check_reduced_precision(
     fp32_onnx: str | os.PathLike[str],
     reduced_onnx: str | os.PathLike[str],
@@ -140,24 +180,18 @@ def check_reduced_precision(
     precision = precision or meta.precision
     limits = preset(precision).with_overrides(**(overrides or {}))
     fp32 = load_onnx(fp32_onnx)
-    candidates: dict[str, onnx.ModelProto] = {REDUCED_NAME: load_onnx(reduced_onnx)}
+    reduced = load_onnx(reduced_onnx)
+    candidates: dict[str, tuple[onnx.ModelProto, str]] = {REDUCED_NAME: (reduced, device)}
     if precision == FP16:
-        candidates[EMULATED_NAME] = emulate_fp16(fp32, fp16_nodes(candidates[REDUCED_NAME]))
+        candidates[EMULATED_NAME] = (emulate_fp16(fp32, fp16_nodes(reduced)), device)
     for name, other in (others or {}).items():
-        candidates[name] = other if isinstance(other, onnx.ModelProto) else load_onnx(other)
+        candidates[name] = (other if isinstance(other, onnx.ModelProto) else load_onnx(other), device)
     with polygraphy_quiet(False):
         groups = parity_inputs(meta, inputs)
-    with tempfile.TemporaryDirectory(prefix="idlevit-reduced-check-") as tmp:
-        reference_path = Path(tmp, "reference.onnx")
-        onnx.save(probe_copy(fp32, layers, with_scores=True), reference_path)
-        backends = []
-        for i, (name, model) in enumerate(candidates.items()):
-            path = Path(tmp, f"candidate{i}.onnx")
-            onnx.save(probe_copy(model, layers, with_scores=False), path)
-            backends.append(ort_runner(path, device, threads, name=name))
-        thresholds = {name: limits for name in candidates}
-        reference = ort_runner(reference_path, device, threads, name=REFERENCE_NAME)
-        rows = compare_runners(reference, backends, thresholds, layers, groups, progress=progress)
+    thresholds = {name: limits for name in candidates}
+    rows = judge_against_graph(
+        fp32, layers, candidates, [], thresholds, groups, device=device, threads=threads, progress=progress
+    )
     setup = {
         "onnx": os.fspath(reduced_onnx),
         "onnx_sha256": sha256_file(reduced_onnx),
@@ -175,3 +209,79 @@ def check_reduced_precision(
     if "quantization" in meta.extra:
         setup["quantization"] = meta.extra["quantization"]
     return ParityReport(setup, thresholds, rows)
+
+
+def run_graph_parity(
+    onnx_path: str | os.PathLike[str],
+    reference_onnx: str | os.PathLike[str],
+    engine: str | os.PathLike[str] | None = None,
+    *,
+    inputs: InputSpec = InputSpec(),
+    precision: str | None = None,
+    overrides: Mapping[str, float | None] | None = None,
+    ort: str = "auto",
+    threads: int = 0,
+    progress: bool = True,
+    verbose: bool = False,
+) -> ParityReport:
+    """Parity with the FP32 graph ``reference_onnx`` in ONNX Runtime as the reference, no PyTorch needed.
+
+    The backends are ``onnx_path`` in ONNX Runtime (on the ``ort`` devices; left out when it is the
+    reference itself, "engine vs its ONNX") with its kept tokens exposed whatever it exports, an FP16
+    graph also with FP16 storage rounding emulated, and the engine in TensorRT. Each is judged by
+    the preset of its precision, as :func:`validate.judge.run_parity` judges them.
+    """
+    meta = read_metadata(onnx_path)
+    reference_meta = read_metadata(reference_onnx)
+    check_reference_graph(reference_meta, meta, reference_onnx, onnx_path)
+    fp32 = load_onnx(reference_onnx)
+    candidates: dict[str, tuple[onnx.ModelProto, str]] = {}
+    if not same_file(onnx_path, reference_onnx):
+        graph = load_onnx(onnx_path)
+        for device in resolve_devices(ort):
+            candidates[f"onnxruntime-{device}"] = (graph, device)
+        if meta.precision == FP16 and candidates:
+            candidates[EMULATED_NAME] = (emulate_fp16(fp32, fp16_nodes(graph)), "cpu")
+    runners = [tensorrt_runner(engine)] if engine is not None else []
+    if not candidates and not runners:
+        raise ToolkitError(
+            f"nothing to compare with {os.fspath(reference_onnx)}: it is the graph under test; pass --engine, "
+            "or a reduced-precision graph with --onnx"
+        )
+    precisions = {name: precision or (FP16 if name == EMULATED_NAME else meta.precision) for name in candidates}
+    if engine is not None:
+        precisions[TENSORRT] = precision or engine_precision(engine, onnx_path) or meta.precision
+    thresholds = {name: preset(p).with_overrides(**(overrides or {})) for name, p in precisions.items()}
+    with polygraphy_quiet(verbose):
+        groups = parity_inputs(meta, inputs)
+    rows = judge_against_graph(
+        fp32,
+        meta.idle_layers,
+        candidates,
+        runners,
+        thresholds,
+        groups,
+        threads=threads,
+        progress=progress,
+        verbose=verbose,
+    )
+    setup = {
+        "onnx": os.fspath(onnx_path),
+        "onnx_sha256": sha256_file(onnx_path),
+        "reference_onnx": os.fspath(reference_onnx),
+        "reference_onnx_sha256": sha256_file(reference_onnx),
+        "engine": None if engine is None else os.fspath(engine),
+        "arch": meta.arch,
+        "precision": precisions,
+        "reference": REFERENCE_NAME,
+        "backends": list(precisions),
+        "idle_layers": list(meta.idle_layers),
+        "keep_tokens": list(meta.keep_tokens),
+        "kept_indices_checked": list(meta.idle_layers),
+        "inputs": [group_setup(group) for group in groups],
+    }
+    return ParityReport(setup, thresholds, rows)
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return Path(a).resolve() == Path(b).resolve()

@@ -17,7 +17,6 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,45 +24,16 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
-from idlevit.checkpoint import DEMO_CHECKPOINT, load_checkpoint, resolve_checkpoint_path
+from idlevit.checkpoint import load_checkpoint
 from idlevit.data import normalize
 from idlevit.errors import CheckpointError
-from idlevit.fileio import sha256_file
-from idlevit.metadata import ExportMetadata, read_metadata
+from idlevit.metadata import ExportMetadata
 from idlevit.model import IdleViT, cls_token_scores
 from idlevit.names import IMAGES, LOGITS, kept_indices_name, token_scores_name
 
+from .sources import recorded_checkpoint, reference_checkpoint  # noqa: F401 - the PyTorch side's names
+
 REFERENCE = "pytorch"
-
-
-def recorded_checkpoint(meta: ExportMetadata, onnx_path: str | os.PathLike[str]) -> Path:
-    """The checkpoint ``onnx_path`` was exported from, as its metadata records it (path and sha256).
-
-    The bundled demo stands for itself; a file is used only while it is where the export read it
-    and unchanged, so a check never compares a graph with another model than its own.
-    """
-    where = os.fspath(onnx_path)
-    if meta.checkpoint == "random-init":
-        raise CheckpointError(f"{where} was exported from random weights (--random-init); pass --ckpt to compare it")
-    path = DEMO_CHECKPOINT if meta.checkpoint == "demo" else Path(meta.checkpoint_path)
-    if not meta.checkpoint_path and meta.checkpoint != "demo":
-        raise CheckpointError(f"{where} does not record where its checkpoint {meta.checkpoint!r} was; pass --ckpt")
-    if not path.is_file():
-        raise CheckpointError(
-            f"the checkpoint {where} was exported from ({os.fspath(path)}) is not there any more; pass --ckpt"
-        )
-    if meta.checkpoint_sha256 and sha256_file(path) != meta.checkpoint_sha256:
-        raise CheckpointError(
-            f"{os.fspath(path)} changed since {where} was exported from it (sha256 differs); pass --ckpt"
-        )
-    return path
-
-
-def reference_checkpoint(onnx_path: str | os.PathLike[str], ckpt: str | os.PathLike[str] | None) -> Path:
-    """``ckpt`` (``'demo'``: the bundled demo), else the checkpoint ``onnx_path`` records it was exported from."""
-    if ckpt:
-        return resolve_checkpoint_path(ckpt)
-    return recorded_checkpoint(read_metadata(onnx_path), onnx_path)
 
 
 def load_reference(ckpt: str | os.PathLike[str], meta: ExportMetadata) -> IdleViT:

@@ -249,7 +249,8 @@ python -m engines.infer --model {layout.engine} --labels {layout.labels} photo.j
 ```
 
 Keep `{layout.engine_sidecar}` (its sidecar) beside it; without a usable GPU `engines.infer` runs
-`{layout.onnx}` in ONNX Runtime instead and says so.
+`{layout.built_from or layout.onnx}`, the graph the engine was built from, in ONNX Runtime instead
+and says so.
 """
     why = (
         "## Triton, DeepStream and Jetson\n\nTriton (`tensorrt_plan`), DeepStream (nvinfer) and Jetson load "

@@ -38,21 +38,27 @@ TRTEXEC_PLUGIN_LIB = f"{PLUGIN_BUILD}/libidlevit_plugins.so"
 LOADTIME_PLUGIN_LIB = f"{PLUGIN_BUILD}/libidlevit_plugins_static.so"
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+#: Longest model name: it names a folder and files (``<name>_fp16.plan`` and their temporary names), which
+#: must stay below the file systems' 255-byte limit.
+MAX_NAME = 128
 
 
 def check_name(name: str) -> str:
-    """A Triton model name, also a folder name: letters, digits, ``-``, ``_``, ``.``; not ``.`` or ``..``."""
+    """A Triton model name, also a folder name: letters, digits, ``-``, ``_``, ``.``; not ``.`` or ``..``;
+    at most :data:`MAX_NAME` characters."""
     if not _NAME.match(name) or name in (".", ".."):
         raise ToolkitError(
-            f"--name {name!r} is not a plain model name; use letters, digits, '-', '_' and '.' only "
+            f"--name {name[:60]!r} is not a plain model name; use letters, digits, '-', '_' and '.' only "
             "(no path separators, not '.' or '..')"
         )
+    if len(name) > MAX_NAME:
+        raise ToolkitError(f"--name is {len(name)} characters long; use at most {MAX_NAME}")
     return name
 
 
 def default_name(stem: str) -> str:
-    """A model name from a file name: runs of other characters become ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_.") or "idlevit"
+    """A model name from a file name: runs of other characters become ``_``; cut to :data:`MAX_NAME`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_.")[:MAX_NAME].strip("_.") or "idlevit"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Layout:
     deepstream_labels: str | None = None
     engine: str | None = None  # a TensorRT-RTX engine, as built
     engine_sidecar: str | None = None
+    built_from: str | None = None  # the graph the engine was built from, when not ``onnx`` (FP16: mixed precision)
     labels: str | None = None  # class names beside the engine (TensorRT-RTX)
     plugin_sources: str | None = None
 
@@ -91,11 +98,14 @@ def package_layout(
     engine_name: str | None = None,
     plugin: bool = False,
     deepstream: bool = True,
+    built_from_name: str | None = None,
 ) -> Layout:
     """The layout of a package of ``kind`` for model ``name``.
 
     ``onnx_name`` is the file name of the graph (copied to the package root for engines),
-    ``engine_name`` the engine's (TensorRT-RTX: copied as is, with its sidecar).
+    ``engine_name`` the engine's (TensorRT-RTX: copied as is, with its sidecar), ``built_from_name``
+    the file name of the graph a TensorRT-RTX engine was built from when it is not that graph
+    (copied beside it: ``engines.infer`` runs it where the engine cannot run).
     """
     check_name(name)
     plugins = PLUGIN_SOURCES if plugin else None
@@ -112,6 +122,7 @@ def package_layout(
             device_engine=own_engine,
             engine=engine_name,
             engine_sidecar=engine_name + ".json",
+            built_from=built_from_name if built_from_name != onnx_name else None,
             labels=LABELS,
         )
     entry = f"triton/{name}"

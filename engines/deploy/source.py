@@ -4,7 +4,9 @@ An exported ONNX carries its facts in its metadata (:mod:`idlevit.metadata`); an
 JSON sidecar (:mod:`idlevit.sidecar`), beside the ONNX it was built from, whose inputs and
 outputs the configs describe. Everything a user can get wrong here (a missing or foreign file,
 a checkpoint instead of an export, a truncated sidecar, the wrong ONNX for an engine) is one
-line that says what to do.
+line that says what to do. A package vouches for what it carries, so an engine is packaged only
+with the digests its sidecar records: its own, its source ONNX's and the graph TensorRT parsed
+(the mixed-precision graph for FP16), each file checked against its digest.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from pathlib import Path
 
 import onnx
 
+from idlevit.configs import MAX_BATCH
 from idlevit.errors import ToolkitError
 from idlevit.fileio import sha256_file
 from idlevit.metadata import ExportMetadata, load_onnx, read_metadata
 from idlevit.names import IMAGES, kept_indices_name
-from idlevit.records import record_from_dict
-from idlevit.sidecar import REBUILD, SIDECAR_FORMAT, EngineSidecar, sidecar_path
+from idlevit.sidecar import REBUILD, SHA256, EngineSidecar, sidecar_path
 from idlevit.state import given_or_last_export
 
 from ..target import RUNTIMES, TENSORRT_RTX
@@ -48,6 +50,8 @@ class EngineFacts:
     gpu: dict[str, str] | None  # the GPU that built it (full TensorRT)
     compute_capabilities: list[str]
     sidecar: Path
+    record: dict  # the sidecar as written (a package carries it with its graph paths made relative)
+    built_from: Path  # the graph TensorRT parsed (the sidecar's ``onnx``): the mixed-precision graph for FP16
 
 
 @dataclass
@@ -89,45 +93,45 @@ def graph_io(onnx_path: str | os.PathLike[str]) -> tuple[list[TensorSpec], list[
     return inputs, [spec(v) for v in graph.output]
 
 
-def read_sidecar(engine: Path) -> EngineSidecar:
-    """The engine's sidecar, every field checked: a missing, truncated or hand-broken one is one line."""
+def read_sidecar(engine: Path) -> tuple[EngineSidecar, dict]:
+    """The engine's sidecar, every field checked (:meth:`EngineSidecar.read`), and the JSON it was read from."""
     path = sidecar_path(engine)
     where = f"engine sidecar {os.fspath(path)!r}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.is_file() and not path.exists():
         raise ToolkitError(
             f"{where} is missing (an engine is packaged with the sidecar `python -m export.trt` writes beside it); "
             f"{REBUILD}, or package the ONNX instead"
-        ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ToolkitError(f"cannot read {where}: {getattr(err, 'strerror', None) or err}; {REBUILD}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise ToolkitError(f"{where} is not JSON ({err}); {REBUILD}") from None
-    if not isinstance(data, dict):
-        raise ToolkitError(f"{where} is not a JSON object; {REBUILD}")
-    if data.get("format") != SIDECAR_FORMAT:
-        raise ToolkitError(f"{where} has format {data.get('format')!r}, not {SIDECAR_FORMAT}; {REBUILD}")
-    sidecar = record_from_dict(EngineSidecar, data, where, REBUILD)
+        )
+    sidecar = EngineSidecar.read(path)
     if sidecar.runtime not in RUNTIMES:
         raise ToolkitError(f"{where}: runtime {sidecar.runtime!r} is not one of {', '.join(RUNTIMES)}; {REBUILD}")
-    return sidecar
+    return sidecar, json.loads(path.read_text(encoding="utf-8"))
 
 
-def _profile(sidecar: EngineSidecar, where: str) -> tuple[int, int, int]:
-    """(min, opt, max) batch of the engine's image profile."""
-    try:
-        shapes = sidecar.profiles[0][IMAGES]
-        batches = tuple(shapes[key][0] for key in ("min", "opt", "max"))
-    except (IndexError, KeyError, TypeError):
-        raise ToolkitError(f"{where}: profiles hold no {IMAGES} min/opt/max shapes; {REBUILD}") from None
-    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+def _profile(sidecar: EngineSidecar, meta: ExportMetadata, where: str) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the engine's image profile, whose images are the metadata's (3, size, size)."""
+    shapes = sidecar.profiles[0].get(IMAGES) if len(sidecar.profiles) == 1 else None
+    if shapes is None:
+        raise ToolkitError(f"{where}: profiles hold no single {IMAGES} min/opt/max profile; {REBUILD}")
+    image = [3, meta.img_size, meta.img_size]
+    for key in ("min", "opt", "max"):
+        if len(shapes[key]) != 4 or shapes[key][1:] != image:
+            raise ToolkitError(
+                f"{where}: the {IMAGES} profile's {key} shape {shapes[key]} is not (batch, 3, {meta.img_size}, "
+                f"{meta.img_size}) as its idlevit record says; {REBUILD}"
+            )
+    return shapes["min"][0], shapes["opt"][0], shapes["max"][0]
+
+
+def _digest(sidecar: EngineSidecar, field_name: str, where: str) -> str:
+    """A digest the package vouches with: present and well formed."""
+    digest = getattr(sidecar, field_name)
+    if not SHA256.match(digest):
         raise ToolkitError(
-            f"{where}: the {IMAGES} profile's batch sizes {batches} are not positive integers; {REBUILD}"
+            f"{where}: field {field_name} is {digest!r}, not a sha256, so the package cannot vouch for the file; "
+            f"{REBUILD}"
         )
-    return batches  # type: ignore[return-value]
+    return digest
 
 
 def _source_onnx(engine: Path, sidecar: EngineSidecar, given: str | os.PathLike[str] | None) -> Path:
@@ -139,14 +143,13 @@ def _source_onnx(engine: Path, sidecar: EngineSidecar, given: str | os.PathLike[
                 f"--source-onnx {os.fspath(graph)!r} does not exist; pass the ONNX the engine was built from"
             )
     else:
-        graph = Path(sidecar.source_onnx)
-        if not graph.is_file():
-            graph = engine.parent / graph.name
-        if not graph.is_file():
+        found = sidecar.find_graph("source_onnx", sidecar_path(engine))
+        if found is None:
             raise ToolkitError(
                 f"the ONNX {engine.name} was built from ({sidecar.source_onnx}) is not here; pass it with --source-onnx"
             )
-    if sidecar.source_onnx_sha256 and sha256_file(graph) != sidecar.source_onnx_sha256:
+        graph = found
+    if sha256_file(graph) != sidecar.source_onnx_sha256:
         raise ToolkitError(
             f"{os.fspath(graph)!r} is not the ONNX {engine.name} was built from (its sha256 differs from the "
             "sidecar's source_onnx_sha256); pass that ONNX with --source-onnx"
@@ -155,30 +158,45 @@ def _source_onnx(engine: Path, sidecar: EngineSidecar, given: str | os.PathLike[
 
 
 def _read_engine(path: Path, given_onnx: str | os.PathLike[str] | None) -> DeploySource:
-    sidecar = read_sidecar(path)
+    sidecar, record = read_sidecar(path)
     where = f"engine sidecar {os.fspath(sidecar_path(path))!r}"
-    if sidecar.engine_sha256 and sha256_file(path) != sidecar.engine_sha256:
+    _digest(sidecar, "engine_sha256", where)
+    _digest(sidecar, "source_onnx_sha256", where)
+    _digest(sidecar, "onnx_sha256", where)
+    if path.stat().st_size == 0:
+        raise ToolkitError(f"engine {os.fspath(path)!r} is empty (0 bytes); {REBUILD}")
+    if sha256_file(path) != sidecar.engine_sha256:
         raise ToolkitError(
             f"{path.name}'s sha256 is not the one its sidecar records: the sidecar belongs to another build; {REBUILD}"
         )
-    meta = record_from_dict(ExportMetadata, sidecar.idlevit, f"{where}'s idlevit record", REBUILD)
-    meta.check(where)
-    precision = sidecar.precision_plan.get("precision")
-    if not isinstance(precision, str) or not precision:
+    meta = ExportMetadata(**sidecar.idlevit)  # checked whole by EngineSidecar.read
+    precision = sidecar.precision_plan["precision"]
+    if not precision:
         raise ToolkitError(f"{where}: precision_plan.precision is {precision!r}, not a precision name; {REBUILD}")
-    _, opt, high = _profile(sidecar, where)
+    _, opt, high = _profile(sidecar, meta, where)
     graph = _source_onnx(path, sidecar, given_onnx)
+    if sidecar.onnx_sha256 == sidecar.source_onnx_sha256:
+        built_from = graph
+    else:
+        found = sidecar.find_graph("onnx", sidecar_path(path))
+        if found is None:
+            raise ToolkitError(
+                f"the graph TensorRT parsed for {path.name} ({sidecar.onnx}, for {precision}) is not here; a package "
+                "carries it for engines.infer's fallback: put it beside the engine (export.trt writes it there), "
+                f"or {REBUILD}"
+            )
+        built_from = found
     facts = EngineFacts(
         runtime=sidecar.runtime,
         runtime_version=sidecar.runtime_version,
         gpu=sidecar.gpu,
         compute_capabilities=list(sidecar.compute_capabilities),
         sidecar=sidecar_path(path),
+        record=record,
+        built_from=built_from,
     )
     kind = KIND_RTX if sidecar.runtime == TENSORRT_RTX else KIND_TENSORRT
     max_batch, opt_batch = (0, meta.batch) if meta.batch else (high, opt)
-    if any(not p.get("file") for p in sidecar.plugins):
-        raise ToolkitError(f"{where}: a plugins entry names no file; {REBUILD}")
     plugins = [path.parent / p["file"] for p in sidecar.plugins]
     return DeploySource(path, kind, graph, meta, precision, max_batch, opt_batch, plugins, engine=facts)
 
@@ -209,8 +227,8 @@ def read_source(
         if source_onnx:
             raise ToolkitError("--source-onnx is for an engine (the ONNX it was built from); drop it for an ONNX")
         meta = read_metadata(path)
-        if not meta.batch and max_batch < 1:
-            raise ToolkitError(f"--max-batch {max_batch} must be >= 1")
+        if not meta.batch and not 1 <= max_batch <= MAX_BATCH:
+            raise ToolkitError(f"--max-batch {max_batch} must be >= 1 and <= {MAX_BATCH}")
         batch = 0 if meta.batch else max_batch
         source = DeploySource(path, KIND_ONNX, path, meta, meta.precision, batch, min(8, batch) or meta.batch)
     elif sidecar_path(path).is_file() or path.suffix in (".engine", ".plan", ".trt"):

@@ -1,27 +1,38 @@
-"""The package on disk: every file planned first, then written atomically, never over an edit.
+"""The package on disk: every file planned first, built in a folder beside the target, renamed into place.
 
 A package folder holds a manifest (``.idlevit-package.json``: the path and sha256 of every file
-the package wrote). A non-empty folder is refused unless ``force``; with ``force`` a file is
+the package wrote). A non-empty folder is refused unless ``force``, and even then unless it holds
+such a manifest (a package is replaced whole: another folder is never touched); with ``force`` a file is
 replaced only when the manifest lists it and its bytes are still the ones written (anything
 else is hand-edited or foreign, and kept), and files of the earlier package that this one no
-longer has are removed on the same terms. The manifest is rewritten before every file, naming
-both the old and the new sha256 while the file is replaced, so an interrupted run leaves a
-folder the next run still reads right. Nothing is written until every file's content is known,
-and no output may be one of the inputs.
+longer has are left out on the same terms. Only plain files reached without a link count as
+the package's own: a link, or anything behind one, is the user's and is kept as it is.
+
+Nothing is written until every file's content is known, and no output may be one of the
+inputs. The new package is built in a hidden folder beside the target (``.<name>.*.tmp``): the
+earlier package's kept files are linked into it (hard links: nothing is copied or moved), the
+new files written, and only then is it renamed into place, with Ctrl-C and SIGTERM held for the
+two renames. A failure, a full disk or a signal before that leaves the earlier package as it
+was (or no folder at all), and removes the hidden folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import idlevit
-from idlevit.errors import ToolkitError
-from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file, signals_deferred
+from idlevit.errors import ToolkitError, shown
+from idlevit.fileio import missing_parents, refuse_overwriting_inputs, sha256_file, signals_deferred
+from idlevit.metadata import external_data_files, load_onnx
 
 from ..labels import check_labels, read_labels
 from .deepstream import deepstream_config, label_line, network_mode, preprocessing
@@ -51,7 +62,6 @@ class PackageFile:
     path: str  # relative to the package folder, '/'-separated
     text: str | None = None
     copy_of: Path | None = None
-    together: str = ""  # files with the same tag appear together (an engine and its sidecar)
 
     def sha256(self) -> str:
         if self.copy_of is None:
@@ -98,6 +108,7 @@ def _safe_relative(path: str) -> bool:
         and not pure.is_absolute()
         and ".." not in pure.parts
         and "\\" not in path
+        and "\0" not in path
         and pure.as_posix() == path
     )
 
@@ -112,7 +123,7 @@ def read_manifest(root: Path) -> dict[str, list[str]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ToolkitError(f"package manifest {where!r} is unreadable ({err}); {fix}") from None
+        raise ToolkitError(f"package manifest {where!r} is unreadable ({shown(err, 80)}); {fix}") from None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict):
         raise ToolkitError(f"package manifest {where!r} has no files object; {fix}")
@@ -120,21 +131,19 @@ def read_manifest(root: Path) -> dict[str, list[str]]:
     for name, sha in files.items():
         shas = [sha] if isinstance(sha, str) else sha
         if not _safe_relative(name) or not isinstance(shas, list) or not all(isinstance(s, str) for s in shas):
-            raise ToolkitError(f"package manifest {where!r} has a bad entry {name!r}; {fix}")
+            raise ToolkitError(f"package manifest {where!r} has a bad entry {shown(name)}; {fix}")
         manifest[name] = shas
     return manifest
 
 
-def _write_manifest(root: Path, files: dict[str, list[str]]) -> None:
+def _manifest_text(files: dict[str, str]) -> str:
     data = {
         "format": MANIFEST_FORMAT,
         "written_by": "python -m engines.package",
         "toolkit_version": idlevit.__version__,
-        "files": {name: shas[0] if len(shas) == 1 else shas for name, shas in sorted(files.items())},
+        "files": dict(sorted(files.items())),
     }
-    with atomic_write(root / MANIFEST, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
+    return json.dumps(data, indent=2) + "\n"
 
 
 # ---- what goes in -----------------------------------------------------------------------------
@@ -151,6 +160,27 @@ def _plugin_sources(layout: Layout) -> list[PackageFile]:
     return [PackageFile(f"{layout.plugin_sources}/{p.relative_to(root).as_posix()}", copy_of=p) for p in files]
 
 
+def _graph(path: str, graph: Path) -> list[PackageFile]:
+    """A graph copied to ``path`` in the package, with the external data files it reads (each checked), which
+    go where the graph says they are: beside it, under the names it records."""
+    folder = PurePosixPath(path).parent
+    data = external_data_files(load_onnx(graph, load_external_data=False), graph)
+    return [PackageFile(path, copy_of=graph)] + [
+        PackageFile((folder / file.relative_to(graph.parent).as_posix()).as_posix(), copy_of=file) for file in data
+    ]
+
+
+def _packaged_sidecar(source: DeploySource, layout: Layout) -> str:
+    """The engine's sidecar as the package carries it: as written, except that its graphs are the package's
+    copies, named relative to the sidecar's folder (their sha256 are the copies' too)."""
+    assert source.engine is not None and layout.engine_sidecar is not None
+    record = dict(source.engine.record)
+    folder = PurePosixPath(layout.engine_sidecar).parent
+    record["source_onnx"] = PurePosixPath(layout.onnx).relative_to(folder).as_posix()
+    record["onnx"] = PurePosixPath(layout.built_from or layout.onnx).relative_to(folder).as_posix()
+    return json.dumps(record, indent=2) + "\n"
+
+
 def plan_files(
     source: DeploySource,
     layout: Layout,
@@ -165,15 +195,18 @@ def plan_files(
     if layout.kind == KIND_RTX:
         assert layout.engine and layout.engine_sidecar and layout.labels and source.engine
         files += [
-            PackageFile(layout.engine, copy_of=source.model, together="engine"),
-            PackageFile(layout.engine_sidecar, copy_of=source.engine.sidecar, together="engine"),
-            PackageFile(layout.onnx, copy_of=source.graph),
+            PackageFile(layout.engine, copy_of=source.model),
+            PackageFile(layout.engine_sidecar, _packaged_sidecar(source, layout)),
+            *_graph(layout.onnx, source.graph),
             PackageFile(layout.labels, per_line),
         ]
+        if layout.built_from:
+            files += _graph(layout.built_from, source.engine.built_from)
     else:
         assert layout.triton_config and layout.triton_model and layout.triton_labels
         files += [
-            PackageFile(layout.triton_model, copy_of=source.model),
+            *(_graph(layout.triton_model, source.model) if source.kind == KIND_ONNX else []),
+            *([] if source.kind == KIND_ONNX else [PackageFile(layout.triton_model, copy_of=source.model)]),
             PackageFile(layout.triton_config, triton_config_text(source, layout)),
             PackageFile(layout.triton_labels, per_line),
         ]
@@ -183,16 +216,16 @@ def plan_files(
                 PackageFile(layout.deepstream_labels, label_line(labels)),
             ]
         if layout.onnx != layout.triton_model:  # an engine: the ONNX travels along for device builds
-            files.append(PackageFile(layout.onnx, copy_of=source.graph))
+            files += _graph(layout.onnx, source.graph)
         if layout.plugin_sources:
             files += _plugin_sources(layout)
     files.append(PackageFile(GUIDE, deploy_markdown(source, layout, labels_note)))
-    seen: set[str] = set()
+    seen: dict[str, PackageFile] = {}
     for f in files:
-        if f.path in seen or f.path == MANIFEST:
+        if f.path == MANIFEST or (f.path in seen and seen[f.path].sha256() != f.sha256()):
             raise ToolkitError(f"two files of the package would be {f.path}; rename the model file")
-        seen.add(f.path)
-    return files
+        seen[f.path] = f
+    return list(seen.values())
 
 
 # ---- on disk ----------------------------------------------------------------------------------
@@ -200,110 +233,272 @@ def default_package_dir(model: Path) -> Path:
     return model.with_name(f"{model.stem}_deploy")
 
 
-def _prepare_root(root: Path, force: bool) -> None:
+def _target(root: Path, force: bool) -> Path:
+    """The folder the package lands in (an --out that is a link to a folder is that folder), after refusing a
+    file there, a link to nothing, and a non-empty folder without ``force``."""
     where = os.fspath(root)
+    if root.is_symlink() and not root.exists():
+        raise ToolkitError(f"package folder {where!r} is a link to nothing; remove it or choose another --out")
     if root.exists() and not root.is_dir():
         raise ToolkitError(f"package folder {where!r} is a file; choose another --out")
-    if root.is_dir() and not force:
-        entries = sorted(p.name for p in root.iterdir())
-        if entries:
-            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-            raise ToolkitError(
-                f"package folder {where!r} is not empty ({shown}); pass --force to replace the files an earlier "
-                "package wrote there (edited and foreign files are kept), or choose another --out"
-            )
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
+    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    listed = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    if entries and not force:
         raise ToolkitError(
-            f"cannot create package folder {where!r}: {err.strerror or err}; choose a writable --out"
-        ) from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise ToolkitError(f"package folder {where!r} is not writable; choose a writable --out")
+            f"package folder {where!r} is not empty ({listed}); pass --force to replace the files an earlier "
+            "package wrote there (edited and foreign files are kept), or choose another --out"
+        )
+    if entries and MANIFEST not in entries:
+        raise ToolkitError(
+            f"folder {where!r} is not empty ({listed}) and holds no package ({MANIFEST} is missing): --force "
+            "replaces a package engines.package wrote, never another folder; choose a new or empty --out"
+        )
+    return root.resolve() if root.exists() else Path(os.path.abspath(root))
 
 
-def _ours(target: Path, shas: list[str] | None) -> bool:
-    """The file is one the earlier package wrote, unchanged since."""
-    return shas is not None and target.is_file() and not target.is_symlink() and sha256_file(target) in shas
-
-
-def _copy(src: Path, dst: Path) -> None:
-    with open(src, "rb") as reader, atomic_write(dst) as writer:
-        while chunk := reader.read(1 << 20):
-            writer.write(chunk)
-
-
-def _write_file(root: Path, item: PackageFile) -> None:
-    target = root / item.path
-    if item.copy_of is not None:
-        _copy(item.copy_of, target)
-    else:
-        with atomic_write(target) as handle:
-            handle.write((item.text or "").encode("utf-8"))
-
-
-def _remove_empty_dirs(root: Path, path: Path) -> None:
-    folder = path.parent
-    while folder != root and root in folder.parents:
+def _plain(root: Path, rel: str) -> bool:
+    """``root/rel``'s folders inside the package are real folders (no link leads the path elsewhere, no file
+    stands where a folder should be); missing ones are fine."""
+    folder = root
+    for part in PurePosixPath(rel).parts[:-1]:
+        folder = folder / part
         try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
+            mode = os.lstat(folder).st_mode
+        except FileNotFoundError:
+            return True
+        if not stat.S_ISDIR(mode):
+            return False
+    return True
 
 
-def write_files(root: Path, files: list[PackageFile], force: bool, report: PackageReport) -> None:
-    """Write ``files`` under ``root`` (prepared), keeping edited and foreign files; fills ``report``."""
-    old = read_manifest(root) if force else {}
-    manifest: dict[str, list[str]] = {}
-    todo: list[tuple[PackageFile, str]] = []
-    inside = root.resolve()
+def _ours(root: Path, rel: str, shas: list[str] | None) -> bool:
+    """The file is one the earlier package wrote, unchanged since: a plain file reached without a link."""
+    if shas is None or not _plain(root, rel):
+        return False
+    target = root / rel
+    try:
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            return False
+    except OSError:
+        return False
+    return sha256_file(target) in shas
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+@dataclass
+class _Plan:
+    """What goes into the new folder: files to write, and the earlier package's files that stay out."""
+
+    write: list[tuple[PackageFile, str]]  # item, its sha256
+    leave_out: set[str]  # replaced and stale files of the earlier package, and its manifest
+
+
+def sort_files(root: Path, files: list[PackageFile], force: bool, report: PackageReport) -> _Plan:
+    """Which planned files are written, replaced or kept, and which earlier files are removed; fills ``report``."""
+    old = read_manifest(root) if force and root.is_dir() else {}
+    plan = _Plan([], {MANIFEST})
     for item in files:
         target = root / item.path
-        if not target.resolve().is_relative_to(inside):  # a linked folder would lead the write elsewhere
+        if not _plain(root, item.path):  # a linked folder (or a file) would lead the write elsewhere
             report.kept_foreign.append(item.path)
             continue
-        if not target.exists() and not target.is_symlink():
+        if not _exists(target):
             report.written.append(item.path)
-        elif _ours(target, old.get(item.path)):
+        elif _ours(root, item.path, old.get(item.path)):
             report.replaced.append(item.path)
-            manifest[item.path] = list(old[item.path])
+            plan.leave_out.add(item.path)
         else:
             (report.kept_edited if item.path in old else report.kept_foreign).append(item.path)
             continue
-        todo.append((item, item.sha256()))
+        plan.write.append((item, item.sha256()))
     planned = {item.path for item in files}
-    stale = []
     for name, shas in old.items():
-        if name in planned or not (root / name).exists():
+        if name in planned or not _exists(root / name):
             continue
-        if _ours(root / name, shas):
-            stale.append(name)
-            manifest[name] = shas
+        if _ours(root, name, shas):
+            report.removed.append(name)
+            plan.leave_out.add(name)
         else:
             report.kept_edited.append(name)
-    groups: dict[str, list[tuple[PackageFile, str]]] = {}
-    for item, sha in todo:
-        groups.setdefault(item.together or item.path, []).append((item, sha))
-    for group in groups.values():
-        for item, sha in group:  # the manifest names the new bytes before they land, and the old ones until the end
-            manifest[item.path] = [sha, *manifest.get(item.path, [])]
-        _write_manifest(root, manifest)
-        with signals_deferred() if len(group) > 1 else contextlib.nullcontext():
-            for item, _ in group:
-                _write_file(root, item)
-    for name in stale:
-        target = root / name
-        try:
-            target.unlink()
-        except OSError as err:
-            raise ToolkitError(
-                f"cannot remove {os.fspath(target)!r}: {err.strerror or err}; remove it by hand"
-            ) from None
-        _remove_empty_dirs(root, target)
-        report.removed.append(name)
-        del manifest[name]
-    _write_manifest(root, {name: shas[:1] for name, shas in manifest.items()})
+    return plan
+
+
+def _carry(src: Path, dst: Path) -> None:
+    """One entry of the earlier package into the new folder: a hard link to it (a link stays a link, never
+    followed); a copy where the file system has no hard links."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        return
+    except OSError as err:
+        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    else:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def check_carriable(root: Path) -> None:
+    """The earlier package folder can be carried into a new one: no file system is mounted inside it (its files
+    could be neither linked nor moved)."""
+    for base, dirs, _files in os.walk(root):
+        for name in dirs:
+            if os.path.ismount(Path(base) / name):
+                raise ToolkitError(
+                    f"{os.fspath(Path(base) / name)!r} inside package folder {os.fspath(root)!r} is a mount point; "
+                    "a package is replaced whole, so choose another --out"
+                )
+
+
+def _carry_over(root: Path, staging: Path, leave_out: set[str]) -> list[Path]:
+    """Everything of the earlier folder but ``leave_out`` into ``staging``, folders with their modes and owners.
+    Links to folders are carried as links, never entered. Returns the folders that held only left-out files
+    (to be removed once the new files are written, unless they hold some)."""
+    emptied: list[Path] = []
+    for base, dirs, files in os.walk(root):
+        here = Path(base)
+        rel_base = here.relative_to(root)
+        for name in list(dirs):
+            if (here / name).is_symlink():
+                dirs.remove(name)
+                files.append(name)
+        for name in dirs:
+            made = staging / rel_base / name
+            made.mkdir()
+            _same_mode_and_owner(here / name, made)
+        for name in files:
+            rel = (rel_base / name).as_posix()
+            if rel not in leave_out:
+                _carry(here / name, staging / rel_base / name)
+        if files and all((rel_base / name).as_posix() in leave_out for name in files) and not dirs:
+            emptied.append(staging / rel_base)
+    return emptied
+
+
+def _prune(staging: Path, emptied: list[Path]) -> None:
+    """Remove the folders of :func:`_carry_over` that are still empty, and parents they leave empty."""
+    for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+        while folder != staging and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+
+
+def _write_into(staging: Path, item: PackageFile, shown_root: Path) -> None:
+    target = staging / item.path
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as writer:
+            if item.copy_of is not None:
+                with open(item.copy_of, "rb") as reader:
+                    shutil.copyfileobj(reader, writer, 1 << 20)
+            else:
+                writer.write((item.text or "").encode("utf-8"))
+            writer.flush()
+            os.fsync(writer.fileno())  # on disk before the folder is renamed into place
+    except OSError as err:
+        raise ToolkitError(
+            f"cannot write {os.fspath(shown_root / item.path)!r}: {err.strerror or err}; nothing was changed: "
+            "free some space or choose a writable --out"
+        ) from None
+
+
+def _same_mode_and_owner(source: Path, folder: Path) -> None:
+    """``folder`` gets ``source``'s permissions, and its owner where this process may give it (root)."""
+    info = os.lstat(source)
+    os.chmod(folder, stat.S_IMODE(info.st_mode))
+    if os.geteuid() == 0 and (info.st_uid, info.st_gid) != (0, 0):
+        with contextlib.suppress(OSError):
+            os.chown(folder, info.st_uid, info.st_gid)
+
+
+def _staging_folder(target: Path, shown_root: Path) -> tuple[Path, list[Path]]:
+    """A hidden empty folder beside ``target`` (folders above it made as needed), with the mode the package
+    folder has (or would get)."""
+    made = missing_parents(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:100]}.", suffix=".tmp", dir=target.parent))
+    except OSError as err:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise ToolkitError(
+            f"cannot create package folder {os.fspath(shown_root)!r}: {err.strerror or err} (a package is built "
+            f"in a folder beside it and renamed into place); choose a writable --out"
+        ) from None
+    if target.is_dir():
+        _same_mode_and_owner(target, staging)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+    return staging, made
+
+
+def _swap_in(staging: Path, target: Path) -> Path | None:
+    """Rename ``staging`` to ``target``; an existing ``target`` is renamed away first and returned (to be
+    removed), or renamed back if the second rename fails. The caller holds the signals."""
+    if not target.exists():
+        os.rename(staging, target)
+        return None
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name[:100]}.", suffix=".old.tmp", dir=target.parent))
+    try:
+        os.rename(target, backup)  # over the empty folder mkdtemp made
+    except OSError:
+        backup.rmdir()
+        raise
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.rename(backup, target)
+        raise
+    return backup
+
+
+def write_files(root: Path, files: list[PackageFile], force: bool, report: PackageReport, inputs: list[Path]) -> None:
+    """Build the package of ``files`` beside ``root`` and rename it into place (see the module docstring)."""
+    target = _target(root, force)
+    if target.is_dir():
+        check_carriable(target)
+    plan = sort_files(target, files, force, report)
+    for name in report.removed:
+        for source in inputs:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(target / name, source):
+                    raise ToolkitError(
+                        f"{os.fspath(source)!r} is an input of this run and a file of the earlier package in "
+                        f"{os.fspath(root)!r} that this one no longer has; package into another --out"
+                    )
+    cwd = os.getcwd()
+    staging, made = _staging_folder(target, root)
+    committed = False
+    backup: Path | None = None
+    try:
+        emptied = _carry_over(target, staging, plan.leave_out) if target.is_dir() else []
+        for item, _sha in plan.write:
+            _write_into(staging, item, root)
+        _prune(staging, emptied)
+        _write_into(staging, PackageFile(MANIFEST, _manifest_text({i.path: sha for i, sha in plan.write})), root)
+        with signals_deferred():
+            backup = _swap_in(staging, target)
+            committed = True
+    except OSError as err:
+        raise ToolkitError(
+            f"cannot put the package in place at {os.fspath(root)!r}: {err.strerror or err}; nothing was changed"
+        ) from None
+    finally:
+        if not committed:
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)  # links in it are removed, never followed
+    if cwd == os.fspath(target) or cwd.startswith(os.fspath(target) + os.sep):
+        os.chdir(cwd if os.path.isdir(cwd) else target)  # the working folder was the earlier package's
 
 
 def write_package(
@@ -331,6 +526,12 @@ def write_package(
     if plugin_lib and not source.uses_plugin:
         raise ToolkitError("--plugin-lib is for graphs that use the IdleScatter plugin, and this one does not; drop it")
     mode = network_mode(source.precision)
+    built_from = source.engine.built_from if source.engine else None
+    built_from_name = None
+    if built_from is not None and built_from != source.graph:
+        built_from_name = built_from.name
+        if built_from_name == source.graph.name:  # two graphs of one name: the parsed one gets its own
+            built_from_name = f"{built_from.stem}_built{built_from.suffix}"
     layout = package_layout(
         source.kind,
         name,
@@ -339,6 +540,7 @@ def write_package(
         engine_name=source.model.name,
         plugin=source.uses_plugin,
         deepstream=mode.value is not None,
+        built_from_name=built_from_name,
     )
     names = labels or [f"class_{i}" for i in range(source.meta.num_classes)]
     labels_note = "" if labels else "Class names are placeholders (`class_<i>`); pass --labels FILE for real ones."
@@ -353,11 +555,11 @@ def write_package(
     if labels_note:
         report.notes.append(labels_note)
     sources = [source.model, source.graph, *source.plugins, *(inputs or [])]
+    sources += [f.copy_of for f in files if f.copy_of is not None]
     if source.engine:
         sources.append(source.engine.sidecar)
     refuse_overwriting_inputs([root / f.path for f in files] + [root / MANIFEST], sources)
-    _prepare_root(root, force)
-    write_files(root, files, force, report)
+    write_files(root, files, force, report, sources)
     return report
 
 

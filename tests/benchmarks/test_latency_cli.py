@@ -15,7 +15,7 @@ from export.engine import export_engine
 from export.exporter import export_onnx, optimize_file
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, ToolkitError
 
-from ..conftest import make_model, run_module
+from ..conftest import make_model
 from ..engines.conftest import requires_rtx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,8 +123,7 @@ def test_a_given_engine_is_timed_where_a_gpu_is_else_exit_3(graphs: dict[str, Pa
     engine = export_engine(  # built on the workstation (with PyTorch), timed on the device (without)
         graphs["idle"], runtime="tensorrt-rtx", out=tmp_path / "idle.engine", echo=lambda _line: None
     )
-    # with PyTorch installed: engines.compatibility asks torch which GPU is visible (the device side changes that)
-    result = run_module("benchmarks.latency", "--engine", str(engine), "--repeats", "1", "--quiet", cwd=tmp_path)
+    result = run_without_torch("benchmarks.latency", "--engine", str(engine), "--repeats", "1", "--quiet", cwd=tmp_path)
     if current_gpu() is None:
         assert result.returncode == EXIT_MISSING_DEPENDENCY and result.stderr.count("\n") == 1
         assert "nothing given can run here: tensorrt: TensorRT engines need a CUDA GPU" in result.stderr

@@ -27,10 +27,16 @@ def triton_model_config():
     """Triton's own ``ModelConfig`` message module (tritonclient ships it; tests/run.sh installs it with --no-deps).
 
     Loaded by file path: ``tritonclient.grpc``'s package init needs grpcio, the message module does not.
+    Without tritonclient the tests that need it fail instead of skipping: CI installs it, so a missing one
+    is a broken set-up, and a skip would let the configs go unchecked unnoticed.
     """
     spec = importlib.util.find_spec("tritonclient")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("tritonclient is not installed (tests/run.sh installs it with --no-deps)")
+        pytest.fail(
+            "tritonclient is not installed, and Triton's ModelConfig is how these tests check the configs: run the "
+            "tests with `bash tests/run.sh` (it installs it) or `pip install --no-deps tritonclient`",
+            pytrace=False,
+        )
     path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
     module_spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
     assert module_spec and module_spec.loader
@@ -52,16 +58,18 @@ def fake_engine(
     plugins: tuple[str, ...] = (),
     runtime: str = "tensorrt",
     name: str = "tiny_fp16.engine",
-    record_hashes: bool = True,
+    built_from: Path | None = None,
 ) -> Path:
-    """An engine file with the sidecar ``python -m export.trt`` writes (TensorRT cannot build here)."""
+    """An engine file with the sidecar ``python -m export.trt`` writes (TensorRT cannot build here); ``built_from``
+    is the graph TensorRT parsed when it is not ``onnx_path`` (the mixed-precision graph of FP16)."""
     engine = folder / name
     engine.write_bytes(b"serialized engine " + precision.encode())
     for lib in plugins:
         (folder / lib).write_bytes(b"\x7fELF")
+    parsed = built_from or onnx_path
     EngineSidecar(
         engine=engine.name,
-        engine_sha256=sha256_file(engine) if record_hashes else "",
+        engine_sha256=sha256_file(engine),
         runtime=runtime,
         runtime_version="10.3.0",
         gpu={"name": "Orin", "compute_capability": "8.7"},
@@ -69,11 +77,11 @@ def fake_engine(
         precision_plan={"precision": precision},
         profiles=[{"images": {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64], "max": [8, 3, 64, 64]}}],
         builder={},
-        plugins=[{"file": lib, "sha256": ""} for lib in plugins],
-        onnx=str(onnx_path),
-        onnx_sha256="",
+        plugins=[{"file": lib, "sha256": sha256_file(folder / lib)} for lib in plugins],
+        onnx=str(parsed),
+        onnx_sha256=sha256_file(parsed),
         source_onnx=str(onnx_path),
-        source_onnx_sha256=sha256_file(onnx_path) if record_hashes else "",
+        source_onnx_sha256=sha256_file(onnx_path),
         idlevit=json.loads(json.dumps(read_metadata(onnx_path).__dict__)),
     ).write(sidecar_path(engine))
     return engine

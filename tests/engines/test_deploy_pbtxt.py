@@ -41,10 +41,29 @@ def test_a_model_config_round_trips_through_tritons_message() -> None:
     assert config.HasField("response_cache") and not config.response_cache.enable
 
 
-@pytest.mark.parametrize("number", [1e-9, 0.1, -2.5, 1e300, 3.0])
+@pytest.mark.parametrize("number", [1e-9, 0.1, -2.5, 1e300, 3.0, 0.123456789, 1 / 3, 123456789.125, 5e-324])
 def test_floats_read_back_exactly(number: float) -> None:
     value = text_format.Parse(to_pbtxt({"number_value": number}), struct_pb2.Value())
     assert value.number_value == number
+
+
+@pytest.mark.parametrize("number", [0.123456789, 1 / 3, 123456789.125])
+def test_floats_that_g_would_shorten_keep_every_digit(number: float) -> None:
+    """``%g`` keeps six significant digits: these numbers would come back as others (the check that this
+    test can fail), so the writer must not use it."""
+    assert float(f"{number:g}") != number
+    assert float(to_pbtxt({"x": number}).split(": ")[1]) == number
+
+
+def test_a_float32_field_of_tritons_config_reads_back_as_the_float32_of_the_number() -> None:
+    import numpy as np
+
+    pb2 = triton_model_config()
+    number = 0.123456789
+    text = to_pbtxt({"sequence_batching": {"direct": {"minimum_slot_utilization": number}}})
+    config = text_format.Parse(text, pb2.ModelConfig())
+    assert np.float32(config.sequence_batching.direct.minimum_slot_utilization) == np.float32(number)
+    assert np.float32(float(f"{number:g}")) != np.float32(number)
 
 
 def test_layout_is_one_field_a_line_and_nested_messages_are_indented() -> None:
@@ -68,3 +87,14 @@ def test_what_text_format_cannot_say_is_refused(message: dict, error: type[Excep
         to_pbtxt(message)
     with pytest.raises(ValueError):
         Enum("TYPE FP32")
+
+
+def test_without_tritonclient_the_triton_tests_fail_rather_than_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tritonclient" else real(name, *a)
+    )
+    with pytest.raises(pytest.fail.Exception, match="tritonclient is not installed"):
+        triton_model_config()

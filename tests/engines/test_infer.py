@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
 
 from engines.classify import load_images, open_backend
+from engines.compatibility import current_gpu
 from engines.infer import main
 from idlevit.errors import MissingDependencyError, ToolkitError
+from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata
 from idlevit.sidecar import EngineSidecar, sidecar_path
 
@@ -60,28 +64,36 @@ def test_top5_matches_the_pytorch_reference(
         assert float(block[0].split()[-1].rstrip("%")) == pytest.approx(100 * float(probs[i].max()), abs=0.01)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the engine path is tried for real")
+def _fake_engine(engine: Path, graph: Path, source: Path, precision: str) -> None:
+    """A stand-in engine file with a sidecar that describes it and ``graph`` (the one it was "built" from)."""
+    engine.write_bytes(b"serialized engine")
+    EngineSidecar(
+        engine=engine.name,
+        engine_sha256=sha256_file(engine),
+        runtime="tensorrt",
+        runtime_version="10.3.0",
+        gpu=None,
+        compute_capabilities=[],
+        precision_plan={"precision": precision},
+        profiles=[],
+        builder={},
+        plugins=[],
+        onnx=str(graph),
+        onnx_sha256=sha256_file(graph) if graph.is_file() else "",
+        source_onnx=str(source),
+        source_onnx_sha256="",
+        idlevit=json.loads(json.dumps(read_metadata(graph if graph.is_file() else source).__dict__)),
+    ).write(sidecar_path(engine))
+
+
+@pytest.mark.skipif(current_gpu() is not None, reason="with a GPU the engine path is tried for real")
 def test_engine_that_cannot_run_falls_back_to_the_graph_it_was_built_from(
     tiny_onnx: Path, tiny_mixed: Path, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An FP16 engine falls back to its mixed-precision graph (the sidecar's ``onnx``), not to the FP32 source."""
     engine = tmp_path / "tiny_fp16.engine"
-    engine.write_bytes(b"serialized engine")
-    metadata = json.loads(json.dumps(read_metadata(tiny_mixed).__dict__))
-    fields = dict(engine=engine.name, engine_sha256="", runtime="tensorrt", runtime_version="10.3.0", gpu=None)
-    EngineSidecar(
-        **fields,
-        compute_capabilities=[],
-        precision_plan={"precision": "fp16"},
-        profiles=[],
-        builder={},
-        plugins=[],
-        onnx=str(tiny_mixed),
-        onnx_sha256="",
-        source_onnx=str(tmp_path / "moved_away.onnx"),  # the FP32 source is not needed (nor here)
-        source_onnx_sha256="",
-        idlevit=metadata,
-    ).write(sidecar_path(engine))
+    # the FP32 source is not needed (nor here)
+    _fake_engine(engine, tiny_mixed, tmp_path / "moved_away.onnx", "fp16")
     runner, meta, backend, fallback = open_backend(engine)
     assert runner.name == "onnxruntime-cpu" and meta.num_classes == 10 and meta.precision == "fp16"
     assert backend == f"ONNX Runtime (CPU) on {tiny_mixed.name}"
@@ -94,29 +106,35 @@ def test_engine_that_cannot_run_falls_back_to_the_graph_it_was_built_from(
     assert out[2] == str(images[0]) and out[3].split()[0] == "1."
 
 
+@pytest.mark.skipif(current_gpu() is not None, reason="with a GPU the engine path is tried for real")
 def test_engine_without_its_graph_exits_3(tiny_onnx: Path, tmp_path: Path) -> None:
     engine = tmp_path / "lonely.engine"
-    engine.write_bytes(b"serialized engine")
-    EngineSidecar(
-        engine=engine.name,
-        engine_sha256="",
-        runtime="tensorrt",
-        runtime_version="10.3.0",
-        gpu=None,
-        compute_capabilities=[],
-        precision_plan={"precision": "fp32"},
-        profiles=[],
-        builder={},
-        plugins=[],
-        onnx=str(tmp_path / "gone.onnx"),
-        onnx_sha256="",
-        source_onnx=str(tmp_path / "gone.onnx"),
-        source_onnx_sha256="",
-        idlevit=json.loads(json.dumps(read_metadata(tiny_onnx).__dict__)),
-    ).write(sidecar_path(engine))
+    _fake_engine(engine, tmp_path / "gone.onnx", tiny_onnx, "fp32")
     with pytest.raises(MissingDependencyError, match="gone.onnx.*is not here") as missing:
         open_backend(engine)
     assert missing.value.exit_code == 3
+
+
+@pytest.mark.skipif(current_gpu() is not None, reason="with a GPU the engine path is tried for real")
+def test_fallback_refuses_a_replaced_graph_or_engine(tiny_onnx: Path, images: list[Path], tmp_path: Path) -> None:
+    """Only the graph the sidecar describes stands in for the engine: another graph under its name, or an
+    engine file that is not the one built, is refused in one line (exit 2) before anything runs."""
+    graph = tmp_path / "demo.onnx"
+    shutil.copy(tiny_onnx, graph)
+    engine = tmp_path / "demo_fp32.engine"
+    _fake_engine(engine, graph, graph, "fp32")
+    assert open_backend(engine)[2] == "ONNX Runtime (CPU) on demo.onnx"
+    replaced = onnx.load(graph)
+    replaced.doc_string = "another graph under the same name"
+    onnx.save(replaced, graph)
+    with pytest.raises(ToolkitError, match="is not the graph demo_fp32.engine was built from") as refused:
+        main([str(images[0]), "--model", str(engine)])
+    assert refused.value.exit_code == 2 and not isinstance(refused.value, MissingDependencyError)
+    shutil.copy(tiny_onnx, graph)
+    engine.write_bytes(b"another engine")
+    with pytest.raises(ToolkitError, match="does not match the sha256 its sidecar records") as refused:
+        open_backend(engine)
+    assert refused.value.exit_code == 2
 
 
 def test_missing_image_is_a_one_line_error(tiny_onnx: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
 from engines import tensorrt
 from engines.builder import BuildOptions, build_engine
@@ -18,16 +19,17 @@ from engines.deploy.deepstream import preprocessing, read_deepstream_config
 from engines.deploy.source import read_source
 from engines.deploy.writer import write_package
 from engines.package import main
-from engines.plan import FP32
+from engines.plan import FP16, FP32
 from engines.precision import plan_precision
 from engines.target import Target
 from export.exporter import export_onnx
 from idlevit.errors import ToolkitError
 from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata, write_metadata
-from idlevit.sidecar import sidecar_path
+from idlevit.sidecar import EngineSidecar, sidecar_path
 
-from ..conftest import make_model
+from ..conftest import make_model, run_module
+from .conftest import requires_rtx
 from .deploy_support import assert_deploy_paths_exist, fake_engine, parse_triton, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -357,3 +359,50 @@ def test_sha256_of_the_copied_model_is_in_the_manifest(onnx_package: Path, tiny_
     assert set(files) == {p.relative_to(onnx_package).as_posix() for p in onnx_package.rglob("*") if p.is_file()} - {
         ".idlevit-package.json"
     }
+
+
+# ---- a package is self-contained: engines.infer runs from it after the build folder is gone ------------------
+
+
+@requires_rtx
+def test_an_fp16_package_runs_its_fallback_after_the_build_folder_is_gone(
+    tiny_onnx: Path, tiny_mixed: Path, tmp_path: Path, capsys
+) -> None:
+    """An FP16 TensorRT-RTX engine (built here, from its mixed-precision graph), packaged, then its build folder
+    deleted: ``engines.infer --model pkg/<engine>`` from another folder cannot run the engine on this CPU and runs
+    the graph it was built from, which the package carries and its sidecar names relative to itself."""
+    build = tmp_path / "build"
+    build.mkdir()
+    source, mixed = build / "tiny.onnx", build / "tiny_fp16_mixed.onnx"
+    shutil.copy(tiny_onnx, source)
+    shutil.copy(tiny_mixed, mixed)
+    tensorrt.use_runtime("tensorrt-rtx")
+    plan = plan_precision(onnx.load(source), FP16, Target.parse("tensorrt-rtx"))
+    engine = build / "tiny_fp16_rtx.engine"
+    build_engine(mixed, source, plan, BuildOptions(1, 2, 4, optimization_level=0), engine, echo=lambda _: None)
+    package = tmp_path / "pkg"
+    code, out, err = run([str(engine), "--out", str(package)], capsys)
+    assert code == 0, err
+    shutil.rmtree(build)
+
+    files = sorted(p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file())
+    assert files == sorted(
+        [".idlevit-package.json", "DEPLOY.md", "labels.txt", "tiny.onnx", "tiny_fp16_mixed.onnx", engine.name]
+        + [engine.name + ".json"]
+    )
+    sidecar = EngineSidecar.read(package / (engine.name + ".json"))
+    assert (sidecar.onnx, sidecar.source_onnx) == ("tiny_fp16_mixed.onnx", "tiny.onnx")  # relative to the sidecar
+    assert sidecar.onnx_sha256 == sha256_file(package / "tiny_fp16_mixed.onnx") == sha256_file(tiny_mixed)
+    assert "runs\n`tiny_fp16_mixed.onnx`, the graph the engine was built from" in (package / "DEPLOY.md").read_text()
+    assert_deploy_paths_exist(package)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    image = elsewhere / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(image)
+    fallback = run_module("engines.infer", "--model", f"../pkg/{engine.name}", "x.png", cwd=elsewhere)
+    direct = run_module("engines.infer", "--model", "../pkg/tiny_fp16_mixed.onnx", "x.png", cwd=elsewhere)
+    assert fallback.returncode == 0 and direct.returncode == 0, fallback.stderr + direct.stderr
+    lines = fallback.stdout.splitlines()
+    assert lines[0].startswith("note: ") and "tiny_fp16_mixed.onnx" in lines[0] and "ONNX Runtime" in lines[0]
+    assert lines[-6:] == direct.stdout.splitlines()[-6:]  # the image and its top-5: the packaged graph's own

@@ -4,11 +4,14 @@ and every failure is one line with the documented exit code."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from idlevit.errors import ToolkitError
+from idlevit.fileio import sha256_file
 from idlevit.sidecar import sidecar_path
 
 from .deploy_support import fake_engine, one_line_error, run
@@ -72,14 +75,30 @@ def test_force_replaces_only_unedited_files_of_the_earlier_package(package: Path
     assert "kept      triton/tiny/config.pbtxt (not written by engines.package" in out
 
 
-def test_force_keeps_a_foreign_file_where_the_package_would_write(model: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "deploy"
+def test_force_keeps_a_foreign_file_where_the_package_would_write(package: Path, model: Path, capsys) -> None:
+    labels = package / "deepstream" / "labels.txt"
+    manifest = json.loads((package / MANIFEST).read_text())
+    del manifest["files"]["deepstream/labels.txt"]  # as if the user had put it there
+    (package / MANIFEST).write_text(json.dumps(manifest))
+    labels.write_text("cat;dog\n")
+    code, stdout, _ = run([str(model), "--out", str(package), "--force"], capsys)
+    assert code == 0 and labels.read_text() == "cat;dog\n"
+    assert "kept      deepstream/labels.txt (not written by engines.package" in stdout
+    assert (package / "triton" / "tiny" / "config.pbtxt").is_file()
+
+
+def test_force_never_writes_into_a_folder_that_holds_no_package(model: Path, tmp_path: Path, capsys) -> None:
+    """A package is replaced whole (built beside, renamed into place): a folder of something else, such as a
+    home or a shared temporary folder, is refused even with --force, and left as it was."""
+    out = tmp_path / "mine"
     (out / "deepstream").mkdir(parents=True)
     (out / "deepstream" / "labels.txt").write_text("cat;dog\n")
-    code, stdout, _ = run([str(model), "--out", str(out), "--force"], capsys)
-    assert code == 0 and (out / "deepstream" / "labels.txt").read_text() == "cat;dog\n"
-    assert "kept      deepstream/labels.txt (not written by engines.package" in stdout
-    assert (out / "triton" / "tiny" / "config.pbtxt").is_file()
+    inode = out.stat().st_ino
+    code, _, err = run([str(model), "--out", str(out), "--force"], capsys)
+    assert code == 2 and "holds no package" in one_line_error(err)
+    assert snapshot(out) == {"deepstream/labels.txt": b"cat;dog\n"} and out.stat().st_ino == inode
+    code, _, err = run([str(model), "--out", str(tmp_path), "--force"], capsys)  # the folder of the input itself
+    assert code == 2 and "holds no package" in one_line_error(err)
 
 
 def test_force_removes_what_the_earlier_package_no_longer_has(package: Path, model: Path, capsys) -> None:
@@ -93,37 +112,94 @@ def test_force_removes_what_the_earlier_package_no_longer_has(package: Path, mod
     assert "removed   triton/tiny/config.pbtxt" in out and "kept      triton/tiny/labels.txt" in out
 
 
-def test_an_interrupted_run_leaves_a_folder_the_next_run_reads_right(model: Path, tmp_path: Path, monkeypatch, capsys):
+def _fail_at_the_third_file(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> list[str]:
+    """Make the package's third file fail to write with ``error``; returns the files written before it."""
     from engines.deploy import writer
 
-    out = tmp_path / "deploy"
-    real_write, written = writer._write_file, []
+    real_write, written = writer._write_into, []
 
-    def write_then_fail(root: Path, item) -> None:
-        if len(written) == 3:
-            raise KeyboardInterrupt
-        real_write(root, item)
+    def write_then_fail(staging: Path, item, shown: Path) -> None:
+        if len(written) == 2:
+            raise error
+        real_write(staging, item, shown)
         written.append(item.path)
 
-    monkeypatch.setattr(writer, "_write_file", write_then_fail)
+    monkeypatch.setattr(writer, "_write_into", write_then_fail)
+    return written
+
+
+def test_an_interrupted_first_run_leaves_nothing(model: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    written = _fail_at_the_third_file(monkeypatch, KeyboardInterrupt())
+    out = tmp_path / "new" / "deploy"
     code, _, err = run([str(model), "--out", str(out)], capsys)
-    assert code == 130 and len(written) == 3
-    monkeypatch.setattr(writer, "_write_file", real_write)
-    code, stdout, _ = run([str(model), "--out", str(out), "--force"], capsys)
-    assert code == 0 and "kept" not in stdout  # what the first run wrote is still known as the package's own
-    assert all(f"replaced  {path}" in stdout for path in written)
+    assert code == 130 and len(written) == 2 and one_line_error(err) == "error: interrupted (Ctrl-C)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]  # no package, no hidden folder, no parent
 
 
-def test_a_linked_folder_does_not_lead_writes_outside(model: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "error", [KeyboardInterrupt(), ToolkitError("cannot write x: No space left on device")], ids=["ctrl-c", "disk-full"]
+)
+def test_an_interrupted_or_failed_forced_run_leaves_the_earlier_package(
+    package: Path, model: Path, monkeypatch, capsys, error: BaseException
+) -> None:
+    (package / "notes.txt").write_text("mine\n")
+    before = snapshot(package)
+    beside = sorted(p.name for p in package.parent.iterdir())
+    _fail_at_the_third_file(monkeypatch, error)
+    code, _, err = run([str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
+    assert code == (130 if isinstance(error, KeyboardInterrupt) else 2) and one_line_error(err)
+    assert snapshot(package) == before and sorted(p.name for p in package.parent.iterdir()) == beside
+
+
+def test_a_forced_run_replaces_the_folder_whole(package: Path, model: Path, capsys) -> None:
+    """What a forced run leaves: the new files, the user's files (the same inodes: linked, not copied), the
+    user's links as links, and nothing beside the folder."""
+    (package / "notes.txt").write_text("mine\n")
+    (package / "mine").mkdir()
+    (package / "link.txt").symlink_to("notes.txt")
+    inode = (package / "notes.txt").stat().st_ino
+    beside = sorted(p.name for p in package.parent.iterdir())
+    code, out, _ = run([str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
+    assert code == 0, out
+    assert (package / "notes.txt").stat().st_ino == inode and (package / "mine").is_dir()
+    assert (package / "link.txt").is_symlink() and os.readlink(package / "link.txt") == "notes.txt"
+    assert "max_batch_size: 4" in (package / "triton" / "tiny" / "config.pbtxt").read_text()
+    assert sorted(p.name for p in package.parent.iterdir()) == beside
+
+
+def test_removing_stale_files_never_follows_a_link_out(package: Path, model: Path, tmp_path: Path, capsys) -> None:
+    """The earlier manifest names ``old/victim.txt`` and ``old`` is now a link to a folder outside: the file
+    outside is not the package's (it is reached through a link), so it stays, and so does the link."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    out = tmp_path / "deploy"
-    out.mkdir()
-    (out / "triton").symlink_to(outside, target_is_directory=True)
-    code, stdout, _ = run([str(model), "--out", str(out), "--force"], capsys)
+    (outside / "victim.txt").write_text("keep me\n")
+    (package / "old").symlink_to(outside, target_is_directory=True)
+    manifest = json.loads((package / MANIFEST).read_text())
+    manifest["files"]["old/victim.txt"] = sha256_file(outside / "victim.txt")
+    (package / MANIFEST).write_text(json.dumps(manifest))
+    code, out, _ = run([str(model), "--out", str(package), "--force"], capsys)
+    assert code == 0 and (outside / "victim.txt").read_text() == "keep me\n"
+    assert (package / "old").is_symlink() and "kept      old/victim.txt" in out
+
+
+def test_an_input_the_earlier_package_wrote_is_not_removed(package: Path, model: Path, capsys) -> None:
+    """Packaging the earlier package's own ONNX into it under another name would drop (remove) the input."""
+    inside = package / "triton" / "tiny" / "1" / "model.onnx"
+    before = snapshot(package)
+    code, _, err = run([str(inside), "--out", str(package), "--force", "--name", "other"], capsys)
+    assert code == 2 and "is an input of this run" in one_line_error(err)
+    assert snapshot(package) == before
+
+
+def test_a_linked_folder_does_not_lead_writes_outside(package: Path, model: Path, tmp_path: Path, capsys) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(package / "triton")
+    (package / "triton").symlink_to(outside, target_is_directory=True)
+    code, stdout, _ = run([str(model), "--out", str(package), "--force"], capsys)
     assert code == 0 and list(outside.iterdir()) == []
     assert "kept      triton/tiny/config.pbtxt (not written by engines.package" in stdout
-    assert (out / "deepstream" / "config_infer_idlevit.txt").is_file()
+    assert (package / "triton").is_symlink() and (package / "deepstream" / "config_infer_idlevit.txt").is_file()
 
 
 def test_a_manifest_cannot_point_outside_the_package(package: Path, model: Path, tmp_path: Path, capsys) -> None:
@@ -180,17 +256,17 @@ def _sidecar_edit(engine: Path, edit) -> None:
     ("edit", "expected"),
     [
         ("{truncated", "not JSON"),
-        ("[1, 2]", "not a JSON object"),
+        ("[1, 2]", "is a list, not an object"),
         (lambda d: json.dumps({k: v for k, v in d.items() if k != "profiles"}), "lacks the field(s) profiles"),
         (lambda d: json.dumps({**d, "runtime_version": 10}), "field runtime_version"),
         (lambda d: json.dumps({**d, "idlevit": {**d["idlevit"], "img_size": "big"}}), "field img_size"),
         (lambda d: json.dumps({**d, "idlevit": {"arch": "deit_tiny"}}), "lacks the field(s)"),
-        (lambda d: json.dumps({**d, "profiles": [{"images": {"min": [1]}}]}), "min/opt/max"),
-        (lambda d: json.dumps({**d, "precision_plan": {}}), "precision_plan.precision"),
+        (lambda d: json.dumps({**d, "profiles": [{"images": {"min": [1]}}]}), "not min, opt and max"),
+        (lambda d: json.dumps({**d, "precision_plan": {}}), "precision_plan has no 'precision'"),
         (lambda d: json.dumps({**d, "runtime": "openvino"}), "runtime 'openvino'"),
         (lambda d: json.dumps({**d, "format": 99}), "format 99"),
         (lambda d: json.dumps({**d, "engine_sha256": "0" * 64}), "sidecar belongs to another build"),
-        (lambda d: json.dumps({**d, "source_onnx_sha256": "0" * 64}), "is not the ONNX"),
+        (lambda d: json.dumps({**d, "source_onnx_sha256": "0" * 64}), "is not the graph tiny_fp16.engine was built"),
     ],
     ids=[
         "truncated",

@@ -23,6 +23,7 @@ from engines.precision import (
 from engines.target import Target
 from export.exporter import export_onnx
 from idlevit.errors import ToolkitError
+from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata
 from validate.inputs import InputSpec
 from validate.reduced import EMULATED_NAME, REDUCED_NAME, check_reduced_precision
@@ -87,6 +88,29 @@ def test_mixed_graph_keeps_the_plan(tiny_onnx: Path, tiny_mixed: Path) -> None:
     assert all(types[t.name] == onnx.TensorProto.FLOAT for t in [*mixed.graph.input, mixed.graph.output[0]])
     meta = read_metadata(tiny_mixed)
     assert meta.precision == FP16 and meta.extra["fp32_nodes"] == len(fp32_nodes)
+    assert meta.extra["source_onnx"] == str(tiny_onnx.resolve())
+    assert meta.extra["source_onnx_sha256"] == sha256_file(tiny_onnx)
+
+
+def test_scoring_path_reads_no_fp16_rounded_value(tiny_onnx: Path, tiny_mixed: Path) -> None:
+    """Between two FP32 scoring-path nodes nothing is rounded to FP16 and back: each one reads its
+    producer's FP32 output (or, at the layer's entry, the FP16 residual stream made FP32 once)."""
+    mixed = onnx.load(tiny_mixed)
+    types = _elem_types(mixed)
+    producer = {out: node for node in mixed.graph.node for out in node.output}
+    scoring = set(scoring_path_nodes(onnx.load(tiny_onnx)))
+    round_trips = []
+    for node in mixed.graph.node:
+        if node.name not in scoring:
+            continue
+        for name in node.input:
+            cast = producer.get(name)
+            if cast is None or cast.op_type != "Cast":
+                continue
+            before = producer.get(cast.input[0])
+            if before is not None and before.op_type == "Cast" and types.get(before.input[0]) == onnx.TensorProto.FLOAT:
+                round_trips.append((before.input[0], node.name))
+    assert not round_trips, round_trips[:3]
 
 
 def test_mixed_graph_agrees_with_fp32(tiny_onnx: Path, tiny_mixed: Path) -> None:

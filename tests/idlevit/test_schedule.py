@@ -86,3 +86,24 @@ def test_long_invalid_lists_are_shown_short() -> None:
     with pytest.raises(idlevit.ScheduleError) as info:
         resolve_schedule(idlevit.get_arch("deit_small"), idle_layers=range(100, 1000), keep_ratios=[0.5] * 900)
     assert "(894 more)" in str(info.value) and len(str(info.value)) < 200
+
+
+def test_the_demo_keeps_int_of_n_times_ratio_tokens() -> None:
+    """k = int(N * ratio) (IDLEVIT.md), pinned on the bundled demo (32 px, 4 px patches: N = 64, r = 0.7), where a
+    rounding rule differs (44.8, 31.36 and 21.95 round to 45, 31 and 22): the schedule, the model loaded from
+    the checkpoint and its reference forward all keep 44, 44, 44, 31, 31, 31, 21, 21, 21 image tokens."""
+    import torch
+
+    n = (32 // 4) ** 2
+    ratios = [0.7] * 3 + [0.7 * 0.7] * 3 + [0.7 * 0.7 * 0.7] * 3
+    truncated = [int(n * ratio) for ratio in ratios]
+    assert truncated == [44, 44, 44, 31, 31, 31, 21, 21, 21]
+    assert [round(n * ratio) for ratio in ratios] != truncated  # this test tells truncation from rounding
+    model = idlevit.load_checkpoint("demo")
+    assert model.cfg.num_tokens == n
+    assert list(model.schedule.keep_tokens(n)) == truncated == list(model.idle_plan.values())
+    with torch.no_grad():
+        _logits, kept = model.forward_with_indices(
+            torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        )
+    assert [indices.shape[1] - 1 for indices in kept.values()] == truncated  # CLS comes on top of the k tokens

@@ -23,6 +23,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -57,22 +58,25 @@ class Case:
     says: str = ""  # text the stderr line must hold
     make: Callable[[Path, Assets], None] | None = None
     outputs: tuple[str, ...] = ()  # glob patterns (relative to scratch) of new files a case may leave
+    rewrites: tuple[str, ...] = ()  # glob patterns of files there before that a case may rewrite (its outputs)
     stderr_lines: int = 1
     fault: dict[str, str] | None = None  # ROBUSTNESS_FAULT for faults/sitecustomize.py; "{scratch}" is filled in
     fsize: int | None = None  # RLIMIT_FSIZE of the command, bytes
     env: dict[str, str] = field(default_factory=dict)
-    xfail: str = ""  # reason: the fix belongs to another area, in progress
     timeout: int = 300
 
 
 def param(case: Case) -> Any:
-    marks = [pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else []
-    return pytest.param(case, id=case.name, marks=marks)
+    return pytest.param(case, id=case.name)
 
 
 def command_env(fault: dict[str, str] | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a command: this checkout first on the path, no state from the caller, one thread."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IDLEVIT_", "ROBUSTNESS_", "PYTHON"))}
+    """The environment of a command: this checkout first on the path, no state from the caller, one thread.
+
+    ``TORCHINDUCTOR_CACHE_DIR`` is state too: importing torch in this process sets it (to a folder under the
+    temporary folder), and a command that inherits it never looks for a temporary folder itself."""
+    caller = ("IDLEVIT_", "ROBUSTNESS_", "PYTHON", "TORCHINDUCTOR_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(caller)}
     paths = [str(ROOT)]
     if fault:
         paths.insert(0, str(FAULTS))
@@ -159,6 +163,8 @@ def check_outcome(
         assert len(lines[0]) <= 800, f"an error line of {len(lines[0])} characters"
     after = snapshot(scratch)
     for rel, digest in before.items():
+        if any(fnmatch(rel, pattern) for pattern in case.rewrites) and rel in after:
+            continue
         assert after.get(rel) == digest, f"input {rel} was changed or removed ({digest} -> {after.get(rel)})\n{shown}"
     new = sorted(set(after) - set(before))
     assert not [rel for rel in new if rel.endswith(".tmp")], f"temporary files left: {new}\n{shown}"
@@ -184,3 +190,30 @@ def run_case(case: Case, scratch: Path, assets: Assets) -> subprocess.CompletedP
     )
     check_outcome(result, case, before, scratch)
     return result
+
+
+def run_signalled(
+    module: str,
+    args: list[str],
+    scratch: Path,
+    fault: dict[str, str],
+    marker: Path,
+    signum: int,
+    code: int,
+    settle: float = 0.5,
+) -> None:
+    """Run ``python -m module args`` with a fault that creates ``marker`` at a chosen moment, send ``signum`` from
+    outside ``settle`` seconds after it appears, and judge the outcome: ``code``, the signal's one line, inputs
+    as they were, nothing left behind."""
+    before = snapshot(scratch)
+    process = popen(module, args, scratch, fault=fault)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(settle)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    says = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    check_outcome(
+        (process.returncode, stdout, stderr), Case("signalled", module, tuple(args), code, says), before, scratch
+    )

@@ -13,10 +13,6 @@ says so (``fault=``, through ``faults/sitecustomize.py``):
 * signals: real ``SIGINT``/``SIGTERM``, sent by the process to itself in the middle of writing an
   output (an injected moment), or from outside while it works;
 * an unexpected exception: injected (a library function made to raise).
-
-A case that belongs to an area being changed elsewhere can be marked ``Case(xfail=reason)``
-(``xfail(strict=True)``: it flips to a failure, and its mark must go, once the fix lands); none is
-marked now.
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict
@@ -53,7 +48,7 @@ from idlevit.errors import (
 from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata
 
-from .harness import Assets, Case, check_outcome, command_env, one_line, param, popen, run_case, snapshot
+from .harness import Assets, Case, command_env, one_line, param, run_case, run_signalled
 
 EXPORT = ("--quiet", "--no-verify", "--exporter", "torchscript")  # the faster exporter: the faults are elsewhere
 PARITY = ("--num-images", "0", "--random-batches", "1", "--batch-sizes", "1", "--ort", "cpu", "--quiet")
@@ -99,6 +94,10 @@ def folder(name: str) -> Make:
 
 def symlink(name: str, target: str) -> Make:
     return lambda scratch, assets: (scratch / name).symlink_to(target)
+
+
+def moved(name: str, to: str) -> Make:
+    return lambda scratch, assets: (scratch / name).rename(scratch / to)
 
 
 def hardlink(name: str, target: str) -> Make:
@@ -175,6 +174,40 @@ def relu_with_copied_metadata(name: str) -> Make:
     return make
 
 
+def onnx_external(name: str, location: str | None = None, keep_data: bool = True) -> Make:
+    """The demo ONNX with its weights in an external data file ``<name>.data``; ``location`` rewrites where
+    the graph says the file is, ``keep_data=False`` leaves the file out."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        model = onnx.load(assets.onnx)
+        data = name + ".data"
+        onnx.save(model, scratch / name, save_as_external_data=True, location=data, size_threshold=1024)
+        if location is not None:
+            model = onnx.load(scratch / name, load_external_data=False)
+            for tensor in model.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = location
+            onnx.save(model, scratch / name)
+        if not keep_data:
+            (scratch / data).unlink()
+
+    return make
+
+
+def onnx_input_renamed(name: str, new: str) -> Make:
+    """The demo ONNX whose input ``images`` is called ``new`` (every node that reads it follows)."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        model = onnx.load(assets.onnx)
+        model.graph.input[0].name = new
+        for node in model.graph.node:
+            node.input[:] = [new if value == "images" else value for value in node.input]
+        onnx.save(model, scratch / name)
+
+    return make
+
+
 def onnx_without_metadata(name: str) -> Make:
     def make(scratch: Path, assets: Assets) -> None:
         model = onnx.load(assets.onnx)
@@ -223,6 +256,14 @@ def fake_engine(name: str, raw: str | None = None, **changes: object) -> Make:
 _DROP = object()
 
 
+def _resign(engine: Path) -> None:
+    """Record the engine file's current sha256 in its sidecar (a sidecar that tells the truth about it)."""
+    sidecar = engine.with_name(engine.name + ".json")
+    data = json.loads(sidecar.read_text())
+    data["engine_sha256"] = sha256_file(engine)
+    sidecar.write_text(json.dumps(data))
+
+
 def fake_engine_meta(name: str, **changes: object) -> Make:
     def make(scratch: Path, assets: Assets) -> None:
         meta = asdict(read_metadata(assets.onnx)) | changes
@@ -267,10 +308,11 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 def image_folder(*corrupt_first: str) -> Make:
-    """``data/val/<digit>/*.png``: real digits, with a truncated PNG named ``corrupt_first`` sorted first."""
+    """``data/val/<digit>/*.png``: real digits in the model's 10 class folders, with a truncated PNG named
+    ``corrupt_first`` sorted first."""
 
     def make(scratch: Path, assets: Assets) -> None:
-        for label in ("0", "1"):
+        for label in map(str, range(10)):
             target = scratch / "data" / "val" / label
             target.mkdir(parents=True)
             for index in range(3):
@@ -471,7 +513,83 @@ CORRUPT_FILES = [
     ),
 ]
 
+# issue 21: what a graph's file says and what its graph is (external data, I/O), checked where it is read
+CORRUPT_FILES += [
+    Case(
+        "onnx-external-data-missing",
+        "engines.infer",
+        ("--model", "m.onnx", "x.png"),
+        EXIT_BAD_INPUT,
+        "keeps its weights in 'm.onnx.data', which is not beside it",
+        steps(onnx_external("m.onnx", keep_data=False), image_file("x.png", Image.fromarray)),
+    ),
+    Case(
+        "onnx-external-data-escapes-its-folder",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "in/m.onnx", *PARITY),
+        EXIT_BAD_INPUT,
+        "which is not a file inside the model's folder",
+        steps(folder("in"), onnx_external("m.onnx", location="../m.onnx.data"), moved("m.onnx", "in/m.onnx")),
+    ),
+    Case(
+        "onnx-external-data-truncated",
+        "validate.accuracy",
+        ("--onnx", "m.onnx", *ACCURACY),
+        EXIT_BAD_INPUT,
+        "is truncated or belongs to another export",
+        steps(onnx_external("m.onnx"), lambda s, a: os.truncate(s / "m.onnx.data", 1000)),
+    ),
+]
+
 BAD_FIELDS = [
+    Case(
+        "metadata-img-size-not-the-graphs",
+        "engines.infer",
+        ("--model", "m.onnx", "x.png"),
+        EXIT_BAD_INPUT,
+        "images has shape (batch, 3, 32, 32), but the metadata (img_size 64",
+        steps(onnx_with_metadata("m.onnx", img_size="64"), image_file("x.png", Image.fromarray)),
+    ),
+    Case(
+        "metadata-num-classes-not-the-graphs",
+        "validate.accuracy",
+        ("--onnx", "m.onnx", *ACCURACY),
+        EXIT_BAD_INPUT,
+        "logits has shape (batch, 10), but the metadata",
+        onnx_with_metadata("m.onnx", num_classes="9"),
+    ),
+    Case(
+        "onnx-input-renamed",
+        "engines.infer",
+        ("--model", "m.onnx", "x.png"),
+        EXIT_BAD_INPUT,
+        "its inputs are ['pixels'], not 'images'",
+        steps(onnx_input_renamed("m.onnx", "pixels"), image_file("x.png", Image.fromarray)),
+    ),
+    Case(
+        "last-export-record-with-a-50mb-path",
+        "engines.infer",
+        ("x.png",),
+        EXIT_BAD_INPUT,
+        "last-export record",
+        steps(
+            folder(".idlevit"),
+            write_bytes(".idlevit/last_export.json", b'{"onnx": "' + b"a" * 50_000_000 + b'"}'),
+            image_file("x.png", Image.fromarray),
+        ),
+    ),
+    Case(
+        "last-export-record-with-an-overlong-name",  # no such file can exist: nothing recorded
+        "engines.infer",
+        ("x.png",),
+        EXIT_BAD_INPUT,
+        "no --model given and no ONNX exported here yet",
+        steps(
+            folder(".idlevit"),
+            write_bytes(".idlevit/last_export.json", b'{"onnx": "' + b"a" * 1000 + b'.onnx"}'),
+            image_file("x.png", Image.fromarray),
+        ),
+    ),
     Case(
         "metadata-not-json",
         "engines.infer",
@@ -670,6 +788,37 @@ def _read_only_case() -> Case:
 
 
 OUTPUT_ERRORS.append(_read_only_case())
+
+# issue 21: no file at all may be written (ulimit -f 0: not even the test file that finds a temporary folder),
+# and an empty state folder is the default one, not the working directory
+OUTPUT_ERRORS += [
+    Case(
+        "export-onnx-no-file-may-be-written",  # real: RLIMIT_FSIZE 0
+        "export.onnx",
+        ("--out", "m.onnx", *EXPORT),
+        EXIT_BAD_INPUT,
+        "no usable temporary folder",
+        fsize=0,
+    ),
+    Case(
+        "infer-no-file-may-be-written",  # real: reading only, but torch wants a temporary folder
+        "engines.infer",
+        ("--model", "m.onnx", "x.png"),
+        EXIT_BAD_INPUT,
+        "set TMPDIR to a writable folder",
+        steps(onnx_as("m.onnx"), image_file("x.png", Image.fromarray)),
+        fsize=0,
+    ),
+    Case(
+        "state-dir-set-but-empty",
+        "export.onnx",
+        ("--out", "m.onnx", *EXPORT),
+        EXIT_OK,
+        outputs=("m.onnx", ".idlevit", ".idlevit/last_export.json"),
+        stderr_lines=0,
+        env={"IDLEVIT_STATE_DIR": ""},
+    ),
+]
 
 BAD_IMAGES = [
     Case(
@@ -875,6 +1024,411 @@ BAD_FLAGS = [
     ),
 ]
 
+# issue 21: every flag value checked where it is read: finite, in range, consistent
+BAD_FLAGS += [
+    Case(
+        "parity-thresholds-nan",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--atol", "nan", "--rtol", "nan", "--min-cosine", "nan", *PARITY),
+        EXIT_BAD_INPUT,
+        "argument --atol: 'nan' is not a finite number >= 0",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-atol-negative",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--atol", "-1", *PARITY),
+        EXIT_BAD_INPUT,
+        "argument --atol: '-1' is not a finite number >= 0",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-min-top1-above-one",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--min-top1", "2", *PARITY),
+        EXIT_BAD_INPUT,
+        "argument --min-top1: '2' is not a number in [0, 1]",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-tie-rtol-infinite",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--tie-rtol", "inf", *PARITY),
+        EXIT_BAD_INPUT,
+        "argument --tie-rtol",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-seed-beyond-numpy",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--seed", str(2**40), *PARITY),
+        EXIT_BAD_INPUT,
+        "--seed 1099511627776 is not in 0..",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "parity-batch-beyond-any-memory",
+        "validate.parity",
+        ("--ckpt", "demo", "--onnx", "m.onnx", "--num-images", "0", "--batch-sizes", "1,1000000000", "--ort", "cpu"),
+        EXIT_BAD_INPUT,
+        "batch 1000000000 is not a batch size from 1 to",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "export-img-size-zero",
+        "export.onnx",
+        ("--img-size", "0", *EXPORT),
+        EXIT_BAD_INPUT,
+        "--img-size 0 is not a size",
+    ),
+    Case(
+        "export-img-size-negative",
+        "export.onnx",
+        ("--random-init", "--arch", "deit_micro", "--img-size", "-8", *EXPORT),
+        EXIT_BAD_INPUT,
+        "--img-size -8 is not a size in pixels",
+    ),
+    Case(
+        "export-img-size-not-whole-patches",
+        "export.onnx",
+        ("--random-init", "--arch", "deit_micro", "--img-size", "30", *EXPORT),
+        EXIT_BAD_INPUT,
+        "image size 30 px is not a multiple of the patch size 16 px",
+    ),
+    Case(
+        "export-img-size-beyond-any-memory",
+        "export.onnx",
+        ("--random-init", "--arch", "deit_micro", "--img-size", "400000", *EXPORT),
+        EXIT_BAD_INPUT,
+        "--img-size 400000 is not a size in pixels from 1 to 4096",
+    ),
+    Case(
+        "export-trt-max-batch-beyond-any-profile",  # refused before anything is built or written
+        "export.trt",
+        ("--onnx", "m.onnx", "--max-batch", "1000000000", "--no-trtcheck"),
+        EXIT_BAD_INPUT,
+        "--max-batch <= 65536, got 1, 8, 1000000000",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "package-max-batch-beyond-any-profile",
+        "engines.package",
+        ("m.onnx", "--max-batch", "1000000000"),
+        EXIT_BAD_INPUT,
+        "--max-batch 1000000000 must be >= 1 and <= 65536",
+        onnx_as("m.onnx"),
+    ),
+    Case(
+        "export-batch-beyond-any-memory",
+        "export.onnx",
+        ("--batch", "1000000000", *EXPORT),
+        EXIT_BAD_INPUT,
+        "--batch 1000000000 is not a batch size from 1 to",
+    ),
+]
+
+# issue 21: a training run refuses, before it trains, what would lose its input or train nothing
+FINETUNE = ("--epochs", "1", "--quiet")
+INPUTS_OVERWRITTEN += [
+    Case(
+        "finetune-out-is-the-teacher",
+        "idlevit.finetune",
+        ("--teacher", "t.pth", "--out", "t.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "is the input",
+        ckpt_as("t.pth"),
+    ),
+    Case(
+        "finetune-dense-out-is-the-init",
+        "idlevit.finetune",
+        ("--dense", "--init", "t.pth", "--out", "t.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "is the input",
+        ckpt_as("t.pth"),
+    ),
+    Case(
+        "finetune-out-is-a-link-to-the-teacher",
+        "idlevit.finetune",
+        ("--teacher", "t.pth", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "is the input",
+        steps(ckpt_as("t.pth"), symlink("s.pth", "t.pth")),
+    ),
+]
+BAD_FLAGS += [
+    Case(
+        "finetune-zero-epochs",
+        "idlevit.finetune",
+        ("--teacher", "t.pth", "--epochs", "0", "--out", "s.pth", "--quiet"),
+        EXIT_BAD_INPUT,
+        "--epochs 0 is not an integer from 1 to",
+        ckpt_as("t.pth"),
+    ),
+    Case(
+        "finetune-lr-nan",
+        "idlevit.finetune",
+        ("--teacher", "t.pth", "--lr", "nan", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "--lr nan is not a finite number > 0",
+        ckpt_as("t.pth"),
+    ),
+    Case(
+        "finetune-batch-size-zero",
+        "idlevit.finetune",
+        ("--dense", "--batch-size", "0", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "--batch-size 0 is not an integer from 1 to",
+    ),
+    Case(
+        "finetune-weight-decay-infinite",
+        "idlevit.finetune",
+        ("--dense", "--weight-decay", "inf", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "--weight-decay inf is not a finite number >= 0",
+    ),
+    Case(
+        "finetune-threads-zero",
+        "idlevit.finetune",
+        ("--dense", "--threads", "0", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "--threads 0 is not from 1 to",
+    ),
+    Case(
+        "finetune-patch-size-not-dividing-the-image",
+        "idlevit.finetune",
+        ("--dense", "--patch-size", "5", "--out", "s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "image size 32 px is not a multiple of the patch size 5 px",
+    ),
+    Case(
+        "finetune-out-under-a-file",
+        "idlevit.finetune",
+        ("--dense", "--out", "notes.txt/s.pth", *FINETUNE),
+        EXIT_BAD_INPUT,
+        "cannot write 'notes.txt/s.pth': 'notes.txt' is a file, not a folder",
+        write_bytes("notes.txt", b"a file\n"),
+    ),
+]
+
+# issue 21: a package vouches for what it carries (every digest, every profile, every path), carries the
+# external data of its graphs, never follows a link out when it drops stale files, and appears whole or not
+# at all (built beside its folder and renamed into place)
+PROFILE = {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
+
+
+def earlier_package(out: str, *args: str) -> Make:
+    """A package of ``m.onnx`` made by the library call, as an earlier run of the command left it."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        from engines.deploy.writer import make_package
+
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            make_package("m.onnx", out=out, **dict(zip(args[::2], args[1::2])))
+        finally:
+            os.chdir(cwd)
+
+    return make
+
+
+def stale_entry_through_a_link(scratch: Path, assets: Assets) -> None:
+    """``pkg/old`` links to ``outside/`` and the manifest lists ``old/victim.txt`` as the package's."""
+    (scratch / "outside").mkdir()
+    (scratch / "outside" / "victim.txt").write_text("not the package's\n")
+    (scratch / "pkg" / "old").symlink_to("../outside", target_is_directory=True)
+    manifest = json.loads((scratch / "pkg" / ".idlevit-package.json").read_text())
+    manifest["files"]["old/victim.txt"] = sha256_file(scratch / "outside" / "victim.txt")
+    (scratch / "pkg" / ".idlevit-package.json").write_text(json.dumps(manifest))
+
+
+def digit_folders(count: int) -> Make:
+    """``data/val/<0..count-1>/``, two real digits each."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        for label in range(count):
+            target = scratch / "data" / "val" / str(label)
+            target.mkdir(parents=True)
+            for index in range(2):
+                Image.fromarray(rgb(assets.digit)).save(target / f"img{index}.png")
+
+    return make
+
+
+#: What a fallback or a score trusts is checked: the graph an engine was built from by its sha256, a
+#: dataset's classes against the model's.
+TRUSTED = [
+    Case(
+        "infer-fallback-to-a-replaced-graph",  # no GPU here: the fallback must check the graph's sha256
+        "engines.infer",
+        ("--model", "e.engine", "x.png"),
+        EXIT_BAD_INPUT,
+        "sha256",
+        steps(
+            fake_engine("e.engine"),
+            onnx_with_metadata("demo.onnx", checkpoint='"replaced"'),
+            image_file("x.png", Image.fromarray),
+        ),
+    ),
+    Case(
+        "infer-fallback-for-a-changed-engine",  # the engine is not the one its sidecar describes
+        "engines.infer",
+        ("--model", "e.engine", "x.png"),
+        EXIT_BAD_INPUT,
+        "sha256",
+        steps(
+            fake_engine("e.engine"), write_bytes("e.engine", b"another engine"), image_file("x.png", Image.fromarray)
+        ),
+    ),
+    Case(
+        "accuracy-image-folder-with-other-classes",  # 9 class folders for a 10-class model: labels would shift
+        "validate.accuracy",
+        ("--onnx", "m.onnx", "--data", "data", *ACCURACY),
+        EXIT_BAD_INPUT,
+        "class",
+        steps(onnx_as("m.onnx"), digit_folders(9)),
+    ),
+]
+
+PACKAGES = [
+    Case(
+        "package-stale-removal-through-a-link",  # the same package; the link and the file outside kept
+        "engines.package",
+        ("m.onnx", "--out", "pkg", "--force"),
+        EXIT_OK,
+        stderr_lines=0,
+        make=steps(onnx_as("m.onnx"), earlier_package("pkg"), stale_entry_through_a_link),
+        rewrites=("pkg/.idlevit-package.json",),  # no longer lists old/victim.txt: not the package's
+    ),
+    Case(
+        "package-force-into-a-folder-that-holds-no-package",  # the working folder: refused, untouched
+        "engines.package",
+        ("m.onnx", "--out", ".", "--force"),
+        EXIT_BAD_INPUT,
+        "holds no package",
+        steps(onnx_as("m.onnx"), folder("data"), write_bytes("data/notes.txt", b"mine\n")),
+    ),
+    Case(
+        "package-sidecar-without-engine-sha256",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "field engine_sha256 is '', not a sha256",
+        fake_engine("e.engine", engine_sha256=""),
+    ),
+    Case(
+        "package-zero-byte-engine",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "is empty (0 bytes)",
+        steps(fake_engine("e.engine"), write_bytes("e.engine", b""), lambda s, a: _resign(s / "e.engine")),
+    ),
+    Case(
+        "package-profile-max-batch-1e30",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "or a batch above 65536",
+        fake_engine("e.engine", profiles=[{"images": PROFILE | {"max": [10**30, 3, 32, 32]}}]),
+    ),
+    Case(
+        "package-profile-min-above-opt-above-max",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "is not min <= opt <= max in every dim",
+        fake_engine(
+            "e.engine", profiles=[{"images": {"min": [32, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [1, 3, 32, 32]}}]
+        ),
+    ),
+    Case(
+        "package-profile-not-the-models-images",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "profile's min shape [1, 3, 64, 64] is not (batch, 3, 32, 32)",
+        fake_engine("e.engine", profiles=[{"images": {k: [v[0], 3, 64, 64] for k, v in PROFILE.items()}}]),
+    ),
+    Case(
+        "package-plugin-path-escapes",
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "plugin file '../../../lib.so' is not a plain file name",
+        fake_engine("e.engine", plugins=[{"file": "../../../lib.so", "sha256": "0" * 64}]),
+    ),
+    Case(
+        "package-built-from-graph-missing",  # the sidecar's onnx (what TensorRT parsed) is not the source and gone
+        "engines.package",
+        ("e.engine", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "the graph TensorRT parsed for e.engine (gone_fp16_mixed.onnx, for fp32) is not here",
+        fake_engine("e.engine", onnx="gone_fp16_mixed.onnx", onnx_sha256="ab" * 32),
+    ),
+    Case(
+        "package-external-data-onnx",  # the data file travels with the graph, where the graph says it is
+        "engines.package",
+        ("m.onnx", "--out", "pkg"),
+        EXIT_OK,
+        stderr_lines=0,
+        make=onnx_external("m.onnx"),
+        outputs=("pkg", "pkg/*"),
+    ),
+    Case(
+        "package-external-data-missing",
+        "engines.package",
+        ("m.onnx", "--out", "pkg"),
+        EXIT_BAD_INPUT,
+        "keeps its weights in 'm.onnx.data', which is not beside it",
+        onnx_external("m.onnx", keep_data=False),
+    ),
+    Case(
+        "package-sigterm-while-writing",  # real SIGTERM in the middle of a file: no pkg/, no hidden folder
+        "engines.package",
+        ("m.onnx", "--out", "pkg"),
+        EXIT_SIGTERM,
+        "terminated (SIGTERM)",
+        onnx_as("m.onnx"),
+        fault={"signal_at_fsync": "SIGTERM"},
+    ),
+    Case(
+        "package-ctrl-c-while-replacing",  # real SIGINT during a --force run: the earlier package as it was
+        "engines.package",
+        ("m.onnx", "--out", "pkg", "--force", "--max-batch", "4"),
+        EXIT_SIGINT,
+        "interrupted (Ctrl-C)",
+        steps(onnx_as("m.onnx"), earlier_package("pkg")),
+        fault={"signal_at_fsync": "SIGINT"},
+    ),
+    Case(
+        "package-disk-full-while-replacing",  # faked ENOSPC: the earlier package as it was
+        "engines.package",
+        ("m.onnx", "--out", "pkg", "--force", "--max-batch", "4"),
+        EXIT_BAD_INPUT,
+        "No space left on device",
+        steps(onnx_as("m.onnx"), earlier_package("pkg")),
+        fault={"oserror_at_fsync": "ENOSPC"},
+    ),
+    Case(
+        "package-file-size-limit",  # real: RLIMIT_FSIZE of 1 MB against a 6 MB graph
+        "engines.package",
+        ("m.onnx", "--out", "new/pkg"),
+        EXIT_BAD_INPUT,
+        "File too large",
+        onnx_as("m.onnx"),
+        fsize=1 << 20,
+    ),
+    Case(
+        "package-name-too-long",
+        "engines.package",
+        ("m.onnx", "--out", "pkg", "--name", "n" * 300),
+        EXIT_BAD_INPUT,
+        "--name is 300 characters long",
+        onnx_as("m.onnx"),
+    ),
+]
+
 SIGNALS = [
     Case(
         "export-onnx-sigterm-while-writing",  # a real SIGTERM, sent while the graph's temporary file is written
@@ -957,6 +1511,20 @@ def test_signals_while_writing(case: Case, scratch: Path, assets: Assets) -> Non
     run_case(case, scratch, assets)
 
 
+@pytest.mark.parametrize("case", [param(c) for c in TRUSTED])
+def test_trusted_artefacts_and_data_checked_elsewhere(case: Case, scratch: Path, assets: Assets) -> None:
+    run_case(case, scratch, assets)
+
+
+@pytest.mark.parametrize("case", [param(c) for c in PACKAGES])
+def test_packages(case: Case, scratch: Path, assets: Assets) -> None:
+    run_case(case, scratch, assets)
+    if case.name == "package-external-data-onnx":
+        entry = scratch / "pkg" / "triton" / "m" / "1"
+        assert sorted(p.name for p in entry.iterdir()) == ["m.onnx.data", "model.onnx"]
+        assert read_metadata(entry / "model.onnx").arch == "deit_micro"  # its data found beside it
+
+
 # --- images read by their real range: the same top-1 as the 8-bit file ---------------------------
 
 
@@ -1016,60 +1584,34 @@ def test_signal_from_outside_during_a_parity_run(signum: int, code: int, scratch
     """A real signal from another process once the comparison runs (a long one): the documented code, one
     line, and no report (the reports are written only at the end, atomically)."""
     shutil.copyfile(assets.onnx, scratch / "m.onnx")
-    before = snapshot(scratch)
     marker = scratch.parent / "started"
-    args = [
-        "--ckpt",
-        "demo",
-        "--onnx",
-        "m.onnx",
-        "--num-images",
-        "0",
-        "--random-batches",
-        "5000",
-        "--batch-sizes",
-        "8",
-        "--ort",
-        "cpu",
-        "--quiet",
-    ]
-    process = popen(
-        "validate.parity", args, scratch, fault={"mark_call": "validate.judge:run_parity", "marker": str(marker)}
-    )
-    deadline = time.monotonic() + 240
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # inside the run
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
-    expected = Case(
-        "outside",
-        "validate.parity",
-        tuple(args),
-        code,
-        "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)",
-    )
-    check_outcome((process.returncode, stdout, stderr), expected, before, scratch)
+    args = ["--ckpt", "demo", "--onnx", "m.onnx", "--num-images", "0", "--random-batches", "5000"]
+    args += ["--batch-sizes", "8", "--ort", "cpu", "--quiet"]
+    fault = {"mark_call": "validate.judge:run_parity", "marker": str(marker)}
+    run_signalled("validate.parity", args, scratch, fault, marker, signum, code)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, EXIT_SIGINT), (signal.SIGTERM, EXIT_SIGTERM)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_signal_while_the_command_is_still_importing(signum: int, code: int, scratch: Path, assets: Assets) -> None:
+    """A real signal once ``engines.infer`` has imported the toolkit's command runner, before its ``main`` runs
+    (the import is held there): the documented code and one line, not a silent kill or a traceback."""
+    shutil.copyfile(assets.onnx, scratch / "m.onnx")
+    Image.fromarray(assets.digit).save(scratch / "x.png")
+    marker = scratch.parent / "imported"
+    fault = {"pause_after_import": "idlevit.cli", "marker": str(marker)}
+    run_signalled("engines.infer", ["--model", "m.onnx", "x.png"], scratch, fault, marker, signum, code, settle=0)
 
 
 def test_sigterm_during_a_tensorrt_build(scratch: Path, assets: Assets) -> None:
     """A real SIGTERM while TensorRT-RTX builds (on this CPU): exit 143, one line, no engine, sidecar or temp."""
     pytest.importorskip("tensorrt_rtx")
     shutil.copyfile(assets.onnx, scratch / "m.onnx")
-    before = snapshot(scratch)
     marker = scratch.parent / "building"
     args = ["--onnx", "m.onnx", "--runtime", "tensorrt-rtx", "--no-check", "--no-trtcheck", "--opt-level", "5"]
-    process = popen(
-        "export.trt", args, scratch, fault={"mark_call": "engines.tensorrt:build_serialized", "marker": str(marker)}
-    )
-    deadline = time.monotonic() + 240
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=300)
-    expected = Case("trt", "export.trt", tuple(args), EXIT_SIGTERM, "terminated (SIGTERM)")
-    check_outcome((process.returncode, stdout, stderr), expected, before, scratch)
+    fault = {"mark_call": "engines.tensorrt:build_serialized", "marker": str(marker)}
+    run_signalled("export.trt", args, scratch, fault, marker, signal.SIGTERM, EXIT_SIGTERM)
 
 
 # --- an unexpected exception ------------------------------------------------------------------------

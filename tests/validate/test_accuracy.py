@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 import idlevit
 from idlevit.data import digits_split, normalize
+from idlevit.errors import ToolkitError
 from validate import accuracy
 
 #: Test images scored (of 450): enough for a meaningful figure, a few seconds of CPU.
@@ -38,3 +42,18 @@ def test_onnx_accuracy_equals_pytorch_on_digits(
     assert expected_top1 / LIMIT > 0.5  # the fitted head really reads the digits (chance is 10%)
     table = (tmp_path / "accuracy.md").read_text()
     assert "| pytorch |" in table and "| onnxruntime-cpu |" in table
+
+
+def test_a_folder_with_other_classes_than_the_model_is_refused(digits_onnx: Path, tmp_path: Path) -> None:
+    """Nine class folders for a ten-class model would shift every label after the missing one: exit 2, one line."""
+    images, labels = digits_split("test", 32)
+    for digit in range(1, 10):  # digit 0 left out
+        folder = tmp_path / "data" / "val" / str(digit)
+        folder.mkdir(parents=True)
+        index = int((labels == digit).nonzero()[0, 0])
+        pixels = (images[index].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "x.png")
+    argv = ["--onnx", str(digits_onnx), "--data", str(tmp_path / "data"), "--no-pytorch", "--quiet"]
+    with pytest.raises(ToolkitError, match="has 9 classes but the model 10") as refused:
+        accuracy.main(argv)
+    assert refused.value.exit_code == 2

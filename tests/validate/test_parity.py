@@ -15,13 +15,13 @@ from PIL import Image
 from polygraphy.comparator import IndicesCompareFunc, IterationResult
 
 import idlevit
-from engines.classify import eval_transform
 from engines.ort import create_session
 from export.exporter import export_onnx
 from idlevit.cli import run_cli
 from idlevit.data import normalize
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError
 from idlevit.fileio import sha256_file
+from idlevit.images import EvalTransform
 from idlevit.metadata import read_metadata
 from idlevit.sidecar import EngineSidecar, sidecar_path
 from validate import parity
@@ -281,9 +281,9 @@ def test_folded_inputs_are_the_plain_inputs_in_pixels(digits_folded_onnx: Path, 
     as_plain = normalize(torch.from_numpy(pixels) / 255, plain.mean, plain.std).numpy()
     np.testing.assert_allclose(as_plain, real.feeds[0]["images"], atol=1e-5)
     assert random_px.feeds[0]["images"].min() >= 0.0 and random_px.feeds[0]["images"].max() <= 255.0
-    transform = eval_transform(folded)  # engines.infer's preprocessing
+    transform = EvalTransform(folded.input_config)  # engines.infer's preprocessing
     image = Image.fromarray(np.full((40, 40, 3), (255, 128, 0), dtype=np.uint8))
-    np.testing.assert_allclose(transform(image)[:, 16, 16].numpy(), [255.0, 128.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(transform(image)[:, 16, 16], [255.0, 128.0, 0.0], atol=1e-3)
 
 
 def test_folded_graph_scores_what_the_plain_graph_scores(

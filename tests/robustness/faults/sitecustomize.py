@@ -4,8 +4,9 @@
 
 * ``{"raise_in": "module:function"}``: the function raises ``RuntimeError`` (an unexpected bug, exit 70).
 * ``{"signal_at_fsync": "SIGTERM"}``: a real signal, sent by the process to itself while it writes a
-  temporary output (just before ``os.fsync`` of a ``*.tmp`` file), so it lands in the middle of a write.
-* ``{"oserror_at_fsync": "ENOSPC"}``: ``os.fsync`` of a ``*.tmp`` file fails with that errno (a full disk,
+  temporary output (just before ``os.fsync`` of a ``*.tmp`` file, or of a file in a ``*.tmp`` folder),
+  so it lands in the middle of a write.
+* ``{"oserror_at_fsync": "ENOSPC"}``: ``os.fsync`` of such a file fails with that errno (a full disk,
   faked: a small full file system needs root to mount).
 * ``{"erofs_under": "/path"}``: creating a temporary file under that folder fails with ``EROFS`` (a
   read-only file system, faked for root, whom chmod does not stop).
@@ -13,23 +14,32 @@
   first output (the logits): a graph that disagrees with PyTorch.
 * ``{"mark_call": "module:function", "marker": "/path"}``: the file ``marker`` is created when the
   function is first called, so a test can send a signal while real work runs.
+* ``{"pause_after_import": "module", "marker": "/path"}``: once the command's own imports have
+  imported ``module``, the file ``marker`` is created and the import pauses (up to 60 s), so a
+  test can send a signal while the command is still being imported.
 """
 
 from __future__ import annotations
 
 import errno
 import importlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import signal
+import sys
 import tempfile
+import time
 
 
 def _temporary(fd: int) -> bool:
+    """A temporary output: a ``*.tmp`` file, or a file inside a ``*.tmp`` folder (a package being built)."""
     try:
-        return os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp")
+        path = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return False
+    return path.endswith(".tmp") or ".tmp/" in path
 
 
 def _patch(target: str, make) -> None:
@@ -95,5 +105,36 @@ def _install(fault: dict) -> None:
         _patch(fault["mark_call"], marking)
 
 
+class _PauseAfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; wraps the real loader of one module so that its import ends in a pause."""
+
+    def __init__(self, name: str, marker: str) -> None:
+        self.name, self.marker = name, marker
+
+    def find_spec(self, fullname, path, target=None):  # noqa: ANN001, ANN201
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module) -> None:  # noqa: ANN001
+            real_exec(module)
+            with open(self.marker, "w"):
+                pass
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _install_import_pause(fault: dict) -> None:
+    if "pause_after_import" in fault:
+        sys.meta_path.insert(0, _PauseAfterImport(fault["pause_after_import"], fault["marker"]))
+
+
 if os.environ.get("ROBUSTNESS_FAULT"):
+    _install_import_pause(json.loads(os.environ["ROBUSTNESS_FAULT"]))
     _install(json.loads(os.environ["ROBUSTNESS_FAULT"]))
