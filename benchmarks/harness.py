@@ -11,7 +11,7 @@ Two ways in, one table out:
 * **Given files** (:func:`time_given`, no PyTorch): ONNX graphs on ONNX Runtime and engines on
   TensorRT, each as it is; a dense graph among them is the baseline of the others.
 
-Every configuration runs once per round, in a rotating order (:func:`interleaved`), so machine
+Every configuration runs once per round, in a shuffled order (:func:`interleaved`), so machine
 noise hits all alike; every ratio is taken within a round and reported as the median over rounds
 with its spread (min..max). A loaded machine (load average above the core count) or a spread above
 10% is reported as a warning: such ratios are less trustworthy.
@@ -133,9 +133,10 @@ def interleaved(
 ) -> dict[Key, Timing]:
     """Time every runner ``repeats`` times on the same batch, round-robin.
 
-    Each repeat runs every configuration once; the start of the round rotates so no
-    configuration always follows the same neighbour (caches, frequency, neighbours' threads).
-    Every run starts after ``settle_s`` of sleep: each runtime keeps its own default threading
+    Each repeat runs every configuration once, in an order shuffled anew each round (seeded), so
+    no configuration always follows the same neighbour (caches, frequency, neighbours' threads):
+    a rotation would keep each one's predecessor, and with it a bias of about 1% between two
+    otherwise equal graphs. Every run starts after ``settle_s`` of sleep: each runtime keeps its own default threading
     (OpenMP's and ONNX Runtime's workers spin while they wait), and the pause lets the previous
     run's spinning threads go idle before the next run is timed.
     """
@@ -146,9 +147,10 @@ def interleaved(
             time.sleep(settle_s)
             runners[key]({IMAGES: images})
     timings = {key: Timing(key[0], key[1], batch) for key in keys}
-    for rep in progress_bar(range(repeats), enabled=progress, desc=f"batch {batch}", unit="round", leave=False):
-        shift = rep % len(keys)
-        for key in keys[shift:] + keys[:shift]:
+    order = np.random.default_rng(batch)
+    for _ in progress_bar(range(repeats), enabled=progress, desc=f"batch {batch}", unit="round", leave=False):
+        for index in order.permutation(len(keys)):
+            key = keys[index]
             time.sleep(settle_s)
             start = time.perf_counter()
             runners[key]({IMAGES: images})

@@ -2,7 +2,7 @@
 
 For one architecture and several keep rates (plus the dense model: keep rate 1.0, same
 weights, no idle layers) it times every backend usable here at several batch sizes,
-interleaved round-robin (every round runs every configuration once, in a rotating order), so
+interleaved (every round runs every configuration once, in an order shuffled each round), so
 machine noise hits all configurations alike. ONNX Runtime times each graph asked for with
 ``--graphs``, dense and idle alike: the default export (dynamo), the TorchScript exporter's, and
 the default export optimised for ONNX Runtime (``export.onnx --optimize``). Per configuration it

@@ -87,7 +87,7 @@ def test_models_share_the_same_weights() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_interleaved_times_every_configuration_each_round() -> None:
+def test_interleaved_times_every_configuration_each_round_in_a_shuffled_order() -> None:
     calls: list[str] = []
 
     def sleeper(name: str, seconds: float):
@@ -97,11 +97,15 @@ def test_interleaved_times_every_configuration_each_round() -> None:
 
         return run
 
-    runners = {("slow", 1.0): sleeper("slow", 0.02), ("fast", 1.0): sleeper("fast", 0.01)}
-    timings = interleaved(runners, batch=1, img_size=8, warmup=1, repeats=4, progress=False)
-    assert calls[:2] == ["slow", "fast"]  # warm-up
-    rounds = [calls[2 + 2 * i : 4 + 2 * i] for i in range(4)]
-    assert all(sorted(r) == ["fast", "slow"] for r in rounds) and rounds[0] != rounds[1]  # rotation
+    names = {"slow": 0.02, "fast": 0.01, "mid": 0.015}
+    runners = {(name, 1.0): sleeper(name, seconds) for name, seconds in names.items()}
+    timings = interleaved(runners, batch=1, img_size=8, warmup=1, repeats=8, progress=False)
+    assert calls[:3] == ["slow", "fast", "mid"]  # warm-up
+    rounds = [calls[3 + 3 * i : 6 + 3 * i] for i in range(8)]
+    assert all(sorted(r) == sorted(names) for r in rounds)  # every configuration once a round
+    for name in names:  # nobody always runs after the same neighbour (a rotation would do that)
+        before = {r[r.index(name) - 1] if r.index(name) else None for r in rounds}
+        assert len(before) >= 2, (name, rounds)
     assert 1.4 < paired_ratio(timings["slow", 1.0], timings["fast", 1.0]) < 2.6
     assert timings["fast", 1.0].median_ms >= 10 and timings["fast", 1.0].throughput <= 100
 
