@@ -1,40 +1,44 @@
-"""Timing backends: the Polygraphy runners of ``validate/`` (one contract for every backend).
+"""Timing backends: the Polygraphy runners of ``validate/`` and ``engines/`` (one contract for every backend).
 
 Each backend turns (model, its ONNX file, threads) into a runner; one that cannot run here (no
-GPU, no onnxruntime-gpu, no TensorRT) says why in one line instead of failing, so the same
-benchmark command works on a CPU-only laptop and on a GPU server. Runners return host arrays,
-so a timed ``infer`` includes finishing the device work.
+GPU, no onnxruntime-gpu, no TensorRT, no PyTorch) says why in one line instead of failing, so the
+same benchmark command works on a CPU-only laptop, a GPU server and a device without PyTorch.
+Runners return host arrays, so a timed ``infer`` includes finishing the device work. Nothing here
+imports torch until a PyTorch runner is made.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 from polygraphy.backend.base import BaseRunner
 
-from engines.builder import BuildOptions
 from engines.compatibility import current_gpu
 from engines.ort import cuda_usable, ort_runner
 from engines.runtime import tensorrt_runner
 from engines.target import TENSORRT_RTX
-from export.engine import export_engine
-from idlevit.model import IdleViT
-from validate.reference import TorchRunner
 
 #: The eager reference every other backend's speed-up is measured against.
 REFERENCE = "pytorch"
+#: Why PyTorch rows are left out where torch is not installed.
+NO_TORCH = "PyTorch is not installed here (the device side runs without it)"
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A named way to run a model: ``make(model, onnx_path, threads, max_batch)`` gives a runner."""
+    """A named way to run a model: ``make(model, onnx_path, threads, max_batch)`` gives a runner.
+
+    ``model`` is the PyTorch model (only the PyTorch backend uses it); ``onnx_path`` its export.
+    """
 
     name: str
-    make: Callable[[IdleViT, Path, int, int], BaseRunner]
+    make: Callable[[Any, Path, int, int], BaseRunner]
     unavailable: Callable[[], str | None]  # None when usable here, else why it is skipped
 
 
@@ -56,23 +60,27 @@ def ort_options(profile_prefix: str | None = None) -> ort.SessionOptions:
     return options
 
 
-def _pytorch(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
+def _pytorch(model: Any, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
+    from validate.reference import TorchRunner  # lazy: torch only for PyTorch rows
+
     return TorchRunner(model, with_indices=False, threads=threads, name=REFERENCE)
 
 
-def _onnxruntime(device: str) -> Callable[[IdleViT, Path, int, int], BaseRunner]:
-    def make(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
+def _onnxruntime(device: str) -> Callable[[Any, Path, int, int], BaseRunner]:
+    def make(model: Any, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
         return ort_runner(onnx_path, device, threads, ort_options())
 
     return make
 
 
-def _tensorrt(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
+def _tensorrt(model: Any, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
     """Build an FP32 engine through the library as ``python -m export.trt`` does (quietly), then load it.
 
     A TensorRT-RTX engine is built for this GPU's compute capability (its defaults may not include it).
     """
-    from engines.tensorrt import installed_runtimes  # lazy: TensorRT is optional
+    from engines.builder import BuildOptions  # lazy: TensorRT is optional
+    from engines.tensorrt import installed_runtimes  # lazy: as above
+    from export.engine import export_engine  # lazy: as above
 
     gpu = current_gpu()
     rtx = installed_runtimes()[:1] == [TENSORRT_RTX]
@@ -86,6 +94,15 @@ def _tensorrt(model: IdleViT, onnx_path: Path, threads: int, max_batch: int) -> 
         onnx_path, out=onnx_path.with_suffix(".engine"), options=options, trtcheck=False, echo=lambda _line: None
     )
     return tensorrt_runner(engine)
+
+
+def engine_runner(engine: Path) -> BaseRunner:
+    """A given engine's runner (its sidecar is checked when the runner is activated)."""
+    return tensorrt_runner(engine)
+
+
+def _no_torch() -> str | None:
+    return None if importlib.util.find_spec("torch") is not None else NO_TORCH
 
 
 def _no_cuda() -> str | None:
@@ -104,11 +121,13 @@ def _no_tensorrt() -> str | None:
 
 
 BACKENDS: dict[str, Backend] = {
-    REFERENCE: Backend(REFERENCE, _pytorch, lambda: None),
+    REFERENCE: Backend(REFERENCE, _pytorch, _no_torch),
     "onnxruntime-cpu": Backend("onnxruntime-cpu", _onnxruntime("cpu"), lambda: None),
     "onnxruntime-cuda": Backend("onnxruntime-cuda", _onnxruntime("cuda"), _no_cuda),
     "tensorrt": Backend("tensorrt", _tensorrt, _no_tensorrt),
 }
+#: ONNX Runtime backends: the ones that time every graph variant and Q/DQ graphs.
+ORT_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda")
 
 
 def default_threads() -> int:

@@ -1,83 +1,119 @@
-"""``python -m benchmarks.latency``: IdleViT vs dense ViT latency, side by side, per backend.
+"""``python -m benchmarks.latency``: IdleViT vs dense ViT latency, side by side, per backend and graph.
 
 For one architecture and several keep rates (plus the dense model: keep rate 1.0, same
 weights, no idle layers) it times every backend usable here at several batch sizes,
-interleaved round-robin (every repeat runs every configuration once, in a rotating order), so
-machine noise hits all configurations alike. Per keep rate it reports the measured time ratio
-IdleViT / dense (the median of per-repeat ratios) next to the FLOPs ratio counted with
-``torch.utils.flop_counter``, which is the ceiling of the speed-up, and each backend's
-speed-up over PyTorch eager.
+interleaved (every round runs every configuration once, in an order shuffled each round), so
+machine noise hits all configurations alike. ONNX Runtime times each graph asked for with
+``--graphs``, dense and idle alike: the default export (dynamo), the TorchScript exporter's, and
+the default export optimised for ONNX Runtime (``export.onnx --optimize``). Per configuration it
+reports the time ratio IdleViT / dense of the same graph and against the fastest dense graph of
+the backend, the speed-up over PyTorch eager, each as the median [min..max] of per-round ratios,
+next to the FLOPs ratio counted with ``torch.utils.flop_counter`` (the ceiling of the speed-up).
+
+With ``--onnx`` / ``--engine`` it times given files instead (no PyTorch needed): each graph on
+ONNX Runtime, each engine on TensorRT, a dense graph among them as the baseline.
 
 Examples::
 
     python -m benchmarks.latency                              # deit_small, 0.5..0.9 + dense, batch 1 and 8
-    python -m benchmarks.latency --batch-sizes 1 8 32 --repeats 20 --out-dir runs/
-    python -m benchmarks.latency --arch deit_tiny --keep-rates 0.7 --backends onnxruntime-cpu
+    python -m benchmarks.latency --keep-rates 0.7 --graphs dynamo,torchscript,optimized --repeats 9
+    python -m benchmarks.latency --ckpt my.pth --keep-rates 0.7            # the checkpoint's arch and weights
+    python -m benchmarks.latency --onnx my.onnx,my_dense.onnx --batch-sizes 1,8
+    python -m benchmarks.latency --engine my_fp16.engine
     python -m benchmarks.latency --keep-rates 0.7 --backends onnxruntime-cpu --precisions fp32,int8
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from engines.plan import DEFAULT_QUANT_PLAN, FP8, FP32, INT8, QUANT_PLANS
-from idlevit.cli import cli_parser, run_cli
+from idlevit.cli import cli_parser, run_cli, warn
 from idlevit.configs import list_archs
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError
 
-from .options import BACKEND_NAMES, DEFAULT_KEEP_RATES
+from .options import (
+    BACKEND_NAMES,
+    DEFAULT_GRAPHS,
+    DEFAULT_KEEP_RATES,
+    GRAPH_NAMES,
+    add_list_argument,
+    parse_list,
+)
 
 EPILOG = f"""
-Backends that cannot run here (no CUDA GPU, no onnxruntime-gpu, no TensorRT) are skipped with
-a note. Every runtime keeps its default threading (worker threads spin while they wait); a
-pause before each run (--settle-ms) and ONNX Runtime's session.force_spinning_stop keep a
-finished run's spinning threads off the cores of the next one.
+Lists are comma-separated (--batch-sizes 1,8); the old space-separated form still works, with a warning.
+Backends that cannot run here (no CUDA GPU, no onnxruntime-gpu, no TensorRT, no PyTorch) are skipped
+with a note. Every runtime keeps its default threading (worker threads spin while they wait); a pause
+before each run (--settle-ms) and ONNX Runtime's session.force_spinning_stop keep a finished run's
+spinning threads off the cores of the next one. A loaded machine (load average above the core count)
+or ratios that spread over 10% between rounds are reported as warnings.
 --precisions fp32,int8 (or fp8) also times, on every ONNX Runtime backend, the Q/DQ graph of each
 keep rate (python -m export.trt's quantization, plan --int8-plan, calibrated on 32 digits images),
 and reports it against that backend's FP32 dense model and FP32 IdleViT, measured in the same rounds.
-Exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} bad flag or checkpoint; {EXIT_MISSING_DEPENDENCY} ModelOpt missing
-(for --precisions int8/fp8).
+Exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} bad flag, checkpoint or file; {EXIT_MISSING_DEPENDENCY} nothing can run
+here (no PyTorch to export the toolkit's own models, no TensorRT for an engine) or ModelOpt missing (int8/fp8).
 """
+#: Flags that shape the toolkit's own models, meaningless for given files.
+OWN_MODEL_FLAGS = ("ckpt", "arch", "keep_rates", "graphs", "img_size", "keep_onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m benchmarks.latency", __doc__, EPILOG)
-    parser.add_argument("--arch", default="deit_small", choices=list_archs(), help="architecture")
-    parser.add_argument(
-        "--ckpt", default=None, help="checkpoint to time (default: random weights; timing does not depend on them)"
+    given = parser.add_argument_group("given files (no PyTorch needed)")
+    given.add_argument("--onnx", default=None, metavar="X.onnx,...", help="ONNX graphs to time on ONNX Runtime")
+    given.add_argument("--engine", default=None, metavar="X.engine,...", help="TensorRT engines to time")
+    own = parser.add_argument_group("the toolkit's own models (exported here with PyTorch)")
+    own.add_argument(
+        "--ckpt",
+        default=None,
+        help="checkpoint to time; its arch is read from it (default: --arch with random weights: timing does not "
+        "depend on them)",
     )
-    parser.add_argument(
+    own.add_argument(
+        "--arch", default=None, choices=list_archs(), help="architecture (default deit_small; with --ckpt: its own)"
+    )
+    add_list_argument(
+        own,
         "--keep-rates",
-        type=float,
-        nargs="+",
-        default=list(DEFAULT_KEEP_RATES),
-        metavar="R",
+        "R,...",
+        default=[",".join(f"{r:g}" for r in DEFAULT_KEEP_RATES)],
         help="base keep rates r (published r, r², r³ schedule); the dense model is always added (default 0.5..0.9)",
     )
-    parser.add_argument(
-        "--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B", help="batch sizes (default 1 8)"
+    add_list_argument(
+        own,
+        "--graphs",
+        "NAME,...",
+        default=[",".join(DEFAULT_GRAPHS)],
+        help=f"graphs ONNX Runtime times, dense and IdleViT alike: {', '.join(GRAPH_NAMES)} (default "
+        f"{','.join(DEFAULT_GRAPHS)}; optimized = export.onnx --optimize of the default export)",
     )
-    parser.add_argument(
-        "--backends",
-        nargs="+",
-        default=list(BACKEND_NAMES),
-        choices=list(BACKEND_NAMES),
-        metavar="NAME",
-        help=f"backends to time: {', '.join(BACKEND_NAMES)} (default all; unusable ones are skipped with a note)",
+    own.add_argument(
+        "--img-size", type=int, default=None, help="input size for random weights (default: the arch's, 224)"
     )
-    parser.add_argument(
+    own.add_argument("--keep-onnx", action="store_true", help="keep the exported ONNX files in --out-dir")
+    own.add_argument(
         "--precisions",
         default=FP32,
         metavar="P,...",
         help=f"precisions to time: {FP32}, plus {INT8} / {FP8} Q/DQ graphs on ONNX Runtime (default {FP32})",
     )
-    parser.add_argument(
+    own.add_argument(
         "--int8-plan",
         choices=list(QUANT_PLANS),
         default=DEFAULT_QUANT_PLAN,
         metavar="NAME",
         help=f"quantization plan of the Q/DQ graphs ({', '.join(QUANT_PLANS)}; default {DEFAULT_QUANT_PLAN})",
+    )
+    add_list_argument(parser, "--batch-sizes", "B,...", default=["1,8"], help="batch sizes (default 1,8)")
+    add_list_argument(
+        parser,
+        "--backends",
+        "NAME,...",
+        default=[",".join(BACKEND_NAMES)],
+        help=f"backends to time: {', '.join(BACKEND_NAMES)} (default all; unusable ones are skipped with a note)",
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per configuration (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds per batch size (default 5)")
@@ -93,41 +129,83 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out-dir", default="benchmark_results", help="folder for latency.json and latency.png (./benchmark_results)"
     )
-    parser.add_argument(
-        "--img-size", type=int, default=None, help="input size for random weights (default: the arch's, 224)"
-    )
-    parser.add_argument("--keep-onnx", action="store_true", help="keep the exported ONNX files in --out-dir")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    precisions = parse_precisions(args.precisions)
-    from .harness import format_table, plot, run_benchmark, write_json  # lazy: torch loads after the arguments parse
-
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    batch_sizes = parse_list(args.batch_sizes, "--batch-sizes", int, "1,8")
+    backends = parse_list(args.backends, "--backends", str, "onnxruntime-cpu,pytorch", BACKEND_NAMES)
+    onnx_files = [Path(p) for p in parse_list(args.onnx, "--onnx", str, "my.onnx,my_dense.onnx") or []]
+    engine_files = [Path(p) for p in parse_list(args.engine, "--engine", str, "my_fp16.engine") or []]
+    given = bool(onnx_files or engine_files)
+    if given:
+        clashing = [f"--{name.replace('_', '-')}" for name in OWN_MODEL_FLAGS if _given_flag(args, parser, name)]
+        if args.precisions != FP32:
+            clashing.append("--precisions")
+        if clashing:
+            raise ToolkitError(
+                f"{', '.join(clashing)} shape the toolkit's own models; with --onnx/--engine the given files are "
+                "timed as they are (drop one or the other)"
+            )
+        for path in [*onnx_files, *engine_files]:
+            if not path.is_file():
+                raise ToolkitError(
+                    f"{os.fspath(path)!r} does not exist; pass a file written by export.onnx / export.trt"
+                )
+    elif args.ckpt and args.ckpt != "demo" and not Path(args.ckpt).is_file():
+        raise ToolkitError(f"checkpoint {args.ckpt!r} does not exist; pass a .pth file (or 'demo')")
     out_dir = Path(args.out_dir)
-    result = run_benchmark(
-        args.arch,
-        args.keep_rates,
-        args.batch_sizes,
-        args.backends,
-        args.warmup,
-        args.repeats,
-        args.threads,
-        args.ckpt,
-        out_dir if args.keep_onnx else None,
-        not args.quiet,
-        args.img_size,
-        args.settle_ms,
-        precisions,
-        args.int8_plan,
-    )
+    from .harness import format_table, plot, run_benchmark, time_given, write_json  # lazy: runtimes load after parsing
+
+    if given:
+        result = time_given(
+            onnx_files,
+            engine_files,
+            batch_sizes,
+            backends,
+            args.warmup,
+            args.repeats,
+            args.threads,
+            not args.quiet,
+            args.settle_ms,
+        )
+    else:
+        result = run_benchmark(
+            args.arch,
+            parse_list(args.keep_rates, "--keep-rates", float, "0.5,0.7"),
+            batch_sizes,
+            backends,
+            args.warmup,
+            args.repeats,
+            args.threads,
+            args.ckpt,
+            out_dir if args.keep_onnx else None,
+            not args.quiet,
+            args.img_size,
+            args.settle_ms,
+            parse_precisions(args.precisions),
+            args.int8_plan,
+            parse_list(args.graphs, "--graphs", str, "dynamo,optimized", GRAPH_NAMES),
+        )
     print(format_table(result))
+    for line in result.warnings:
+        warn(line)
     write_json(result, out_dir / "latency.json")
-    plot(result, out_dir / "latency.png")
+    try:
+        plot(result, out_dir / "latency.png")
+    except ImportError:
+        print(f"wrote {out_dir / 'latency.json'} (no plot: matplotlib is not installed)")
+        return EXIT_OK
     print(f"wrote {out_dir / 'latency.json'} and {out_dir / 'latency.png'}")
     return EXIT_OK
+
+
+def _given_flag(args: argparse.Namespace, parser: argparse.ArgumentParser, name: str) -> bool:
+    """Whether ``--name`` was set to something other than its default."""
+    return getattr(args, name) != parser.get_default(name)
 
 
 def parse_precisions(text: str) -> list[str]:

@@ -22,6 +22,8 @@ from idlevit.cli import cli_parser, run_cli
 from idlevit.configs import list_archs
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK
 
+from .options import parse_list
+
 EPILOG = f"""
 The rule: among the plans that meet every target (the int8/fp8 check passes, top-1 within 0.5 points
 of FP32, kept-token agreement >= 97% in every idle layer, time <= 0.60x FP32 dense at batch 1 and
@@ -58,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--arch", default="deit_small", choices=list_archs(), help="architecture timed (deit_small)")
     speed.add_argument("--keep-rate", type=float, default=0.7, help="keep rate of the timed IdleViT (0.7)")
     speed.add_argument("--img-size", type=int, default=None, help="input size of the timed model (the arch's)")
-    speed.add_argument(
-        "--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B", help="batch sizes (default 1 8)"
-    )
+    speed.add_argument("--batch-sizes", nargs="+", default=["1,8"], metavar="B,...", help="batch sizes (default 1,8)")
     speed.add_argument("--warmup", type=int, default=2, help="untimed runs per configuration (2)")
     speed.add_argument("--repeats", type=int, default=7, help="interleaved timed rounds per batch size (7)")
     speed.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all usable cores)")
@@ -75,11 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    plans = parse_list(args.plans, "--plans", str, "gemms,mlp", QUANT_PLANS)
+    batch_sizes = parse_list(args.batch_sizes, "--batch-sizes", int, "1,8")
     from .sweep import markdown, run_sweep, write  # lazy: torch, onnx and ModelOpt load after the arguments parse
 
     out_dir = Path(args.out_dir)
     result = run_sweep(
-        [name.strip() for name in args.plans.split(",") if name.strip()],
+        plans,
         args.precision,
         ckpt=args.ckpt,
         arch=args.arch,
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         calib_images=args.calib_images,
         speed_calib_images=args.speed_calib_images,
         test_images=args.test_images,
-        batch_sizes=args.batch_sizes,
+        batch_sizes=batch_sizes,
         warmup=args.warmup,
         repeats=args.repeats,
         threads=args.threads,

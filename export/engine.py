@@ -107,6 +107,11 @@ def export_engine(
     options = options or BuildOptions()
     source = given_or_last_export(onnx_path, "--onnx")
     meta = read_metadata(source)
+    if meta.optimized_for:
+        raise ToolkitError(
+            f"{source} is optimised for {meta.optimized_for} only (its own fused ops, which TensorRT cannot parse); "
+            "build engines from the plain export (python -m export.onnx without --optimize)"
+        )
     precision = given_precision(source, meta.precision, precision)
     reduced_given = meta.precision != FP32
     model = load_onnx(source, load_external_data=False)

@@ -2,7 +2,8 @@
 
 The steps follow TensorRT's ``create_onnx.py`` samples: trace -> graph-surgeon clean-up
 (constant folding, shape arithmetic and split sequences removed, toposort, names) -> ONNX
-checker (full) and shape inference -> metadata -> atomic write -> a parity run of the written
+checker (full) and shape inference -> metadata -> (``optimize``: the graph for ONNX Runtime only,
+:mod:`engines.optimize`) -> atomic write -> a parity run of the written
 file against PyTorch (:mod:`validate.judge`, FP32 thresholds), which fails the export when it
 does not hold.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 import warnings
@@ -31,13 +33,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import torch
+from onnx_graphsurgeon.logger import G_LOGGER
 
 import idlevit
+from engines.optimize import ONNXRUNTIME, Optimization, optimize_for_onnxruntime
 from engines.plan import FP32
 from idlevit.cli import progress as progress_bar
 from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file
-from idlevit.metadata import ExportMetadata, write_metadata
+from idlevit.metadata import ExportMetadata, load_onnx, read_metadata, write_metadata
 from idlevit.model import IdleViT
 from idlevit.names import IMAGES
 from plugins.idle_scatter import OP_TYPE as FUSED_OP
@@ -158,24 +162,38 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     the whole axis); each ``SplitToSequence`` read by ``SequenceAt`` becomes one ``Split``;
     Reshape shapes that copy the batch size from the input (Shape -> ... -> Concat) become
     constants with -1 (and ``allowzero`` goes where the shape holds no 0); chained Transposes
-    become one; dead nodes go; nodes are sorted and every one gets a unique name (the precision
+    become one; GELU is written in the form ONNX Runtime fuses (:func:`_canonical_gelu`); dead
+    nodes go; nodes are sorted and every one gets a unique name (the precision
     plan finds the scoring path by name); the batch axis of every input and output is named
     ``batch``; stale intermediate shapes are dropped (the check infers them again).
     """
     model = onnx.shape_inference.infer_shapes(model)  # shapes the passes below rely on
     graph = gs.import_onnx(model)
-    graph.fold_constants().cleanup()
-    _drop_no_ops(graph)
-    _fuse_split_sequences(graph)
-    _static_reshape_shapes(graph)
-    _fuse_transposes(graph)
-    graph.cleanup().fold_constants().cleanup().toposort()
+    with _graphsurgeon_errors_only():  # its notes on folding the (large) weight transposes are expected
+        graph.fold_constants().cleanup()
+        _drop_no_ops(graph)
+        _fuse_split_sequences(graph)
+        _static_reshape_shapes(graph)
+        _fuse_transposes(graph)
+        _canonical_gelu(graph)
+        graph.cleanup().fold_constants().cleanup().toposort()
     _name_nodes(graph)
     _name_batch_axis(graph)
     cleaned = gs.export_onnx(graph)
     cleaned.ir_version = model.ir_version
     del cleaned.graph.value_info[:]
     return cleaned
+
+
+@contextlib.contextmanager
+def _graphsurgeon_errors_only() -> Iterator[None]:
+    """onnx-graphsurgeon prints only errors meanwhile (its warnings here are about work meant to be done)."""
+    previous = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = previous
 
 
 def _constant(tensor: gs.Tensor) -> np.ndarray | None:
@@ -306,6 +324,50 @@ def _fuse_transposes(graph: gs.Graph) -> None:
         node.outputs = []
 
 
+def _scalar_input(node: gs.Node) -> tuple[float | None, gs.Tensor | None]:
+    """A binary node's constant one-element input and its other input, or (None, None)."""
+    if len(node.inputs) != 2:
+        return None, None
+    for i, tensor in enumerate(node.inputs):
+        value = _constant(tensor)
+        if value is not None and value.size == 1:
+            return float(value.reshape(-1)[0]), node.inputs[1 - i]
+    return None, None
+
+
+def _producer(tensor: gs.Tensor | None, op: str) -> gs.Node | None:
+    if tensor is None or len(tensor.inputs) != 1 or tensor.inputs[0].op != op:
+        return None
+    return tensor.inputs[0]
+
+
+def _canonical_gelu(graph: gs.Graph) -> None:
+    """Write the exact GELU as ``(h * (erf(h / sqrt2) + 1)) * 0.5``, the form ONNX Runtime fuses.
+
+    The dynamo exporter writes ``h * (0.5 * (erf(h / sqrt2) + 1))``, which ONNX Runtime's
+    ``GeluFusion`` does not match, so its MLP keeps five element-wise ops where the TorchScript
+    graph gets one ``BiasGelu``, and the default export ran slower. Moving the halving last computes the
+    same numbers: multiplying by 0.5 is exact in binary floating point (short of subnormal results).
+    """
+    for half in graph.nodes:
+        if half.op != "Mul" or len(half.outputs) != 1 or len(half.outputs[0].outputs) != 1:
+            continue
+        factor, added = _scalar_input(half)
+        plus_one = _producer(added, "Add")
+        if factor != 0.5 or plus_one is None or _scalar_input(plus_one)[0] != 1.0:
+            continue
+        erf = _producer(_scalar_input(plus_one)[1], "Erf")
+        divide = _producer(erf.inputs[0], "Div") if erf is not None else None
+        if divide is None or abs((_scalar_input(divide)[0] or 0.0) - math.sqrt(2.0)) > 1e-6:
+            continue
+        source, outer = divide.inputs[0], half.outputs[0].outputs[0]
+        if outer.op != "Mul" or source not in outer.inputs or half.outputs[0] not in outer.inputs:
+            continue
+        halving = next(t for t in half.inputs if t is not added)
+        half.inputs = [source, added]
+        outer.inputs = [half.outputs[0], halving]
+
+
 def _name_nodes(graph: gs.Graph) -> None:
     """Every node a unique, non-empty name (exporters leave some empty or repeated)."""
     seen: set[str] = set()
@@ -389,20 +451,25 @@ def export_onnx(
     checkpoint_path: str = "",
     verify_batch: int = 3,
     progress: bool = True,
+    optimize: bool = False,
 ) -> ParityReport | None:
     """Export ``model`` to ``out``, then judge the file against the model; returns the verdict (None if skipped).
 
     ``exporter`` is ``"dynamo"`` (default) or ``"torchscript"`` (:mod:`export.contract`); the
-    clean-up gives both the same op contract. The check is a parity run (ONNX Runtime on the CPU
-    against the PyTorch reference, FP32 thresholds, on ``verify_batch`` seeded random images; a
-    graph with folded normalisation gets pixels 0..255 and the reference normalises them); when
-    it fails, :class:`CheckFailed` names the first failed metric and the file, which is kept for
-    inspection.
+    clean-up gives both the same op contract. ``optimize`` writes the graph for ONNX Runtime only
+    (:func:`engines.optimize.optimize_for_onnxruntime`: its fused Attention and transformer
+    fusions, the scoring path untouched), recorded in the metadata (``optimized_for``). The check
+    is a parity run (ONNX Runtime on the CPU against the PyTorch reference, FP32 thresholds, on
+    ``verify_batch`` seeded random images; a graph with folded normalisation gets pixels 0..255
+    and the reference normalises them); when it fails, :class:`CheckFailed` names the first
+    failed metric and the file, which is kept for inspection.
     """
     problem = opset_problem(exporter, opset)
     if problem:
         raise ToolkitError(problem)
-    steps = ["trace", "clean", "check", "write", "verify"] if verify_batch else ["trace", "clean", "check", "write"]
+    _refuse_optimize_with_plugin(optimize, plugin)
+    steps = ["trace", "clean", "check", *(["optimize"] if optimize else []), "write"]
+    steps += ["verify"] if verify_batch else []
     bar = progress_bar(steps, enabled=progress, desc=f"export ({exporter})", unit="step", leave=False)
     report = None
     for step in bar:
@@ -429,6 +496,8 @@ def export_onnx(
             if plugin:
                 meta.plugin = f"idlevit::{FUSED_OP}"
             write_metadata(proto, meta)
+        elif step == "optimize":
+            proto, _ = optimize_graph(proto)
         elif step == "write":
             with atomic_write(out) as handle:
                 handle.write(proto.SerializeToString())
@@ -436,6 +505,35 @@ def export_onnx(
             report = verify_against_reference(model, out, batch or verify_batch)
     bar.close()
     return report
+
+
+def optimize_graph(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Optimization]:
+    """A plain export (its metadata written) -> the graph for ONNX Runtime only, its metadata saying so."""
+    meta = read_metadata(proto)
+    if meta.optimized_for or meta.plugin:
+        raise ToolkitError(
+            f"the graph is {'already optimised' if meta.optimized_for else 'fused for the TensorRT plugin'}; "
+            "optimise a plain export (python -m export.onnx without --plugin)"
+        )
+    optimized, optimization = optimize_for_onnxruntime(proto)
+    meta.optimized_for = ONNXRUNTIME
+    meta.extra["optimization"] = optimization.to_dict()
+    write_metadata(optimized, meta)
+    return optimized, optimization
+
+
+def optimize_file(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """An exported plain graph -> at ``out``, the graph ``export.onnx --optimize`` writes, without tracing again."""
+    refuse_overwriting_inputs([out], [source])
+    proto, _ = optimize_graph(load_onnx(source))
+    with atomic_write(out) as handle:
+        handle.write(proto.SerializeToString())
+    return Path(out)
+
+
+def _refuse_optimize_with_plugin(optimize: bool, plugin: bool) -> None:
+    if optimize and plugin:
+        raise ToolkitError("--optimize writes a graph for ONNX Runtime and --plugin one for TensorRT; give one of them")
 
 
 def _fuse_plugin(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -480,9 +578,12 @@ def verdict_line(report: ParityReport) -> str:
     )
 
 
-def graph_kind(with_indices: bool = False, plugin: bool = False, fold_normalization: bool = False) -> str:
-    """What kind of graph an export writes, for the summary line: plain, index outputs, fused plugin, folded input."""
-    kinds = []
+def graph_kind(
+    with_indices: bool = False, plugin: bool = False, fold_normalization: bool = False, optimized: str = ""
+) -> str:
+    """What kind of graph an export writes, for the summary line: plain, index outputs, fused plugin, folded input,
+    optimised for ONNX Runtime (``optimized``: :meth:`engines.optimize.Optimization.summary`)."""
+    kinds = [optimized] if optimized else []
     if with_indices:
         kinds.append("with index outputs kept_indices_<layer>")
     if plugin:
@@ -522,6 +623,7 @@ def export_checkpoint(
     exporter: str = DEFAULT_EXPORTER,
     verify: bool = True,
     progress: bool = True,
+    optimize: bool = False,
 ) -> ExportResult:
     """``python -m export.onnx`` as a function: load (or create) the model, export it, judge the file.
 
@@ -537,6 +639,7 @@ def export_checkpoint(
         raise ToolkitError(f"--batch {batch} must be >= 1 (omit it for a dynamic batch)")
     if random_init and ckpt:
         raise ToolkitError("give either --ckpt or --random-init, not both")
+    _refuse_optimize_with_plugin(optimize, plugin)
     schedule = {"keep_rate": keep_rate, "idle_layers": idle_layers, "keep_ratios": keep_ratios}
     ckpt_path: Path | None = None
     if random_init:
@@ -560,7 +663,9 @@ def export_checkpoint(
         path = Path(out)
     else:
         source = None if random_init else (ckpt or "demo")
-        path = default_output_path(source, model.cfg.name, with_indices, plugin, fold_normalization, avoid=ckpt_path)
+        path = default_output_path(
+            source, model.cfg.name, with_indices, plugin, fold_normalization, avoid=ckpt_path, optimize=optimize
+        )
     refuse_overwriting_inputs([path], [ckpt_path])
     report = export_onnx(
         model,
@@ -576,8 +681,13 @@ def export_checkpoint(
         checkpoint_path=os.fspath(ckpt_path.resolve()) if ckpt_path is not None and ckpt_name != "demo" else "",
         verify_batch=3 if verify else 0,
         progress=progress,
+        optimize=optimize,
     )
-    kind = graph_kind(with_indices, plugin, fold_normalization)
+    optimized = ""
+    if optimize:
+        record = read_metadata(path).extra.get("optimization", {})
+        optimized = Optimization(record.get("tool", ""), record.get("fused", {})).summary()
+    kind = graph_kind(with_indices, plugin, fold_normalization, optimized)
     return ExportResult(path, model, report, time.perf_counter() - started, kind, exporter)
 
 
@@ -589,14 +699,16 @@ def default_output_path(
     fold_normalization: bool = False,
     *,
     avoid: str | os.PathLike[str] | None = None,
+    optimize: bool = False,
 ) -> Path:
     """Where an export goes when ``--out`` is not given.
 
     ``foo.pth`` -> ``foo.onnx`` beside the checkpoint; the bundled demo
     (``idlevit_deit_micro_digits_ratio0.7.onnx``) and random-init (``idlevit_<arch>_random.onnx``)
     -> the working directory. Other kinds of graph get their own names: ``<stem>_indices``,
-    ``<stem>_plugin``, ``<stem>_pixels`` (folded normalisation), combined in that order. A name
-    that would be the input ``avoid`` (e.g. ``--ckpt m.onnx``) gets ``_export`` added.
+    ``<stem>_plugin``, ``<stem>_pixels`` (folded normalisation), ``<stem>_ort`` (optimised for ONNX
+    Runtime), combined in that order. A name that would be the input ``avoid`` (e.g. ``--ckpt
+    m.onnx``) gets ``_export`` added.
     """
     if checkpoint is None:
         path = Path(f"idlevit_{arch}_random.onnx")
@@ -604,7 +716,8 @@ def default_output_path(
         path = Path(idlevit.DEMO_CHECKPOINT.with_suffix(".onnx").name)
     else:
         path = Path(checkpoint).with_suffix(".onnx")
-    tags = [tag for tag, on in (("indices", with_indices), ("plugin", plugin), ("pixels", fold_normalization)) if on]
+    flags = (("indices", with_indices), ("plugin", plugin), ("pixels", fold_normalization), ("ort", optimize))
+    tags = [tag for tag, on in flags if on]
     if tags:
         path = path.with_name(f"{path.stem}_{'_'.join(tags)}.onnx")
     if avoid is not None and _same_path(path, Path(avoid)):

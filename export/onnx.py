@@ -7,6 +7,7 @@ Examples::
     python -m export.onnx --ckpt ckpt.pth --keep-rate 0.5 --with-indices
     python -m export.onnx --ckpt ckpt.pth --fold-normalization   # takes RGB pixels 0..255 (DeepStream)
     python -m export.onnx --ckpt ckpt.pth --exporter torchscript --opset 17
+    python -m export.onnx --ckpt ckpt.pth --optimize              # for ONNX Runtime only: ckpt_ort.onnx
     python -m export.onnx --arch deit_small --random-init   # try the pipeline without weights
 """
 
@@ -101,13 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold the mean/std into the first layer: the graph takes RGB pixels 0..255 (DeepStream nvinfer with "
         "net-scale-factor=1 and zero offsets) instead of normalised images; recorded in the metadata",
     )
+    graph.add_argument(
+        "--optimize",
+        action="store_true",
+        help="write the graph for ONNX Runtime only: its fused Attention and transformer fusions (BiasGelu), each "
+        "idle layer's scoring path untouched, checked like any export and recorded in the metadata; TensorRT "
+        "cannot parse it (export.trt refuses it), so build engines from the plain export. Adds _ort to the name",
+    )
     parser.add_argument(
         "--out",
         default=None,
         help="output .onnx; default: the checkpoint's path with .onnx (foo.pth -> foo.onnx beside it), or "
         "idlevit_deit_micro_digits_ratio0.7.onnx (the bundled demo) / idlevit_<arch>_random.onnx (--random-init) "
-        "in the working directory; --with-indices, --plugin and --fold-normalization add _indices, _plugin, "
-        "_pixels to the name. Never the checkpoint itself",
+        "in the working directory; --with-indices, --plugin, --fold-normalization and --optimize add _indices, "
+        "_plugin, _pixels, _ort to the name. Never the checkpoint itself",
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         plugin=args.plugin,
         fold_normalization=args.fold_normalization,
         exporter=args.exporter,
+        optimize=args.optimize,
         verify=not args.no_verify,
         progress=not args.quiet,
         **schedule_arguments(args),

@@ -51,6 +51,7 @@ class ExportMetadata:
     precision: str = "fp32"
     checkpoint_path: str = ""  # where the checkpoint was read from (absolute; "" for the demo and random-init)
     folded_normalization: bool = False  # True: the graph takes RGB pixels 0..255, mean/std folded into layer 1
+    optimized_for: str = ""  # "" runs everywhere; "onnxruntime": holds ONNX Runtime's own ops, TensorRT cannot parse it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -212,6 +212,16 @@ def check_commands_that_need_torch_say_so(device: Device) -> None:
         assert "PyTorch" in error and "pip install -e '.[torch]'" in error, (module, error)
 
 
+def check_latency_and_profile_time_a_given_graph(device: Device) -> None:
+    quick = ("--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--quiet", "--out-dir", "latency")
+    out = _ok(device.run("benchmarks.latency", "--onnx", f"{DEMO}.onnx", *quick))
+    assert f"onnxruntime-cpu {DEMO}.onnx" in out and "skipped pytorch" in out
+    assert (device.folder / "latency" / "latency.json").is_file()
+    error = _one_error_line(device.run("benchmarks.latency", *quick), EXIT_MISSING_DEPENDENCY)
+    assert "--onnx X.onnx" in error and "pip install -e '.[torch]'" in error
+    assert "ScatterElements" in _ok(device.run("benchmarks.profile", "--onnx", f"{DEMO}.onnx", "--batch", "1"))
+
+
 def test_device_side_without_pytorch(tmp_path_factory: pytest.TempPathFactory) -> None:
     """One test, so that a run builds the venv once whatever the number of pytest workers."""
     workstation = make_workstation_artefacts(tmp_path_factory)
@@ -224,7 +234,7 @@ def test_device_side_without_pytorch(tmp_path_factory: pytest.TempPathFactory) -
     check_infer_on_a_png_matches_the_pytorch_environment(device, workstation)
     check_infer_runs_an_engine_as_its_checked_graph_without_a_gpu(device)
     check_commands_that_need_torch_say_so(device)
-    # ---- to come with the package and latency work -------------------------------------------------
+    check_latency_and_profile_time_a_given_graph(device)
+    # ---- to come with the package work -------------------------------------------------------------
     # `engines.package` of the FP16 engine, then `engines.infer --model <package>/<engine>` with the
-    # build folder removed, and `benchmarks.latency --onnx <the demo's ONNX>`: add them here, run with
-    # `device.run` like the checks above, once packages are self-contained and latency takes a graph.
+    # build folder removed: add it here, run with `device.run` like the checks above.

@@ -57,6 +57,7 @@ LINES: dict[str, Line] = {
     # the newcomer's first command, as written
     "python -m export.onnx": Line("pipeline"),
     "python -m export.onnx --ckpt my.pth": Line("pipeline"),
+    "python -m export.onnx --ckpt my.pth --optimize": Line("pipeline", extra=TS),
     "python -m export.onnx --ckpt my.pth --keep-rate 0.5 --out my_r05.onnx": Line("pipeline", extra=TS),
     "python -m export.onnx --ckpt my.pth --idle-layers 4..11 --keep-ratios "
     "0.7,0.7,0.7,0.49,0.49,0.49,0.343,0.343 --out my_custom.onnx": Line("pipeline", extra=TS),
@@ -124,6 +125,17 @@ LINES: dict[str, Line] = {
         "benchmarks",
         extra="--arch deit_tiny --keep-rates 0.7 --batch-sizes 1 --repeats 1 --warmup 0 --quiet",
     ),
+    "python -m benchmarks.latency --keep-rates 0.7 --graphs dynamo,torchscript,optimized --repeats 9": Line(
+        "benchmarks", extra="--arch deit_tiny --img-size 64 --batch-sizes 1 --repeats 1 --warmup 0 --quiet"
+    ),
+    "python -m benchmarks.latency --keep-rates 0.7 --graphs dynamo,torchscript,optimized "
+    "--backends pytorch,onnxruntime-cpu --repeats 15": Line(
+        "benchmarks", extra="--arch deit_tiny --img-size 64 --batch-sizes 1 --repeats 1 --warmup 0 --quiet"
+    ),
+    "python -m benchmarks.latency --onnx my.onnx,my_ort.onnx": Line(
+        "pipeline", extra="--batch-sizes 1 --repeats 1 --warmup 0 --quiet"
+    ),
+    "python -m benchmarks.profile --onnx my_ort.onnx --batch 1": Line("pipeline", extra="--runs 1"),
     "python -m idlevit.finetune --recipe demo": Line(
         "training", run=False, why="the demo recipe trains for minutes (and writes into the package)"
     ),

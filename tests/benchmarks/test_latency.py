@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from pathlib import Path
 
@@ -13,13 +15,17 @@ import idlevit
 from benchmarks.flops import count_flops
 from benchmarks.harness import (
     DENSE,
+    BenchResult,
+    Config,
     Timing,
+    _finish,
     build_models,
     format_table,
     interleaved,
     paired_ratio,
     plot,
     run_benchmark,
+    summarise,
     write_json,
 )
 
@@ -81,7 +87,7 @@ def test_models_share_the_same_weights() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_interleaved_times_every_configuration_each_round() -> None:
+def test_interleaved_times_every_configuration_each_round_in_a_shuffled_order() -> None:
     calls: list[str] = []
 
     def sleeper(name: str, seconds: float):
@@ -91,11 +97,15 @@ def test_interleaved_times_every_configuration_each_round() -> None:
 
         return run
 
-    runners = {("slow", 1.0): sleeper("slow", 0.02), ("fast", 1.0): sleeper("fast", 0.01)}
-    timings = interleaved(runners, batch=1, img_size=8, warmup=1, repeats=4, progress=False)
-    assert calls[:2] == ["slow", "fast"]  # warm-up
-    rounds = [calls[2 + 2 * i : 4 + 2 * i] for i in range(4)]
-    assert all(sorted(r) == ["fast", "slow"] for r in rounds) and rounds[0] != rounds[1]  # rotation
+    names = {"slow": 0.02, "fast": 0.01, "mid": 0.015}
+    runners = {(name, 1.0): sleeper(name, seconds) for name, seconds in names.items()}
+    timings = interleaved(runners, batch=1, img_size=8, warmup=1, repeats=8, progress=False)
+    assert calls[:3] == ["slow", "fast", "mid"]  # warm-up
+    rounds = [calls[3 + 3 * i : 6 + 3 * i] for i in range(8)]
+    assert all(sorted(r) == sorted(names) for r in rounds)  # every configuration once a round
+    for name in names:  # nobody always runs after the same neighbour (a rotation would do that)
+        before = {r[r.index(name) - 1] if r.index(name) else None for r in rounds}
+        assert len(before) >= 2, (name, rounds)
     assert 1.4 < paired_ratio(timings["slow", 1.0], timings["fast", 1.0]) < 2.6
     assert timings["fast", 1.0].median_ms >= 10 and timings["fast", 1.0].throughput <= 100
 
@@ -124,18 +134,98 @@ def test_paired_ratio_cancels_noise_common_to_a_round() -> None:
 @pytest.mark.slow
 def test_end_to_end_on_deit_tiny(tmp_path: Path) -> None:
     backends = ["pytorch", "onnxruntime-cpu", "onnxruntime-cuda"]
-    result = run_benchmark("deit_tiny", [0.7], [1, 2], backends, 1, 2, progress=False, img_size=64)
+    graphs = ["dynamo", "torchscript", "optimized"]
+    result = run_benchmark("deit_tiny", [0.7], [1, 2], backends, 1, 2, progress=False, img_size=64, graphs=graphs)
     assert result.keep_rates == [0.7, DENSE]
+    ort_labels = ["onnxruntime-cpu", "onnxruntime-cpu torchscript", "onnxruntime-cpu optimized"]
     if not torch.cuda.is_available():
-        assert "onnxruntime-cuda" in result.skipped and result.backends == ["pytorch", "onnxruntime-cpu"]
+        assert "onnxruntime-cuda" in result.skipped and result.backends == ["pytorch", *ort_labels]
     assert len(result.rows) == 2 * len(result.backends) * 2
     dense = result.row(2, "onnxruntime-cpu", DENSE)
     assert dense["time_ratio"] == 1.0 and dense["flops_ratio"] == 1.0
     assert result.row(1, "pytorch", 0.7)["speedup_vs_pytorch"] == 1.0
     assert 0.5 < result.row(1, "pytorch", 0.7)["flops_ratio"] < 0.8
+    for label in ort_labels[1:]:  # every other graph is compared with the default export, dense and idle alike
+        for rate in (0.7, DENSE):
+            row = result.row(1, label, rate)
+            assert row["vs_default_graph_min"] <= row["vs_default_graph"] <= row["vs_default_graph_max"]
+    best = min(ort_labels, key=lambda label: result.row(2, label, DENSE)["median_ms"])
+    assert all(result.row(2, label, DENSE)["vs_best_dense"] >= 1.0 or label == best for label in ort_labels)
     table = format_table(result)
-    assert "batch 2" in table and "dense" in table and "onnxruntime-cpu" in table
+    assert "batch 2" in table and "dense" in table and "onnxruntime-cpu optimized" in table
+    assert "against the default export" in table and "load average" in table
     write_json(result, tmp_path / "latency.json")
     plot(result, tmp_path / "latency.png")
     assert json.loads((tmp_path / "latency.json").read_text())["arch"] == "deit_tiny"
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_checkpoint_brings_its_own_arch() -> None:
+    """--ckpt without --arch: the arch is the checkpoint's (the demo is deit_micro), nothing to omit."""
+    models = build_models(None, [0.7], ckpt="demo")
+    assert {model.cfg.name for model in models.values()} == {"deit_micro"}
+    assert models[0.7].idle_plan == {3: 44, 4: 44, 5: 44, 6: 31, 7: 31, 8: 31, 9: 21, 10: 21, 11: 21}
+
+
+# ---- the summary and the report, on hand-made timings (the arithmetic, independent of the machine) ----
+def _timing(label: str, rate: float, seconds: list[float]) -> Timing:
+    return Timing(label, rate, 1, seconds)
+
+
+def test_summary_takes_the_fastest_dense_graph_and_the_spread_of_rounds() -> None:
+    plain, fast = "onnxruntime-cpu", "onnxruntime-cpu optimized"
+    timings = {
+        (plain, DENSE): _timing(plain, DENSE, [1.0, 1.0, 1.0]),
+        (plain, 0.7): _timing(plain, 0.7, [0.8, 0.7, 0.9]),
+        (fast, DENSE): _timing(fast, DENSE, [0.8, 0.8, 0.8]),
+        (fast, 0.7): _timing(fast, 0.7, [0.6, 0.6, 0.6]),
+    }
+    configs = [
+        Config(plain, plain, "dynamo", 0.7, dense=(plain, DENSE)),
+        Config(plain, plain, "dynamo", DENSE, dense=(plain, DENSE)),
+        Config(fast, plain, "optimized", 0.7, dense=(fast, DENSE), default=(plain, 0.7)),
+        Config(fast, plain, "optimized", DENSE, dense=(fast, DENSE), default=(plain, DENSE)),
+    ]
+    rows = {(r["backend"], r["keep_rate"]): r for r in summarise(timings, configs, 1, {})}
+    idle = rows[plain, 0.7]
+    assert (idle["time_ratio_min"], idle["time_ratio"], idle["time_ratio_max"]) == pytest.approx((0.7, 0.8, 0.9))
+    assert idle["vs_best_dense"] == pytest.approx(1.0)  # 0.8 / 0.8: against the optimised dense graph
+    assert rows[fast, 0.7]["vs_best_dense"] == pytest.approx(0.75)
+    assert rows[fast, 0.7]["vs_default_graph"] == pytest.approx(0.6 / 0.8)
+    assert math.isnan(idle["speedup_vs_pytorch"]) and math.isnan(idle["vs_default_graph"])
+
+
+def _result(rows: list[dict], **kwargs) -> BenchResult:
+    fields = dict(arch="deit_micro", keep_rates=[0.7, DENSE], batch_sizes=[1], threads=2, warmup=1, repeats=3)
+    fields.update(backends=["onnxruntime-cpu"], skipped={}, flops={}, graph_flops={}, rows=rows)
+    return BenchResult(**{**fields, **kwargs})
+
+
+def _row(rate: float, ratio: tuple[float, float, float]) -> dict:
+    row = {"batch": 1, "backend": "onnxruntime-cpu", "keep_rate": rate, "median_ms": 2.0, "p90_ms": 2.2}
+    row.update(throughput=500.0, flops_ratio=math.nan)
+    for name in ("time_ratio", "speedup_vs_pytorch", "vs_best_dense", "vs_default_graph"):
+        row[name] = row[f"{name}_min"] = row[f"{name}_max"] = math.nan
+    row["time_ratio_min"], row["time_ratio"], row["time_ratio_max"] = ratio
+    return row
+
+
+def test_a_loaded_machine_and_a_wide_spread_are_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    steady = _result([_row(0.7, (0.79, 0.80, 0.81)), _row(DENSE, (1.0, 1.0, 1.0))])
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    _finish(steady, (0.4, 0.4, 0.4))
+    assert steady.warnings == [] and steady.load["start"] == 0.4
+    noisy = _result([_row(0.7, (0.70, 0.80, 0.90)), _row(DENSE, (1.0, 1.0, 1.0))])
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 5.0, 2.0))
+    _finish(noisy, (0.4, 0.4, 0.4))
+    assert len(noisy.warnings) == 2
+    assert "load average 9.0" in noisy.warnings[0] and "more than 10%" in noisy.warnings[1]
+
+
+def test_a_slower_idlevit_is_explained_where_it_is_shown() -> None:
+    result = _result([_row(0.7, (1.5, 1.6, 1.7)), _row(DENSE, (1.0, 1.0, 1.0))], num_tokens=64, img_size=32)
+    table = format_table(result)
+    assert "1.600 [1.50..1.70]" in table
+    assert "IdleViT is slower than dense" in table and "64 image tokens (32 px)" in table
+    noise = _result([_row(0.7, (0.7, 1.2, 1.6)), _row(DENSE, (1, 1, 1))])  # slower in the median round only
+    assert "slower than dense" not in format_table(noise)

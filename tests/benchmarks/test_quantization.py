@@ -103,6 +103,7 @@ def test_latency_times_int8_beside_fp32(tmp_path: Path) -> None:
         img_size=64,
         progress=False,
         precisions=["fp32", "int8"],
+        graphs=["dynamo"],
     )
     assert result.backends == ["onnxruntime-cpu", "onnxruntime-cpu int8"] and result.quant_plan == DEFAULT_QUANT_PLAN
     quantized = result.row(1, "onnxruntime-cpu int8", 0.7)
