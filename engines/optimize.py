@@ -93,7 +93,9 @@ def _head_split(tensor: gs.Tensor, perm: list[int]) -> tuple[gs.Node, gs.Tensor,
     if transpose is None or _perm(transpose) != perm or len(transpose.outputs[0].outputs) != 1:
         return None
     reshape = _single_producer(transpose.inputs[0], "Reshape")
-    shape = _constant(reshape.inputs[1]) if reshape is not None else None
+    if reshape is None:
+        return None
+    shape = _constant(reshape.inputs[1])
     if shape is None or shape.size != 4 or int(shape[0]) != -1 or len(reshape.outputs[0].outputs) != 1:
         return None
     return reshape, reshape.inputs[0], (int(shape[1]), int(shape[2]), int(shape[3]))
@@ -114,7 +116,9 @@ def _qkv_projection(split: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray] 
             return None
         source = others[0]
     matmul = _single_producer(source, "MatMul")
-    weight = _constant(matmul.inputs[1]) if matmul is not None else None
+    if matmul is None:
+        return None
+    weight = _constant(matmul.inputs[1])
     if weight is None or weight.ndim != 2:
         return None
     bias = np.zeros(weight.shape[1], dtype=weight.dtype) if bias is None else bias.reshape(-1)
@@ -155,7 +159,9 @@ def _attention_core(softmax: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray
     if merge is None or _perm(merge) != [0, 2, 1, 3]:
         return None
     flat = _single_reader(merge.outputs[0], "Reshape")
-    shape = _constant(flat.inputs[1]) if flat is not None else None
+    if flat is None:
+        return None
+    shape = _constant(flat.inputs[1])
     if shape is None or [int(s) for s in shape] != [-1, tokens, heads * head_size]:
         return None
     projection = _qkv_projection(split)

@@ -92,7 +92,7 @@ def test_current_gpu_reads_the_cuda_driver(monkeypatch: pytest.MonkeyPatch) -> N
     [
         ("export.onnx", "timm", []),
         ("export.onnx", "torch", []),
-        ("idlevit.finetune", "torchvision", ["--epochs", "1", "--quiet"]),
+        ("idlevit.finetune", "torchvision", ["--epochs", "1", "--quiet", "--out", "x.pth"]),
         ("validate.accuracy", "timm", ["--onnx", "m.onnx", "--ckpt", "demo", "--quiet"]),
     ],
 )
