@@ -48,7 +48,7 @@ def profile_onnx(onnx_path: str | os.PathLike[str], batch: int = 8, runs: int = 
     images = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="idlevit-profile-") as tmp:
         options = ort_options(profile_prefix=str(Path(tmp) / "ort"))
-        session = create_session(onnx_path, threads=threads or default_threads(), options=options)
+        session = create_session(onnx_path, threads=threads or default_threads(), options=options, integer_kernels=True)
         for _ in range(runs + 1):
             session.run(None, {IMAGES: images})
         with open(session.end_profiling()) as handle:

@@ -218,7 +218,7 @@ def measure_speed(
     median: dict[str, dict[str, float]] = {name: {} for name in paths}
     with contextlib.ExitStack() as active:
         for name, path in paths.items():
-            runner = ort_runner(path, "cpu", threads, ort_options(), name=name)
+            runner = ort_runner(path, "cpu", threads, ort_options(), name=name, integer_kernels=True)
             active.enter_context(runner)
             runners[name, 0.0] = functools.partial(runner.infer, check_inputs=False)
         size = models[DENSE].cfg.img_size

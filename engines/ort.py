@@ -23,10 +23,16 @@ def create_session(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int = 0,
     options: ort.SessionOptions | None = None,
+    integer_kernels: bool = False,
 ) -> ort.InferenceSession:
     """An inference session; graphs using the fused ``idlevit::IdleScatter`` op get its CPU reference.
 
     ``options`` are a caller's base session options (e.g. profiling, thread spinning), completed here.
+    A Q/DQ graph runs as written (each DequantizeLinear, then the FP32 op) unless ``integer_kernels``:
+    ONNX Runtime's fused integer kernels are fast, but on CPUs without VNNI their u8 x s8 pair sums
+    saturate, so their values depend on the CPU; written out, they are the quantized arithmetic itself
+    (what TensorRT's INT8 computes, up to summation order) on every CPU. Checks judge that; only
+    timings ask for the kernels.
     """
     missing = [p for p in providers if p not in available_providers()]
     if missing:
@@ -38,6 +44,8 @@ def create_session(
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if not integer_kernels:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     _register_custom_ops(options)
     return ort.InferenceSession(os.fspath(onnx_path), sess_options=options, providers=list(providers))
 
@@ -71,12 +79,13 @@ def ort_runner(
     threads: int = 0,
     options: ort.SessionOptions | None = None,
     name: str | None = None,
+    integer_kernels: bool = False,
 ) -> OnnxrtRunner:
     """A Polygraphy runner over :func:`create_session` (so the plugin's custom op is registered).
 
     Named ``onnxruntime-<device>`` unless ``name`` is given; the session is created when the
-    runner is activated.
+    runner is activated. ``integer_kernels``: see :func:`create_session` (timings only).
     """
     providers = providers_for(device)
-    session = lambda: create_session(onnx_path, providers, threads, options)  # noqa: E731 - Polygraphy's loader
+    session = lambda: create_session(onnx_path, providers, threads, options, integer_kernels)  # noqa: E731 - Polygraphy's loader
     return OnnxrtRunner(session, name=name or f"onnxruntime-{device}")

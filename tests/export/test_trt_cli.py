@@ -200,7 +200,9 @@ def test_plugin_graph_is_refused_for_tensorrt_rtx(
     assert not list(tmp_path.glob("*mixed*")) and not list(tmp_path.glob("*.engine"))
 
 
-def test_an_unsorted_topk_fails_the_static_check(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unsorted_topk_fails_the_static_check(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = onnx.load(tiny)
     topk = next(n for n in model.graph.node if n.op_type == "TopK")
     next(a for a in topk.attribute if a.name == "sorted").i = 0
