@@ -386,16 +386,20 @@ def markdown(result: SweepResult) -> str:
         f"{result.test_images} images, calibration {result.calibration or '-'}; kept-token agreement = mean "
         "fraction of the FP32 graph's kept tokens kept too, as sets, no near-tie allowance; judge = the "
         f"{result.precision} preset of the reduced-precision check (near-ties and cascades counted apart).",
-        f"Speed: {result.speed_model or 'not measured'}, ONNX Runtime CPU, {result.threads} threads, "
-        f"{result.repeats} interleaved rounds, median of per-round ratios"
-        + (
-            "; FP32 ms: "
-            + ", ".join(f"{k} " + "/".join(f"{v:.1f}" for v in ms.values()) for k, ms in result.fp32_ms.items())
-            + f" (batch {'/'.join(batches)})"
-            if result.fp32_ms
-            else ""
-        )
-        + ".",
+        (
+            f"Speed: {result.speed_model}, ONNX Runtime CPU (integer kernels), {result.threads} threads, "
+            f"{result.repeats} interleaved rounds, median of per-round ratios"
+            + (
+                "; FP32 ms: "
+                + ", ".join(f"{k} " + "/".join(f"{v:.1f}" for v in ms.values()) for k, ms in result.fp32_ms.items())
+                + f" (batch {'/'.join(batches)})"
+                if result.fp32_ms
+                else ""
+            )
+            + "."
+            if result.speed_model
+            else "Speed: not measured (--no-speed)."
+        ),
         f"Targets: the check passes (judge), top-1 within {t.max_top1_drop * 100:.1f} points of FP32, "
         f"kept-token agreement >= {t.min_kept_agreement:.0%} in every idle layer, time vs FP32 dense "
         + ", ".join(f"<= {limit:.2f} at batch {b}" for b, limit in t.max_ratio)

@@ -12,7 +12,7 @@ from benchmarks.harness import DENSE, format_table, run_benchmark
 from benchmarks.latency import build_parser as latency_parser
 from benchmarks.latency import parse_precisions
 from benchmarks.quantization import build_parser
-from benchmarks.sweep import PlanRow, Targets, choose_default, markdown, run_sweep, write
+from benchmarks.sweep import PlanRow, SweepResult, Targets, choose_default, markdown, run_sweep, write
 from engines.plan import DEFAULT_QUANT_PLAN, QUANT_PLANS
 from idlevit.errors import ToolkitError
 
@@ -126,3 +126,13 @@ def test_rule_without_speed_goes_by_the_selection() -> None:
     for r in rows:
         r.vs_dense = {}
     assert choose_default(rows) == ("b", "speed not measured: the highest worst-layer kept-token agreement")
+
+
+def test_a_table_without_speed_says_so_and_not_how_speed_was_measured() -> None:
+    rows = [row("a", 0.98, 0.3, 0.3)]
+    rows[0].vs_dense = {}
+    result = SweepResult("int8", "demo", "", "64 images", 48, [1, 8], 2, 7, rows)
+    table = markdown(result)
+    assert "Speed: not measured (--no-speed)." in table and "interleaved" not in table
+    result.speed_model = "deit_small"
+    assert "interleaved rounds" in markdown(result)
