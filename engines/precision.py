@@ -36,6 +36,7 @@ import onnx_graphsurgeon as gs
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write, sha256_file
 from idlevit.metadata import load_onnx, read_metadata, write_metadata
+from idlevit.names import reduced_graph_name
 
 from .plan import FP16, FP32, PRECISIONS, QUANTIZED, Method, PrecisionPlan
 from .target import Target
@@ -103,7 +104,7 @@ def plan_precision(model: onnx.ModelProto, precision: str, target: Target) -> Pr
 def mixed_onnx_path(onnx_path: str | os.PathLike[str], precision: str = FP16, out_dir: Path | None = None) -> Path:
     """``model.onnx`` -> ``model_fp16_mixed.onnx`` beside it (or in ``out_dir``)."""
     source = Path(onnx_path)
-    return (out_dir or source.parent) / f"{source.stem}_{precision}_mixed.onnx"
+    return (out_dir or source.parent) / reduced_graph_name(source.stem, precision)
 
 
 def convert_mixed(onnx_path: str | os.PathLike[str], fp32_nodes: list[str], precision: str = FP16) -> onnx.ModelProto:

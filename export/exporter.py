@@ -43,7 +43,7 @@ from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file
 from idlevit.metadata import ExportMetadata, load_onnx, read_metadata, write_metadata
 from idlevit.model import IdleViT
-from idlevit.names import IMAGES
+from idlevit.names import IMAGES, export_name
 from plugins.idle_scatter import OP_TYPE as FUSED_OP
 from plugins.idle_scatter.graph_pass import fuse_idle_scatter
 from validate.inputs import InputSpec
@@ -711,15 +711,13 @@ def default_output_path(
     m.onnx``) gets ``_export`` added.
     """
     if checkpoint is None:
-        path = Path(f"idlevit_{arch}_random.onnx")
+        stem = Path(f"idlevit_{arch}_random")
     elif str(checkpoint) == "demo":
-        path = Path(idlevit.DEMO_CHECKPOINT.with_suffix(".onnx").name)
+        stem = Path(idlevit.DEMO_CHECKPOINT.stem)
     else:
-        path = Path(checkpoint).with_suffix(".onnx")
+        stem = Path(checkpoint).with_suffix("")
     flags = (("indices", with_indices), ("plugin", plugin), ("pixels", fold_normalization), ("ort", optimize))
-    tags = [tag for tag, on in flags if on]
-    if tags:
-        path = path.with_name(f"{path.stem}_{'_'.join(tags)}.onnx")
+    path = stem.with_name(export_name(stem.name, [tag for tag, on in flags if on]))
     if avoid is not None and _same_path(path, Path(avoid)):
         path = path.with_name(f"{path.stem}_export.onnx")
     return path
