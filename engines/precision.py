@@ -178,8 +178,9 @@ def drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def source_record(onnx_path: str | os.PathLike[str]) -> dict[str, str]:
-    """What a reduced-precision graph records of the FP32 graph it was made from: absolute path and sha256."""
-    return {"source_onnx": os.path.abspath(onnx_path), "source_onnx_sha256": sha256_file(onnx_path)}
+    """What a reduced-precision graph records of the FP32 graph it was made from: its file name and sha256 (no
+    path of the machine that wrote it; :func:`validate.sources.recorded_fp32_graph` finds it by name)."""
+    return {"source_onnx": Path(onnx_path).name, "source_onnx_sha256": sha256_file(onnx_path)}
 
 
 def write_mixed_onnx(onnx_path: str | os.PathLike[str], plan: PrecisionPlan, out: str | os.PathLike[str]) -> Path:

@@ -409,7 +409,6 @@ def build_metadata(
     checkpoint_sha256: str,
     folded_normalization: bool = False,
     exporter: str = DEFAULT_EXPORTER,
-    checkpoint_path: str = "",
 ) -> ExportMetadata:
     cfg, schedule = model.cfg, model.schedule
     return ExportMetadata(
@@ -428,7 +427,6 @@ def build_metadata(
         toolkit_version=idlevit.__version__,
         checkpoint=checkpoint,
         checkpoint_sha256=checkpoint_sha256,
-        checkpoint_path=checkpoint_path,
         with_indices=with_indices,
         batch=batch or 0,
         folded_normalization=folded_normalization,
@@ -448,7 +446,6 @@ def export_onnx(
     exporter: str = DEFAULT_EXPORTER,
     checkpoint: str = "random-init",
     checkpoint_sha256: str = "",
-    checkpoint_path: str = "",
     verify_batch: int = 3,
     progress: bool = True,
     optimize: bool = False,
@@ -491,7 +488,6 @@ def export_onnx(
                 checkpoint_sha256,
                 fold_normalization,
                 exporter,
-                checkpoint_path,
             )
             if plugin:
                 meta.plugin = f"idlevit::{FUSED_OP}"
@@ -678,7 +674,6 @@ def export_checkpoint(
         exporter=exporter,
         checkpoint=ckpt_name,
         checkpoint_sha256=ckpt_sha,
-        checkpoint_path=os.fspath(ckpt_path.resolve()) if ckpt_path is not None and ckpt_name != "demo" else "",
         verify_batch=3 if verify else 0,
         progress=progress,
         optimize=optimize,

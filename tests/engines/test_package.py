@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -255,6 +256,8 @@ def test_rtx_engine_package_holds_what_runs_it_and_says_what_the_others_need(
     assert "Triton (`tensorrt_plan`), DeepStream (nvinfer) and Jetson" in text and "trtexec --onnx=tiny.onnx" in text
     assert "--saveEngine=tiny_fp32.plan" in text and "fp32_fp32" not in text  # the engine's stem is the model's
     assert_deploy_paths_exist(rtx_package)
+    for folder in {rtx_engine.parent, tiny_onnx.parent}:  # no path of the machine that built it travels along
+        assert not [p.name for p in rtx_package.rglob("*") if p.is_file() and os.fsencode(folder) in p.read_bytes()]
 
 
 def test_the_packaged_rtx_engine_still_opens_with_its_sidecar(rtx_package: Path, rtx_engine: Path) -> None:
