@@ -42,7 +42,7 @@ from idlevit.cli import progress as progress_bar
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write
 from idlevit.metadata import ExportMetadata, read_metadata
-from idlevit.names import IMAGES
+from idlevit.names import IMAGES, reduced_graph_name
 from idlevit.sidecar import EngineSidecar, sidecar_path
 
 from .backends import BACKENDS, ORT_BACKENDS, REFERENCE, default_threads, engine_runner
@@ -508,7 +508,7 @@ def _quantize_all(
         source = onnx_paths[rate]
         images, where = calibration_images(read_metadata(source), count=BENCH_CALIB_IMAGES)
         model, _ = quantize_onnx(source, precision, plan, images=images, calibration=where)
-        paths[precision][rate] = write_quantized_onnx(model, folder / f"{source.stem}_{precision}.onnx")
+        paths[precision][rate] = write_quantized_onnx(model, folder / reduced_graph_name(source.stem, precision))
     return paths
 
 

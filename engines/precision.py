@@ -36,6 +36,7 @@ import onnx_graphsurgeon as gs
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write, sha256_file
 from idlevit.metadata import load_onnx, read_metadata, write_metadata
+from idlevit.names import reduced_graph_name
 
 from .plan import FP16, FP32, PRECISIONS, QUANTIZED, Method, PrecisionPlan
 from .target import Target
@@ -103,7 +104,7 @@ def plan_precision(model: onnx.ModelProto, precision: str, target: Target) -> Pr
 def mixed_onnx_path(onnx_path: str | os.PathLike[str], precision: str = FP16, out_dir: Path | None = None) -> Path:
     """``model.onnx`` -> ``model_fp16_mixed.onnx`` beside it (or in ``out_dir``)."""
     source = Path(onnx_path)
-    return (out_dir or source.parent) / f"{source.stem}_{precision}_mixed.onnx"
+    return (out_dir or source.parent) / reduced_graph_name(source.stem, precision)
 
 
 def convert_mixed(onnx_path: str | os.PathLike[str], fp32_nodes: list[str], precision: str = FP16) -> onnx.ModelProto:
@@ -177,8 +178,9 @@ def drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def source_record(onnx_path: str | os.PathLike[str]) -> dict[str, str]:
-    """What a reduced-precision graph records of the FP32 graph it was made from: absolute path and sha256."""
-    return {"source_onnx": os.path.abspath(onnx_path), "source_onnx_sha256": sha256_file(onnx_path)}
+    """What a reduced-precision graph records of the FP32 graph it was made from: its file name and sha256 (no
+    path of the machine that wrote it; :func:`validate.sources.recorded_fp32_graph` finds it by name)."""
+    return {"source_onnx": Path(onnx_path).name, "source_onnx_sha256": sha256_file(onnx_path)}
 
 
 def write_mixed_onnx(onnx_path: str | os.PathLike[str], plan: PrecisionPlan, out: str | os.PathLike[str]) -> Path:

@@ -40,7 +40,7 @@ from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write
 from idlevit.images import load_dataset
 from idlevit.metadata import ExportMetadata, load_onnx, read_metadata, write_metadata
-from idlevit.names import DIGITS, IMAGES
+from idlevit.names import DIGITS, IMAGES, reduced_graph_name
 
 from .plan import ATTENTION, BLOCK_GEMMS, CALIBRATION_METHODS, FP8, INT8, QUANT_PLANS, Quantization, QuantPlan
 from .precision import quantizer_label, scoring_path_nodes, source_record
@@ -171,7 +171,7 @@ def calibration_images(
 def quantized_onnx_path(onnx_path: str | os.PathLike[str], precision: str, out_dir: Path | None = None) -> Path:
     """``model.onnx`` -> ``model_int8.onnx`` / ``model_fp8.onnx`` beside it (or in ``out_dir``)."""
     source = Path(onnx_path)
-    return (out_dir or source.parent) / f"{source.stem}_{precision}.onnx"
+    return (out_dir or source.parent) / reduced_graph_name(source.stem, precision)
 
 
 def quantize_onnx(

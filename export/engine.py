@@ -36,6 +36,7 @@ from engines.target import FP8_MIN_COMPUTE_CAPABILITY, PLAN_VERSIONS, TENSORRT, 
 from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
 from idlevit.fileio import refuse_overwriting_inputs
 from idlevit.metadata import load_onnx, read_metadata
+from idlevit.names import engine_name
 from idlevit.sidecar import sidecar_path
 from idlevit.state import given_or_last_export
 from validate.inputs import InputSpec
@@ -59,15 +60,10 @@ def resolve_target(runtime: str | None, trt_version: str | None) -> tuple[Target
     return Target.parse(f"{name}-{trt_version or PLAN_VERSIONS[name]}"), False
 
 
-def default_engine_path(source: Path, precision: str, target: Target) -> Path:
-    """``model.onnx`` -> ``model_<precision>[_rtx].engine`` beside it; a reduced graph's own
-    ``model_int8.onnx`` / ``model_fp16_mixed.onnx`` give the same name as their FP32 source would."""
-    stem = source.stem
-    for suffix in (f"_{precision}_mixed", f"_{precision}"):
-        if precision != FP32 and stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return source.with_name(f"{stem}_{precision}{'_rtx' if target.is_rtx else ''}.engine")
+def default_engine_path(source: Path, precision: str) -> Path:
+    """``model.onnx`` -> ``model_<precision>.engine`` beside it, for every runtime (:func:`idlevit.names.engine_name`:
+    a reduced graph's own ``model_int8.onnx`` / ``model_fp16_mixed.onnx`` give their FP32 source's name)."""
+    return source.with_name(engine_name(source.stem, precision))
 
 
 def given_precision(source: Path, graph_precision: str, asked: str | None) -> str:
@@ -173,7 +169,7 @@ def export_engine(
         elif check_inputs is not None:
             _check_reduced(source, build_onnx, check_inputs, check_device, echo)
 
-    engine = Path(out) if out else default_engine_path(source, precision, target)
+    engine = Path(out) if out else default_engine_path(source, precision)
     echo("equivalent command: " + command_line(target, build_onnx, engine, plan, options, meta))
     if not installed:
         if runtime is None:

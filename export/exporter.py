@@ -43,7 +43,7 @@ from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file
 from idlevit.metadata import ExportMetadata, load_onnx, read_metadata, write_metadata
 from idlevit.model import IdleViT
-from idlevit.names import IMAGES
+from idlevit.names import IMAGES, export_name
 from plugins.idle_scatter import OP_TYPE as FUSED_OP
 from plugins.idle_scatter.graph_pass import fuse_idle_scatter
 from validate.inputs import InputSpec
@@ -409,7 +409,6 @@ def build_metadata(
     checkpoint_sha256: str,
     folded_normalization: bool = False,
     exporter: str = DEFAULT_EXPORTER,
-    checkpoint_path: str = "",
 ) -> ExportMetadata:
     cfg, schedule = model.cfg, model.schedule
     return ExportMetadata(
@@ -428,7 +427,6 @@ def build_metadata(
         toolkit_version=idlevit.__version__,
         checkpoint=checkpoint,
         checkpoint_sha256=checkpoint_sha256,
-        checkpoint_path=checkpoint_path,
         with_indices=with_indices,
         batch=batch or 0,
         folded_normalization=folded_normalization,
@@ -448,7 +446,6 @@ def export_onnx(
     exporter: str = DEFAULT_EXPORTER,
     checkpoint: str = "random-init",
     checkpoint_sha256: str = "",
-    checkpoint_path: str = "",
     verify_batch: int = 3,
     progress: bool = True,
     optimize: bool = False,
@@ -491,7 +488,6 @@ def export_onnx(
                 checkpoint_sha256,
                 fold_normalization,
                 exporter,
-                checkpoint_path,
             )
             if plugin:
                 meta.plugin = f"idlevit::{FUSED_OP}"
@@ -678,7 +674,6 @@ def export_checkpoint(
         exporter=exporter,
         checkpoint=ckpt_name,
         checkpoint_sha256=ckpt_sha,
-        checkpoint_path=os.fspath(ckpt_path.resolve()) if ckpt_path is not None and ckpt_name != "demo" else "",
         verify_batch=3 if verify else 0,
         progress=progress,
         optimize=optimize,
@@ -711,15 +706,13 @@ def default_output_path(
     m.onnx``) gets ``_export`` added.
     """
     if checkpoint is None:
-        path = Path(f"idlevit_{arch}_random.onnx")
+        stem = Path(f"idlevit_{arch}_random")
     elif str(checkpoint) == "demo":
-        path = Path(idlevit.DEMO_CHECKPOINT.with_suffix(".onnx").name)
+        stem = Path(idlevit.DEMO_CHECKPOINT.stem)
     else:
-        path = Path(checkpoint).with_suffix(".onnx")
+        stem = Path(checkpoint).with_suffix("")
     flags = (("indices", with_indices), ("plugin", plugin), ("pixels", fold_normalization), ("ort", optimize))
-    tags = [tag for tag, on in flags if on]
-    if tags:
-        path = path.with_name(f"{path.stem}_{'_'.join(tags)}.onnx")
+    path = stem.with_name(export_name(stem.name, [tag for tag, on in flags if on]))
     if avoid is not None and _same_path(path, Path(avoid)):
         path = path.with_name(f"{path.stem}_export.onnx")
     return path

@@ -75,9 +75,10 @@ builds without it). Plans (--int8-plan, also for --fp8; default {DEFAULT_QUANT_P
 measured by `python -m benchmarks.quantization`):
 {PLAN_LINES}
 
-outputs: the engine (default <onnx stem>_<precision>.engine, _rtx for TensorRT-RTX, beside the
-ONNX) and its JSON sidecar <engine>.json (runtime and version, GPU or compute capabilities,
-precision plan, profiles, IdleViT schedule, ONNX sha256). The equivalent trtexec /
+outputs: the engine (default <onnx stem>_<precision>.engine for every runtime, beside the
+ONNX; a reduced graph gives its FP32 source's name: my_int8.onnx -> my_int8.engine) and its
+JSON sidecar <engine>.json (runtime and version, GPU or compute capabilities, precision plan,
+profiles, IdleViT schedule, ONNX sha256). The equivalent trtexec /
 tensorrt_rtx command line is printed. Without TensorRT the static checks and the mixed ONNX
 still run, the command is printed, and no engine is written.
 

@@ -15,6 +15,7 @@ import signal
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -158,3 +159,44 @@ def sha256_file(path: PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """Where :func:`find_recorded_file` found a recorded file: ``found`` has the recorded sha256; else
+    ``changed`` is the first candidate present with another (None: no candidate exists)."""
+
+    found: Path | None
+    changed: Path | None = None
+
+
+def find_recorded_file(recorded: PathLike, sha256: str, folders: Iterable[PathLike]) -> RecordedFile:
+    """The one lookup of a file an artefact records (a checkpoint, the FP32 graph of a reduced graph, the
+    graphs of an engine): by its name and sha256, never trusted by its path alone.
+
+    ``recorded`` is a file name (or, in artefacts written before names were recorded, a path). Candidates,
+    in order: an absolute recorded path as it is, a relative one under each of ``folders`` (beside the
+    artefact, the working directory, ...); then the recorded name in each of ``folders``. The first
+    candidate whose sha256 is ``sha256`` is the file.
+    """
+    path = Path(recorded)
+    places = [Path(folder) for folder in folders]
+    candidates = ([path] if path.is_absolute() else [folder / path for folder in places]) + [
+        folder / path.name for folder in places
+    ]
+    seen: set[str] = set()
+    changed: Path | None = None
+    for candidate in candidates:
+        key = os.path.abspath(candidate)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            if not candidate.is_file():
+                continue
+            if sha256 and sha256_file(candidate) == sha256:
+                return RecordedFile(candidate)
+        except OSError:
+            continue
+        changed = changed or candidate
+    return RecordedFile(None, changed)

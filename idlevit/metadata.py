@@ -43,13 +43,12 @@ class ExportMetadata:
     interpolation: str
     opset: int
     toolkit_version: str
-    checkpoint: str  # file name, "demo" or "random-init"
-    checkpoint_sha256: str  # "" for random-init
+    checkpoint: str  # file name (never a path of the machine that exported it), "demo" or "random-init"
+    checkpoint_sha256: str  # "" for random-init; with the name, how a later check finds the checkpoint
     with_indices: bool = False
     batch: int = 0  # 0: dynamic batch
     plugin: str = ""  # "" or the fused op ("idlevit::IdleScatter") the graph uses
     precision: str = "fp32"
-    checkpoint_path: str = ""  # where the checkpoint was read from (absolute; "" for the demo and random-init)
     folded_normalization: bool = False  # True: the graph takes RGB pixels 0..255, mean/std folded into layer 1
     optimized_for: str = ""  # "" runs everywhere; "onnxruntime": holds ONNX Runtime's own ops, TensorRT cannot parse it
     extra: dict[str, Any] = field(default_factory=dict)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .configs import MAX_BATCH
 from .errors import ToolkitError, shown
-from .fileio import atomic_write, sha256_file
+from .fileio import atomic_write, find_recorded_file, sha256_file
 from .metadata import ExportMetadata
 from .records import record_from_dict
 
@@ -138,11 +138,12 @@ class EngineSidecar:
         """The graph the field ``which`` names (``onnx``: what TensorRT parsed, the mixed-precision graph for
         strongly typed FP16; ``source_onnx``: the exported FP32 graph), checked against ``<which>_sha256``.
 
-        A recorded path is taken as it is when absolute; a relative one relative to the sidecar's folder (how
-        a package records it) or to the working directory (how ``export.trt`` records it); then that file
-        name beside the sidecar. The first file whose sha256 is the recorded one is returned; None when no
-        candidate exists. A candidate with another sha256 (and none with the right one) is a one-line error,
-        and so is a digest that is missing: a graph is trusted only by its hash.
+        Found by :func:`idlevit.fileio.find_recorded_file`: a recorded path as it is when absolute, a relative
+        one relative to the sidecar's folder (how a package records it) or to the working directory (how
+        ``export.trt`` records it); then that file name beside the sidecar or in the working directory. The
+        first file whose sha256 is the recorded one is returned; None when no candidate exists. A candidate
+        with another sha256 (and none with the right one) is a one-line error, and so is a digest that is
+        missing: a graph is trusted only by its hash.
         """
         if which not in GRAPH_FIELDS:
             raise ValueError(f"a sidecar names graphs in {GRAPH_FIELDS}, not {which!r}")
@@ -152,30 +153,14 @@ class EngineSidecar:
             raise ToolkitError(
                 f"{where} records no sha256 of its {which} ({recorded}), so it cannot be trusted; {REBUILD}"
             )
-        path, folder = Path(recorded), Path(sidecar_file).parent
-        candidates = [path] if path.is_absolute() else [folder / path, path]
-        candidates.append(folder / path.name)
-        seen: set[str] = set()
-        other: list[Path] = []
-        for candidate in candidates:
-            key = os.path.abspath(candidate)
-            if key in seen:
-                continue
-            seen.add(key)
-            try:
-                if not candidate.is_file():
-                    continue
-                if sha256_file(candidate) == digest:
-                    return candidate
-            except OSError:
-                continue
-            other.append(candidate)
-        if other:
+        # a package records its graphs relative to the sidecar, export.trt relative to the working directory
+        lookup = find_recorded_file(recorded, digest, [Path(sidecar_file).parent, Path(".")])
+        if lookup.changed is not None and lookup.found is None:
             raise ToolkitError(
-                f"{os.fspath(other[0])!r} is not the graph {self.engine} was built from ({which}: its sha256 is not "
-                f"the sidecar's {digest[:12]}...); put that graph back, or {REBUILD}"
+                f"{os.fspath(lookup.changed)!r} is not the graph {self.engine} was built from ({which}: its sha256 is "
+                f"not the sidecar's {digest[:12]}...); put that graph back, or {REBUILD}"
             )
-        return None
+        return lookup.found
 
     def check_built_from(self, onnx_path: str | os.PathLike[str]) -> None:
         """Refuse an ONNX that is not the graph this engine was built from (nor its mixed-precision graph),

@@ -118,12 +118,12 @@ def check_export_trt_builds_fp16_and_the_workstations_int8_graph(device: Device)
     """--fp16 writes, checks and builds the mixed graph; the INT8 Q/DQ graph made with ModelOpt builds as it is
     (checked against the FP32 graph it records), with or without --int8; quantizing here exits 3."""
     out = _ok(device.run("export.trt", "--onnx", f"{DEMO}.onnx", "--fp16", "--runtime", "tensorrt-rtx"))
-    assert "reduced: top-1 agreement" in out and (device.folder / f"{DEMO}_fp16_rtx.engine").is_file()
+    assert "reduced: top-1 agreement" in out and (device.folder / f"{DEMO}_fp16.engine").is_file()
     assert (device.folder / f"{DEMO}_fp16_mixed.onnx").is_file()
-    for extra in ([], ["--int8", "--out", "again_int8_rtx.engine"]):
+    for extra in ([], ["--int8", "--out", "again_int8.engine"]):
         out = _ok(device.run("export.trt", "--onnx", f"{DEMO}_int8.onnx", "--runtime", "tensorrt-rtx", *extra))
         assert "is already an INT8 graph: built as it is" in out and "reduced: top-1 agreement" in out
-    assert (device.folder / f"{DEMO}_int8_rtx.engine").is_file() and (device.folder / "again_int8_rtx.engine").is_file()
+    assert (device.folder / f"{DEMO}_int8.engine").is_file() and (device.folder / "again_int8.engine").is_file()
     error = _one_error_line(
         device.run("export.trt", "--onnx", f"{DEMO}.onnx", "--int8", "--runtime", "tensorrt-rtx"),
         EXIT_MISSING_DEPENDENCY,
@@ -193,7 +193,7 @@ def check_infer_on_a_png_matches_the_pytorch_environment(device: Device, worksta
 
 
 def check_infer_runs_an_engine_as_its_checked_graph_without_a_gpu(device: Device) -> None:
-    engine = device.folder / f"{DEMO}_fp16_rtx.engine"
+    engine = device.folder / f"{DEMO}_fp16.engine"
     if not engine.is_file():
         _ok(device.run("export.trt", "--onnx", f"{DEMO}.onnx", "--fp16", "--runtime", "tensorrt-rtx"))
     out = _ok(device.run("engines.infer", "--model", engine.name, "digit.png"))

@@ -1,11 +1,15 @@
 """The README runs as written: every ``python -m`` line of its code blocks is run or parse-checked.
 
-Lines run in README order in one folder, as a newcomer would type them, with stand-ins for the
-user's files (``my.pth`` is a copy of the bundled demo, ``cat.jpg`` a digits image,
-``classes.txt`` ten names). Long runs get their shortest flags (``EXTRA``). A line that cannot run
-here (a dataset that is not on this machine, a GPU, the 10-minute demo recipe) is checked against
-the command's own parser instead. ``LINES`` names every README line and how it is treated: a README
-line missing from it, or an entry no longer in the README, fails the test, so the two stay in step.
+Lines run in README order in one folder, as a newcomer would type them. Only the user's own files
+are stood in (``EXTERNAL``: ``my.pth`` is a copy of the bundled demo, ``cat.jpg`` a digits image,
+``classes.txt`` ten names; datasets and checkpoints that are not on this machine): every other file a
+line reads must have been written by an earlier line under that very name, so the README's names
+are the names the commands write. Long runs get their shortest flags (``extra``). A line that cannot
+run here (a dataset that is not on this machine, a GPU, the 10-minute demo recipe) is checked against
+the command's own parser instead, and its files against what earlier lines wrote or declare they
+write (``writes``: checked against the folder wherever the line runs to exit 0). ``LINES`` names every
+README line and how it is treated: a README line missing from it, or an entry no longer in the
+README, fails the test, so the two stay in step.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Line:
     extra: str = ""  # shortest flags for a long run
     code: int = 0
     why: str = ""  # why a line is only parse-checked
+    writes: tuple[str, ...] = ()  # files later lines read that this line may not get to write here
 
 
 def _built(runtime_installed: bool) -> int:
@@ -49,6 +54,10 @@ def _built(runtime_installed: bool) -> int:
     return 0 if HAS_MODELOPT and runtime_installed else 3
 
 
+#: The user's own files and folders: the only inputs no README line writes.
+EXTERNAL = ("my.pth", "cat.jpg", "classes.txt", "/data/imagenet", "~/data/flowers", "deit_small.pth")
+#: Flags whose value is a file a command writes, not one it reads.
+OUTPUT_FLAGS = ("--out", "--out-dir", "--report")
 NO_DATA = "the dataset is not on this machine"
 GPU = "runs an engine: needs a CUDA GPU and the engine built on it"
 TS = "--exporter torchscript --opset 17"  # the quicker tracer; the first export runs as written
@@ -68,17 +77,24 @@ LINES: dict[str, Line] = {
     "python -m validate.parity --ckpt my.pth --onnx my_indices.onnx --data /data/imagenet": Line(
         "pipeline", run=False, why=NO_DATA
     ),
+    "python -m export.trt --onnx my_indices.onnx --fp16": Line(
+        "pipeline", code=0 if HAS_TRT or HAS_RTX else 3, writes=("my_indices_fp16.engine",)
+    ),
     "python -m validate.parity --onnx my_indices.onnx --engine my_indices_fp16.engine": Line(
         "pipeline", run=False, why=GPU
     ),
-    "python -m validate.accuracy --onnx my.onnx --engine my_fp16.engine --data /data/imagenet": Line(
+    "python -m validate.accuracy --onnx my_indices.onnx --engine my_indices_fp16.engine --data /data/imagenet": Line(
         "pipeline", run=False, why=GPU
     ),
-    "python -m export.trt --fp16": Line("pipeline", code=0 if HAS_TRT or HAS_RTX else 3),
+    "python -m export.trt --fp16": Line(
+        "pipeline", code=0 if HAS_TRT or HAS_RTX else 3, writes=("my_fp16_mixed.onnx", "my_fp16.engine")
+    ),
     "python -m export.trt --onnx my.onnx --fp32 --runtime tensorrt-rtx --max-batch 64": Line(
         "pipeline", code=0 if HAS_RTX else 3
     ),
-    "python -m export.trt --onnx my.onnx --int8": Line("pipeline", code=_built(HAS_TRT or HAS_RTX)),
+    "python -m export.trt --onnx my.onnx --int8": Line(
+        "pipeline", code=_built(HAS_TRT or HAS_RTX), writes=("my_int8.onnx", "my_int8.engine")
+    ),
     "python -m export.trt --onnx my.onnx --int8 --runtime tensorrt --trt-version 10.3": Line(
         "pipeline", code=_built(HAS_TRT)
     ),
@@ -189,15 +205,19 @@ def _stand_ins(folder: Path) -> None:
     (folder / "classes.txt").write_text("".join(f"digit {i}\n" for i in range(10)), encoding="utf-8")
 
 
-def _substitute(args: list[str], folder: Path) -> list[str]:
-    """``my_fp16.engine`` is ``my_fp16_rtx.engine`` where TensorRT-RTX built it."""
-    out = []
-    for arg in args:
-        if arg.endswith(".engine") and not (folder / arg).exists():
-            rtx = arg[: -len(".engine")] + "_rtx.engine"
-            arg = rtx if (folder / rtx).exists() else arg
-        out.append(arg)
-    return out
+def _reads(command: str) -> list[str]:
+    """The files and folders a line names as inputs: its path-like words, comma lists split, outputs left out."""
+    words, reads = shlex.split(command)[3:], []
+    for i, word in enumerate(words):
+        if word.startswith("--") or (i and words[i - 1] in OUTPUT_FLAGS):
+            continue
+        reads += [part for part in word.split(",") if re.search(r"\.(onnx|engine|plan|pth|jpg|png|txt)$|^[/~]", part)]
+    return reads
+
+
+def _files(folder: Path) -> set[str]:
+    """Every file and folder under ``folder``, by its path relative to it."""
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*")}
 
 
 def _parse_only(command: str) -> None:
@@ -213,7 +233,7 @@ def _parse_only(command: str) -> None:
 
 def _run(command: str, line: Line, folder: Path) -> None:
     words = shlex.split(command)
-    args = _substitute(words[3:], folder) + shlex.split(line.extra)
+    args = words[3:] + shlex.split(line.extra)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("IDLEVIT_STATE_DIR", None)
     result = subprocess.run(
@@ -222,15 +242,23 @@ def _run(command: str, line: Line, folder: Path) -> None:
     shown = f"`{command} {line.extra}`".replace(" `", "`")
     assert result.returncode == line.code, f"{shown} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr, f"{shown}:\n{result.stderr}"
+    if line.code == 0:
+        missing = [name for name in line.writes if not (folder / name).exists()]
+        assert not missing, f"{shown} did not write {missing}, which LINES says it writes:\n{result.stdout}"
 
 
 @pytest.mark.parametrize("group", sorted({line.group for line in LINES.values()}))
 def test_readme_commands_run_as_written(group: str, tmp_path: Path) -> None:
     _stand_ins(tmp_path)
+    declared: set[str] = set()
     for command in COMMANDS:
         line = LINES.get(command)
         if line is None or line.group != group:
             continue
+        written = _files(tmp_path) | declared
+        unknown = [name for name in _reads(command) if name not in EXTERNAL and name not in written]
+        assert not unknown, f"`{command}` reads {unknown}, which no earlier README line writes"
+        declared |= set(line.writes)
         if line.run:
             _run(command, line, tmp_path)
         else:
@@ -240,3 +268,6 @@ def test_readme_commands_run_as_written(group: str, tmp_path: Path) -> None:
         assert (tmp_path / "idlevit_deit_micro_digits_ratio0.7.onnx").is_file()
         assert (tmp_path / "my.onnx").is_file() and (tmp_path / "my_indices.onnx").is_file()
         assert (tmp_path / "my_deploy" / "DEPLOY.md").is_file()
+        if HAS_RTX or HAS_TRT:  # one engine name for every runtime
+            assert (tmp_path / "my_fp16.engine").is_file() and (tmp_path / "my_indices_fp16.engine").is_file()
+            assert not list(tmp_path.glob("*_rtx*"))

@@ -11,7 +11,7 @@ Examples::
 
     python -m validate.accuracy                   # the last export and the checkpoint it records
     python -m validate.accuracy --ckpt demo --onnx idlevit_deit_micro_digits_ratio0.7.onnx
-    python -m validate.accuracy --onnx model.onnx --engine model.engine --data /data/imagenet --batch-size 64
+    python -m validate.accuracy --onnx model.onnx --engine model_fp16.engine --data /data/imagenet --batch-size 64
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Examples::
 
     python -m validate.parity                     # the last export against the checkpoint it records
     python -m validate.parity --ckpt demo --onnx idlevit_deit_micro_digits_ratio0.7.onnx
-    python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --engine model.engine --data /data/imagenet
+    python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --engine model_fp16.engine --data /data/imagenet
     python -m validate.parity --ckpt ckpt.pth --onnx model.onnx --batch-sizes 1,4,32 --atol 1e-4
     python -m validate.parity --onnx model_int8.onnx          # against the FP32 graph it was made from
     python -m validate.parity --onnx model.onnx --engine model_fp16.engine --reference-onnx model.onnx

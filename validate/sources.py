@@ -1,11 +1,12 @@
 """What a check compares against, found from what an artefact records: no PyTorch needed to find it.
 
-* the checkpoint an export records (path and sha256 in its metadata), for the PyTorch reference;
-* the FP32 graph a reduced-precision graph (FP16 mixed, INT8 / FP8 Q/DQ) was made from (path and
-  sha256 in its metadata), for the ONNX reference of :mod:`validate.reduced`.
+* the checkpoint an export records (file name and sha256 in its metadata), for the PyTorch reference;
+* the FP32 graph a reduced-precision graph (FP16 mixed, INT8 / FP8 Q/DQ) was made from (file name
+  and sha256 in its metadata), for the ONNX reference of :mod:`validate.reduced`.
 
-Each is used only while it is where the artefact says and unchanged, so a check never compares
-an artefact with another model than its own.
+Each is found by :func:`idlevit.fileio.find_recorded_file` (beside the artefact, then in the working
+directory) and used only when its sha256 is the recorded one, so a check never compares an artefact
+with another model than its own.
 """
 
 from __future__ import annotations
@@ -16,31 +17,36 @@ from pathlib import Path
 from engines.plan import FP32
 from idlevit.bundled import DEMO_CHECKPOINT, resolve_checkpoint_path
 from idlevit.errors import CheckpointError, ToolkitError, missing_torch_package
-from idlevit.fileio import sha256_file
+from idlevit.fileio import find_recorded_file, sha256_file
 from idlevit.metadata import ExportMetadata, read_metadata
 
 
 def recorded_checkpoint(meta: ExportMetadata, onnx_path: str | os.PathLike[str]) -> Path:
-    """The checkpoint ``onnx_path`` was exported from, as its metadata records it (path and sha256).
+    """The checkpoint ``onnx_path`` was exported from, as its metadata records it (file name and sha256).
 
-    The bundled demo stands for itself; a file is used only while it is where the export read it
-    and unchanged, so a check never compares a graph with another model than its own.
+    The bundled demo stands for itself; a file is looked up by its name beside the graph, then in the
+    working directory, and used only when its sha256 is the recorded one, so a check never compares a
+    graph with another model than its own.
     """
     where = os.fspath(onnx_path)
     if meta.checkpoint == "random-init":
         raise CheckpointError(f"{where} was exported from random weights (--random-init); pass --ckpt to compare it")
-    path = DEMO_CHECKPOINT if meta.checkpoint == "demo" else Path(meta.checkpoint_path)
-    if not meta.checkpoint_path and meta.checkpoint != "demo":
-        raise CheckpointError(f"{where} does not record where its checkpoint {meta.checkpoint!r} was; pass --ckpt")
-    if not path.is_file():
+    if meta.checkpoint == "demo":
+        return DEMO_CHECKPOINT
+    if not meta.checkpoint_sha256:
+        raise CheckpointError(f"{where} records no sha256 of its checkpoint {meta.checkpoint!r}; pass --ckpt")
+    lookup = find_recorded_file(meta.checkpoint, meta.checkpoint_sha256, [Path(onnx_path).parent, Path(".")])
+    if lookup.found is not None:
+        return lookup.found
+    if lookup.changed is not None:
         raise CheckpointError(
-            f"the checkpoint {where} was exported from ({os.fspath(path)}) is not there any more; pass --ckpt"
+            f"{os.fspath(lookup.changed)} changed since {where} was exported from it (sha256 differs from the "
+            f"recorded {meta.checkpoint_sha256[:12]}...); pass --ckpt"
         )
-    if meta.checkpoint_sha256 and sha256_file(path) != meta.checkpoint_sha256:
-        raise CheckpointError(
-            f"{os.fspath(path)} changed since {where} was exported from it (sha256 differs); pass --ckpt"
-        )
-    return path
+    raise CheckpointError(
+        f"the checkpoint {where} was exported from ({meta.checkpoint}) is neither beside it nor in the working "
+        "directory; pass --ckpt"
+    )
 
 
 def reference_checkpoint(onnx_path: str | os.PathLike[str], ckpt: str | os.PathLike[str] | None) -> Path:
@@ -57,22 +63,20 @@ def recorded_fp32_graph(
 ) -> Path:
     """The FP32 graph a reduced-precision graph was made from, as its metadata records it (path and sha256).
 
-    Looked up where it was when the reduced graph was written, then under its name beside the reduced
-    graph (a folder copied to another machine); used only when its sha256 is the recorded one.
+    Looked up by its name beside the reduced graph, then in the working directory (graphs written before
+    names were recorded: at the recorded path first); used only when its sha256 is the recorded one.
     """
     meta = meta or read_metadata(onnx_path)
     where = os.fspath(onnx_path)
     recorded, digest = meta.extra.get("source_onnx"), meta.extra.get("source_onnx_sha256")
     if not isinstance(recorded, str) or not isinstance(digest, str) or not recorded or not digest:
         raise ToolkitError(f"{where} does not record the FP32 graph it was made from; {fix}")
-    candidates = list(dict.fromkeys([Path(recorded), Path(onnx_path).parent / Path(recorded).name]))
-    present = [path for path in candidates if path.is_file()]
-    for path in present:
-        if sha256_file(path) == digest:
-            return path
-    if present:
+    lookup = find_recorded_file(recorded, digest, [Path(onnx_path).parent, Path(".")])
+    if lookup.found is not None:
+        return lookup.found
+    if lookup.changed is not None:
         raise ToolkitError(
-            f"{os.fspath(present[0])} changed since {where} was made from it (sha256 differs from the recorded "
+            f"{os.fspath(lookup.changed)} changed since {where} was made from it (sha256 differs from the recorded "
             f"{digest[:12]}...); {fix}"
         )
     raise ToolkitError(f"the FP32 graph {where} was made from ({recorded}) is not there any more; {fix}")

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from idlevit.errors import ToolkitError
+from idlevit.names import plan_name
 
 KIND_ONNX, KIND_TENSORRT, KIND_RTX = "onnx", "tensorrt", "tensorrt-rtx"
 KINDS = (KIND_ONNX, KIND_TENSORRT, KIND_RTX)
@@ -109,8 +110,7 @@ def package_layout(
     """
     check_name(name)
     plugins = PLUGIN_SOURCES if plugin else None
-    # demo_int8 (a quantized graph's own name) builds demo_int8.plan, not demo_int8_int8.plan
-    own_engine = f"{name}.plan" if name.endswith(f"_{precision}") else f"{name}_{precision}.plan"
+    own_engine = plan_name(name, precision)  # demo_int8 builds demo_int8.plan, not demo_int8_int8.plan
     if kind == KIND_RTX:
         if not engine_name:
             raise ValueError("a TensorRT-RTX package needs the engine's file name")

@@ -33,6 +33,7 @@ import idlevit
 from idlevit.errors import ToolkitError, shown
 from idlevit.fileio import missing_parents, refuse_overwriting_inputs, sha256_file, signals_deferred
 from idlevit.metadata import external_data_files, load_onnx
+from idlevit.names import package_dir_name
 
 from ..labels import check_labels, read_labels
 from .deepstream import deepstream_config, label_line, network_mode, preprocessing
@@ -230,7 +231,7 @@ def plan_files(
 
 # ---- on disk ----------------------------------------------------------------------------------
 def default_package_dir(model: Path) -> Path:
-    return model.with_name(f"{model.stem}_deploy")
+    return model.with_name(package_dir_name(model.stem))
 
 
 def _target(root: Path, force: bool) -> Path:

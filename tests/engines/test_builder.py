@@ -40,7 +40,7 @@ def _cuda() -> bool:
 def tiny_engine(tiny_mixed: Path, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tensorrt.use_runtime("tensorrt-rtx")
     plan = plan_precision(onnx.load(tiny_onnx), FP16, RTX)
-    engine = tmp_path_factory.mktemp("rtx") / "tiny_fp16_rtx.engine"
+    engine = tmp_path_factory.mktemp("rtx") / "tiny_fp16.engine"
     build_engine(tiny_mixed, tiny_onnx, plan, FAST, engine, echo=print)
     return engine
 

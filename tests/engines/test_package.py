@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -93,7 +94,7 @@ def rtx_engine(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         pytest.skip("TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13)")
     tensorrt.use_runtime("tensorrt-rtx")
     plan = plan_precision(onnx.load(tiny_onnx), FP32, Target.parse("tensorrt-rtx"))
-    engine = tmp_path_factory.mktemp("rtx") / "tiny_fp32_rtx.engine"
+    engine = tmp_path_factory.mktemp("rtx") / "tiny_fp32.engine"
     build_engine(tiny_onnx, tiny_onnx, plan, BuildOptions(1, 2, 4, optimization_level=0), engine, echo=print)
     return engine
 
@@ -253,7 +254,10 @@ def test_rtx_engine_package_holds_what_runs_it_and_says_what_the_others_need(
     text = (rtx_package / "DEPLOY.md").read_text()
     assert f"python -m engines.infer --model {rtx_engine.name}" in text
     assert "Triton (`tensorrt_plan`), DeepStream (nvinfer) and Jetson" in text and "trtexec --onnx=tiny.onnx" in text
+    assert "--saveEngine=tiny_fp32.plan" in text and "fp32_fp32" not in text  # the engine's stem is the model's
     assert_deploy_paths_exist(rtx_package)
+    for folder in {rtx_engine.parent, tiny_onnx.parent}:  # no path of the machine that built it travels along
+        assert not [p.name for p in rtx_package.rglob("*") if p.is_file() and os.fsencode(folder) in p.read_bytes()]
 
 
 def test_the_packaged_rtx_engine_still_opens_with_its_sidecar(rtx_package: Path, rtx_engine: Path) -> None:
@@ -378,7 +382,7 @@ def test_an_fp16_package_runs_its_fallback_after_the_build_folder_is_gone(
     shutil.copy(tiny_mixed, mixed)
     tensorrt.use_runtime("tensorrt-rtx")
     plan = plan_precision(onnx.load(source), FP16, Target.parse("tensorrt-rtx"))
-    engine = build / "tiny_fp16_rtx.engine"
+    engine = build / "tiny_fp16.engine"
     build_engine(mixed, source, plan, BuildOptions(1, 2, 4, optimization_level=0), engine, echo=lambda _: None)
     package = tmp_path / "pkg"
     code, out, err = run([str(engine), "--out", str(package)], capsys)

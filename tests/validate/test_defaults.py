@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 
 from export.exporter import export_checkpoint
 from idlevit.errors import CheckpointError, ToolkitError
+from idlevit.metadata import read_metadata
 from idlevit.state import record_last_export
 from validate import accuracy, parity
+from validate.sources import recorded_checkpoint
 
 
 @pytest.fixture
@@ -65,3 +69,23 @@ def test_without_an_export_the_error_names_the_flag(tmp_path: Path, monkeypatch:
     for main in (parity.main, accuracy.main):
         with pytest.raises(ToolkitError, match="pass --onnx"):
             main(["--quiet"])
+
+
+def test_the_metadata_records_the_checkpoint_by_name_and_it_is_found_beside_the_graph(
+    exported_here: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt, onnx_path = exported_here
+    props = {p.key: p.value for p in onnx.load(onnx_path, load_external_data=False).metadata_props}
+    assert json.loads(props["idlevit.checkpoint"]) == "mine.pth"
+    assert not [key for key, value in props.items() if str(tmp_path) in value or "/" in value.replace("\\/", "")]
+    # the folder copied elsewhere, the command run from a third folder: the checkpoint is found by name
+    moved, elsewhere = tmp_path / "moved", tmp_path / "elsewhere"
+    moved.mkdir(), elsewhere.mkdir()
+    graph = Path(shutil.move(onnx_path, moved / onnx_path.name))
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(CheckpointError, match=r"\(mine.pth\) is neither beside it nor in the working directory"):
+        recorded_checkpoint(read_metadata(graph), graph)
+    shutil.move(ckpt, elsewhere / ckpt.name)  # in the working directory
+    assert recorded_checkpoint(read_metadata(graph), graph) == Path("mine.pth")
+    shutil.move(elsewhere / ckpt.name, moved / ckpt.name)  # beside the graph
+    assert recorded_checkpoint(read_metadata(graph), graph) == moved / "mine.pth"

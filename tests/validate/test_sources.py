@@ -31,6 +31,7 @@ def test_the_recorded_graph_is_found_where_it_was_or_beside(digits_onnx: Path, t
     fp32.parent.mkdir()
     shutil.copy(digits_onnx, fp32)
     reduced = _reduced(fp32, tmp_path / "work" / "m_fp16_mixed.onnx")
+    assert read_metadata(reduced).extra["source_onnx"] == "m.onnx"  # a name: no path of the machine that wrote it
     assert recorded_fp32_graph(reduced) == fp32.resolve()
     assert reference_graph(reduced, None, None, None) == fp32.resolve()
     # copied to another machine: the recorded path is gone, the same file lies beside the reduced graph
