@@ -991,6 +991,7 @@ BAD_FLAGS = [
         ("--ckpt", "demo", "--onnx", "m.onnx", "--fast"),
         EXIT_BAD_INPUT,
         "unrecognized arguments",
+        onnx_as("m.onnx"),
     ),
     Case(
         "batch-sizes-zero",
@@ -998,6 +999,7 @@ BAD_FLAGS = [
         ("--ckpt", "demo", "--onnx", "m.onnx", "--batch-sizes", "0"),
         EXIT_BAD_INPUT,
         "is not a batch size from 1 to",
+        onnx_as("m.onnx"),
     ),
     Case(
         "infer-top-zero",
@@ -1005,6 +1007,7 @@ BAD_FLAGS = [
         ("--onnx", "m.onnx", "--top", "0", "x.png"),
         EXIT_BAD_INPUT,
         "--top and --batch-size must be >= 1",
+        onnx_as("m.onnx"),
     ),
     Case(
         "package-name-escapes-the-folder",
