@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from engines.tensorrt import is_installed
+from idlevit.errors import ToolkitError
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -209,6 +210,9 @@ def _parse_only(command: str) -> None:
         parser.parse_args(words[3:])
     except SystemExit as stop:
         pytest.fail(f"`{command}` is refused by its parser (exit {stop.code})")
+    except ToolkitError as err:  # the parser checks that model files exist: this line's are external inputs
+        if "does not exist" not in str(err):
+            raise
 
 
 def _run(command: str, line: Line, folder: Path) -> None:
