@@ -26,11 +26,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from engines.plan import DEFAULT_QUANT_PLAN, FP8, FP32, INT8, QUANT_PLANS
-from idlevit.cli import cli_parser, run_cli, warn
+from idlevit.cli import add_list_argument, add_model_argument, cli_parser, run_cli, warn
 from idlevit.configs import list_archs
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK, ToolkitError
 
@@ -39,8 +38,6 @@ from .options import (
     DEFAULT_GRAPHS,
     DEFAULT_KEEP_RATES,
     GRAPH_NAMES,
-    add_list_argument,
-    parse_list,
 )
 
 EPILOG = f"""
@@ -63,14 +60,13 @@ OWN_MODEL_FLAGS = ("ckpt", "arch", "keep_rates", "graphs", "img_size", "keep_onn
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m benchmarks.latency", __doc__, EPILOG)
     given = parser.add_argument_group("given files (no PyTorch needed)")
-    given.add_argument("--onnx", default=None, metavar="X.onnx,...", help="ONNX graphs to time on ONNX Runtime")
-    given.add_argument("--engine", default=None, metavar="X.engine,...", help="TensorRT engines to time")
+    add_model_argument(given, "--onnx", "graphs to time on ONNX Runtime", many=True)
+    add_model_argument(given, "--engine", "engines to time on TensorRT", many=True)
     own = parser.add_argument_group("the toolkit's own models (exported here with PyTorch)")
-    own.add_argument(
+    add_model_argument(
+        own,
         "--ckpt",
-        default=None,
-        help="checkpoint to time; its arch is read from it (default: --arch with random weights: timing does not "
-        "depend on them)",
+        "to time, with its arch (default: --arch with random weights: timing does not depend on them)",
     )
     own.add_argument(
         "--arch", default=None, choices=list_archs(), help="architecture (default deit_small; with --ckpt: its own)"
@@ -79,14 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
         own,
         "--keep-rates",
         "R,...",
-        default=[",".join(f"{r:g}" for r in DEFAULT_KEEP_RATES)],
+        float,
+        "0.5,0.7",
+        default=list(DEFAULT_KEEP_RATES),
         help="base keep rates r (published r, r², r³ schedule); the dense model is always added (default 0.5..0.9)",
     )
     add_list_argument(
         own,
         "--graphs",
         "NAME,...",
-        default=[",".join(DEFAULT_GRAPHS)],
+        example="dynamo,optimized",
+        choices=GRAPH_NAMES,
+        default=list(DEFAULT_GRAPHS),
         help=f"graphs ONNX Runtime times, dense and IdleViT alike: {', '.join(GRAPH_NAMES)} (default "
         f"{','.join(DEFAULT_GRAPHS)}; optimized = export.onnx --optimize of the default export)",
     )
@@ -94,10 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--img-size", type=int, default=None, help="input size for random weights (default: the arch's, 224)"
     )
     own.add_argument("--keep-onnx", action="store_true", help="keep the exported ONNX files in --out-dir")
-    own.add_argument(
+    add_list_argument(
+        own,
         "--precisions",
-        default=FP32,
-        metavar="P,...",
+        "P,...",
+        example="fp32,int8",
+        choices=(FP32, INT8, FP8),
+        default=[FP32],
         help=f"precisions to time: {FP32}, plus {INT8} / {FP8} Q/DQ graphs on ONNX Runtime (default {FP32})",
     )
     own.add_argument(
@@ -107,12 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"quantization plan of the Q/DQ graphs ({', '.join(QUANT_PLANS)}; default {DEFAULT_QUANT_PLAN})",
     )
-    add_list_argument(parser, "--batch-sizes", "B,...", default=["1,8"], help="batch sizes (default 1,8)")
+    add_list_argument(parser, "--batch-sizes", "B,...", int, "1,8", default=[1, 8], help="batch sizes (default 1,8)")
     add_list_argument(
         parser,
         "--backends",
         "NAME,...",
-        default=[",".join(BACKEND_NAMES)],
+        example="onnxruntime-cpu,pytorch",
+        choices=BACKEND_NAMES,
+        default=list(BACKEND_NAMES),
         help=f"backends to time: {', '.join(BACKEND_NAMES)} (default all; unusable ones are skipped with a note)",
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per configuration (default 2)")
@@ -136,27 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    batch_sizes = parse_list(args.batch_sizes, "--batch-sizes", int, "1,8")
-    backends = parse_list(args.backends, "--backends", str, "onnxruntime-cpu,pytorch", BACKEND_NAMES)
-    onnx_files = [Path(p) for p in parse_list(args.onnx, "--onnx", str, "my.onnx,my_dense.onnx") or []]
-    engine_files = [Path(p) for p in parse_list(args.engine, "--engine", str, "my_fp16.engine") or []]
+    batch_sizes, backends = args.batch_sizes, args.backends
+    onnx_files = [Path(p) for p in args.onnx or []]
+    engine_files = [Path(p) for p in args.engine or []]
     given = bool(onnx_files or engine_files)
     if given:
         clashing = [f"--{name.replace('_', '-')}" for name in OWN_MODEL_FLAGS if _given_flag(args, parser, name)]
-        if args.precisions != FP32:
+        if args.precisions != [FP32]:
             clashing.append("--precisions")
         if clashing:
             raise ToolkitError(
                 f"{', '.join(clashing)} shape the toolkit's own models; with --onnx/--engine the given files are "
                 "timed as they are (drop one or the other)"
             )
-        for path in [*onnx_files, *engine_files]:
-            if not path.is_file():
-                raise ToolkitError(
-                    f"{os.fspath(path)!r} does not exist; pass a file written by export.onnx / export.trt"
-                )
-    elif args.ckpt and args.ckpt != "demo" and not Path(args.ckpt).is_file():
-        raise ToolkitError(f"checkpoint {args.ckpt!r} does not exist; pass a .pth file (or 'demo')")
     out_dir = Path(args.out_dir)
     from .harness import format_table, plot, run_benchmark, time_given, write_json  # lazy: runtimes load after parsing
 
@@ -175,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = run_benchmark(
             args.arch,
-            parse_list(args.keep_rates, "--keep-rates", float, "0.5,0.7"),
+            args.keep_rates,
             batch_sizes,
             backends,
             args.warmup,
@@ -186,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             not args.quiet,
             args.img_size,
             args.settle_ms,
-            parse_precisions(args.precisions),
+            with_fp32(args.precisions),
             args.int8_plan,
-            parse_list(args.graphs, "--graphs", str, "dynamo,optimized", GRAPH_NAMES),
+            args.graphs,
         )
     print(format_table(result))
     for line in result.warnings:
@@ -208,12 +205,9 @@ def _given_flag(args: argparse.Namespace, parser: argparse.ArgumentParser, name:
     return getattr(args, name) != parser.get_default(name)
 
 
-def parse_precisions(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in (FP32, INT8, FP8)]
-    if not names or unknown:
-        raise ToolkitError(f"--precisions {text!r}: choose from {FP32}, {INT8}, {FP8}, e.g. fp32,int8")
-    return names if FP32 in names else [FP32, *names]
+def with_fp32(precisions: list[str]) -> list[str]:
+    """The precisions timed: those asked for, FP32 first (every ratio is against FP32)."""
+    return precisions if FP32 in precisions else [FP32, *precisions]
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ import argparse
 from pathlib import Path
 
 from engines.plan import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD, FP8, INT8, QUANT_PLANS
-from idlevit.cli import cli_parser, run_cli
+from idlevit.cli import add_list_argument, add_model_argument, cli_parser, run_cli
 from idlevit.configs import list_archs
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OK
-
-from .options import parse_list
 
 EPILOG = f"""
 The rule: among the plans that meet every target (the int8/fp8 check passes, top-1 within 0.5 points
@@ -39,8 +37,14 @@ Exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} bad flag or checkpoint; {EXIT_MISSI
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m benchmarks.quantization", __doc__, EPILOG)
-    parser.add_argument(
-        "--plans", default=",".join(QUANT_PLANS), metavar="NAME,...", help="plans to measure (default: all)"
+    add_list_argument(
+        parser,
+        "--plans",
+        "NAME,...",
+        example="gemms,mlp",
+        choices=tuple(QUANT_PLANS),
+        default=list(QUANT_PLANS),
+        help="plans to measure (default: all)",
     )
     parser.add_argument("--precision", choices=(INT8, FP8), default=INT8, help="quantized precision (default int8)")
     parser.add_argument(
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"calibration (default {DEFAULT_CALIBRATION_METHOD})",
     )
     sel = parser.add_argument_group("selection and top-1 (digits)")
-    sel.add_argument("--ckpt", default=None, help="checkpoint whose selection is measured (default: the bundled demo)")
+    add_model_argument(sel, "--ckpt", "whose selection is measured (default: the bundled demo)")
     sel.add_argument(
         "--calib-images", type=int, default=None, help="calibration images (default: the digits train split)"
     )
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--arch", default="deit_small", choices=list_archs(), help="architecture timed (deit_small)")
     speed.add_argument("--keep-rate", type=float, default=0.7, help="keep rate of the timed IdleViT (0.7)")
     speed.add_argument("--img-size", type=int, default=None, help="input size of the timed model (the arch's)")
-    speed.add_argument("--batch-sizes", nargs="+", default=["1,8"], metavar="B,...", help="batch sizes (default 1,8)")
+    add_list_argument(speed, "--batch-sizes", "B,...", int, "1,8", default=[1, 8], help="batch sizes (default 1,8)")
     speed.add_argument("--warmup", type=int, default=2, help="untimed runs per configuration (2)")
     speed.add_argument("--repeats", type=int, default=7, help="interleaved timed rounds per batch size (7)")
     speed.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all usable cores)")
@@ -75,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    plans = parse_list(args.plans, "--plans", str, "gemms,mlp", QUANT_PLANS)
-    batch_sizes = parse_list(args.batch_sizes, "--batch-sizes", int, "1,8")
+    plans, batch_sizes = args.plans, args.batch_sizes
     from .sweep import markdown, run_sweep, write  # lazy: torch, onnx and ModelOpt load after the arguments parse
 
     out_dir = Path(args.out_dir)

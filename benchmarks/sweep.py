@@ -35,6 +35,7 @@ from engines.ort import ort_runner
 from engines.plan import DEFAULT_QUANT_PLAN, INT8, QUANT_PLANS
 from engines.quantize import calibration_images, quantize_onnx, write_quantized_onnx
 from export.exporter import export_onnx
+from idlevit.chatter import captured
 from idlevit.cli import progress as progress_bar
 from idlevit.data import load_dataset
 from idlevit.errors import ToolkitError
@@ -138,7 +139,8 @@ def measure_selection(
     """
     model = idlevit.load_checkpoint(idlevit.resolve_checkpoint_path(ckpt))
     source = folder / "selection_fp32.onnx"
-    export_onnx(model, source, with_indices=True, verify_batch=0, progress=False)
+    with captured(step="the FP32 export"):
+        export_onnx(model, source, with_indices=True, verify_batch=0, progress=False)
     meta = read_metadata(source)
     images, where = calibration_images(meta, count=calib_images)
     rows, paths, used = {}, {}, len(images)
@@ -152,9 +154,10 @@ def measure_selection(
     count = min(test_images or len(dataset), len(dataset))
     spec = InputSpec(data="digits", num_images=count, random_batches=0, batch_sizes=(8,))
     first, *rest = plans
-    report = check_reduced_precision(
-        source, paths[first], inputs=spec, others={plan: paths[plan] for plan in rest}, threads=threads
-    )
+    with captured(step="the selection check"):
+        report = check_reduced_precision(
+            source, paths[first], inputs=spec, others={plan: paths[plan] for plan in rest}, threads=threads
+        )
     for plan in plans:
         totals = report.backend(_judged_name(plan, first))
         rows[plan].kept_agreement = {str(layer): sel.agreement for layer, sel in totals.layers.items()}
@@ -203,8 +206,9 @@ def measure_speed(
     """
     models = build_models(arch, [keep_rate], img_size=img_size)
     paths = {FP32_DENSE: folder / f"{arch}_dense.onnx", FP32_IDLEVIT: folder / f"{arch}_keep{keep_rate:g}.onnx"}
-    export_onnx(models[DENSE], paths[FP32_DENSE], verify_batch=0, progress=False)
-    export_onnx(models[keep_rate], paths[FP32_IDLEVIT], verify_batch=0, progress=False)
+    with captured(step="the FP32 exports"):
+        export_onnx(models[DENSE], paths[FP32_DENSE], verify_batch=0, progress=False)
+        export_onnx(models[keep_rate], paths[FP32_IDLEVIT], verify_batch=0, progress=False)
     images, where = calibration_images(read_metadata(paths[FP32_IDLEVIT]), count=calib_images)
     seconds = {}
     for plan in progress_bar(plans, enabled=progress, desc="quantize (speed)", unit="plan", leave=False):

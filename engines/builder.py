@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import idlevit
+from idlevit.chatter import captured
 from idlevit.configs import MAX_BATCH
 from idlevit.errors import ToolkitError
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs, sha256_file, signals_deferred
@@ -137,7 +138,8 @@ def build_engine(
         [engine_path, sidecar_path(engine_path)], [onnx_path, source_onnx, options.timing_cache, *options.plugins]
     )
     started = time.perf_counter()
-    built = api.build_serialized(onnx_path, plan, options, options.profile(meta), verbose, echo)
+    with captured(show=verbose, step="TensorRT's build"):
+        built = api.build_serialized(onnx_path, plan, options, options.profile(meta), verbose, echo)
     gpu = None if runtime.name == TENSORRT_RTX else current_gpu()
     if runtime.name == TENSORRT_RTX:
         capabilities = list(options.compute_capabilities or RTX_DEFAULT_COMPUTE_CAPABILITIES)

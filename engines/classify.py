@@ -56,7 +56,7 @@ def open_backend(model: str | os.PathLike[str], threads: int = 0) -> tuple[BaseR
     """
     path = Path(model)
     if not path.is_file():
-        raise ToolkitError(f"model {os.fspath(path)!r} does not exist; pass --model an .onnx or .engine")
+        raise ToolkitError(f"model {os.fspath(path)!r} does not exist; pass --onnx an .onnx or --engine an .engine")
     if path.suffix != ".engine":
         return ort_runner(path, "cpu", threads), read_metadata(path), f"ONNX Runtime (CPU) on {path.name}", None
     sidecar = EngineSidecar.read(sidecar_path(path))

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from idlevit.chatter import captured
 from idlevit.errors import CheckFailed, ToolkitError
 from idlevit.metadata import ExportMetadata
 
@@ -230,7 +231,8 @@ def static_checks(model: onnx.ModelProto, target: Target, with_trtcheck: bool = 
     findings = lint_graph(model, target)
     if with_trtcheck:
         domains = tuple(sorted({n.domain for n in model.graph.node if n.domain not in _DEFAULT_DOMAINS}))
-        findings += run_trtcheck(model, target, domains if target.takes_plugins else ())
+        with captured(step="trtcheck"):
+            findings += run_trtcheck(model, target, domains if target.takes_plugins else ())
     return findings
 
 

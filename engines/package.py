@@ -1,8 +1,9 @@
-"""``python -m engines.package [MODEL]``: what a deployment needs, written into one folder.
+"""``python -m engines.package --onnx X.onnx | --engine X.engine``: what a deployment needs, in one folder.
 
-MODEL is an exported ONNX (``python -m export.onnx``; the default is the one it wrote last
-here) or an engine with its sidecar (``python -m export.trt``). The package
-(``<model>_deploy/`` beside it unless --out) holds, per kind of model:
+The model is an exported ONNX (``--onnx``; the default is the one ``python -m export.onnx``
+wrote last here) or an engine with its sidecar (``--engine``, from ``python -m export.trt``;
+``--onnx`` beside it names the graph it was built from). The package (``<model>_deploy/``
+beside it unless --out) holds, per kind of model:
 
 * ONNX: a Triton model repository entry for ONNX Runtime (``triton/<name>/``), a DeepStream
   nvinfer config (``deepstream/``) and DEPLOY.md with the trtexec line that builds the engine
@@ -21,15 +22,15 @@ edited since.
 Examples::
 
     python -m engines.package                                   # the ONNX export.onnx wrote last
-    python -m engines.package idlevit_deit_small_ratio0.7.onnx --labels imagenet_classes.txt
-    python -m engines.package model_fp16.engine --max-batch 16 --out deploy --force
+    python -m engines.package --onnx idlevit_deit_small_ratio0.7.onnx --labels imagenet_classes.txt
+    python -m engines.package --engine model_fp16.engine --max-batch 16 --out deploy --force
 """
 
 from __future__ import annotations
 
 import argparse
 
-from idlevit.cli import cli_parser, run_cli
+from idlevit.cli import add_deprecated_alias, add_model_argument, cli_parser, positional_alias, run_cli
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_OK
 
 from .plan import PRECISIONS
@@ -43,19 +44,15 @@ not empty (without --force) or not writable.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m engines.package", __doc__, EPILOG)
-    parser.add_argument(
-        "model",
-        nargs="?",
-        default=None,
-        metavar="MODEL",
-        help="an exported .onnx, or an engine with its .json sidecar (default: the ONNX `python -m export.onnx` "
-        "wrote last in this folder)",
+    add_model_argument(
+        parser,
+        "--onnx",
+        "to package (default: the one `python -m export.onnx` wrote last here); with --engine: the graph the "
+        "engine was built from (default: its sidecar's, or that name beside the engine)",
     )
-    parser.add_argument(
-        "--source-onnx",
-        default=None,
-        help="for an engine: the ONNX it was built from (default: its sidecar's, or that name beside the engine)",
-    )
+    add_model_argument(parser, "--engine", "to package, instead of an ONNX")
+    parser.add_argument("model", nargs="?", default=None, help=argparse.SUPPRESS)  # the old positional form
+    add_deprecated_alias(parser, "--source-onnx", "--onnx (beside --engine)", dest="onnx", model_file=True)
     parser.add_argument("--out", default=None, help="package folder (default: <model>_deploy beside the model)")
     parser.add_argument(
         "--force",
@@ -97,11 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.model is not None:  # the old positional form: an engine or an ONNX, by its suffix
+        if args.model.endswith(".engine"):
+            args.engine = positional_alias(args.model, args.engine, "--engine")
+        else:
+            args.onnx = positional_alias(args.model, args.onnx, "--onnx")
     from .deploy.writer import make_package  # lazy: onnx loads after the arguments parse
 
     report = make_package(
-        args.model,
-        source_onnx=args.source_onnx,
+        args.engine or args.onnx,
+        source_onnx=args.onnx if args.engine else None,
         out=args.out,
         name=args.name,
         labels_file=args.labels,

@@ -23,7 +23,6 @@ ModelOpt is optional and imported only here, lazily.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from idlevit.chatter import captured
 from idlevit.configs import get_arch
 from idlevit.errors import MissingDependencyError, ToolkitError
 from idlevit.fileio import atomic_write
@@ -294,13 +294,14 @@ def _modelopt_quantize():  # noqa: ANN202 - ModelOpt's own function
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """ModelOpt and ONNX Runtime's calibrator print progress bars and notes; keep them off the terminal."""
+    """ModelOpt and ONNX Runtime's calibrator print progress bars and notes, from Python and C++; keep them off
+    the terminal (:func:`idlevit.chatter.captured`: replayed if the step fails)."""
     previous = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     loggers = [logging.getLogger(name) for name in ("modelopt", "root")]
     levels = [lg.level for lg in loggers]
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with captured(step="ModelOpt's quantization"):
             for lg in loggers:
                 lg.setLevel(logging.ERROR)
             yield

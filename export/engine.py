@@ -33,6 +33,7 @@ from engines.quantize import (
     write_quantized_onnx,
 )
 from engines.target import FP8_MIN_COMPUTE_CAPABILITY, PLAN_VERSIONS, TENSORRT, Target, has_fp8
+from idlevit.chatter import captured
 from idlevit.errors import CheckFailed, MissingDependencyError, ToolkitError
 from idlevit.fileio import refuse_overwriting_inputs
 from idlevit.metadata import load_onnx, read_metadata
@@ -241,7 +242,8 @@ def _report_findings(findings: list[lint.Finding], verbose: bool, echo: Callable
 
 def _check_reduced(source: Path, reduced: Path, inputs: InputSpec, device: str, echo: Callable[[str], None]) -> None:
     started = time.perf_counter()
-    report = check_reduced_precision(source, reduced, inputs=inputs, device=device)
+    with captured(step="the reduced-precision check"):
+        report = check_reduced_precision(source, reduced, inputs=inputs, device=device)
     echo(
         f"reduced-precision ONNX vs FP32 ONNX (ONNX Runtime, {device.upper()}, {time.perf_counter() - started:.1f} s):"
     )

@@ -632,7 +632,7 @@ def export_checkpoint(
     if problem:
         raise ToolkitError(problem)
     if batch is not None and batch < 1:
-        raise ToolkitError(f"--batch {batch} must be >= 1 (omit it for a dynamic batch)")
+        raise ToolkitError(f"--static-batch {batch} must be >= 1 (omit it for a dynamic batch)")
     if random_init and ckpt:
         raise ToolkitError("give either --ckpt or --random-init, not both")
     _refuse_optimize_with_plugin(optimize, plugin)

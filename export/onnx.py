@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from idlevit.cli import cli_parser, run_cli
+from idlevit.cli import add_deprecated_alias, add_model_argument, cli_parser, run_cli
 from idlevit.configs import check_batch, check_size_flag, list_archs
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, require_torch
 from idlevit.schedule import add_schedule_arguments, schedule_arguments
@@ -46,11 +46,8 @@ to 22, TensorRT 8.6 up to 17 (--exporter torchscript).
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m export.onnx", __doc__, EPILOG)
     src = parser.add_argument_group("model")
-    src.add_argument(
-        "--ckpt",
-        default=None,
-        help="checkpoint (.pth, official {'model': ...} layout or bare "
-        "state dict); 'demo' or omitted: the bundled digits demo",
+    add_model_argument(
+        src, "--ckpt", "official {'model': ...} layout or a bare state dict (default: the bundled digits demo)"
     )
     src.add_argument(
         "--arch", choices=list_archs(), help="architecture; default: read from the checkpoint (its shapes)"
@@ -84,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"ONNX opset (default {DEFAULT_OPSET}): {opset_range(DYNAMO)} with --exporter {DYNAMO}, "
         f"{opset_range(TORCHSCRIPT)} with --exporter {TORCHSCRIPT}",
     )
-    graph.add_argument("--batch", type=int, default=None, help="static batch size (default: dynamic batch)")
+    graph.add_argument(
+        "--static-batch", type=int, default=None, metavar="B", help="a fixed batch size (default: dynamic batch)"
+    )
+    add_deprecated_alias(graph, "--batch", "--static-batch", type=int)
     graph.add_argument(
         "--with-indices",
         action="store_true",
@@ -126,8 +126,8 @@ def check_flags(args: argparse.Namespace) -> None:
     """The values the parser cannot judge alone, before anything loads: sizes in range."""
     if args.img_size is not None:
         check_size_flag("--img-size", args.img_size)
-    if args.batch is not None:
-        check_batch("--batch", args.batch)
+    if args.static_batch is not None:
+        check_batch("--static-batch", args.static_batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         img_size=args.img_size,
         out=args.out,
         opset=args.opset,
-        batch=args.batch,
+        batch=args.static_batch,
         with_indices=args.with_indices,
         plugin=args.plugin,
         fold_normalization=args.fold_normalization,
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     model = result.model
     print(
         f"wrote {result.path} ({model.cfg.name}, {model.cfg.img_size} px, opset {args.opset}, "
-        f"{'batch ' + str(args.batch) if args.batch else 'dynamic batch'}, {args.exporter} exporter) "
+        f"{'batch ' + str(args.static_batch) if args.static_batch else 'dynamic batch'}, {args.exporter} exporter) "
         f"in {result.seconds:.1f} s"
     )
     print(f"graph: {result.kind}")

@@ -28,7 +28,7 @@ from engines.plan import (
     QuantOptions,
 )
 from engines.target import PLAN_VERSIONS, RUNTIMES, TENSORRT, TENSORRT_RTX
-from idlevit.cli import cli_parser, run_cli
+from idlevit.cli import add_list_argument, add_model_argument, cli_parser, run_cli
 from idlevit.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUILD_FAILED,
@@ -75,6 +75,9 @@ builds without it). Plans (--int8-plan, also for --fp8; default {DEFAULT_QUANT_P
 measured by `python -m benchmarks.quantization`):
 {PLAN_LINES}
 
+builder flags named as trtexec's: --workspace is trtexec's --memPoolSize=workspace:<MiB>, --timing-cache
+its --timingCacheFile, --opt-level its --builderOptimizationLevel.
+
 outputs: the engine (default <onnx stem>_<precision>.engine for every runtime, beside the
 ONNX; a reduced graph gives its FP32 source's name: my_int8.onnx -> my_int8.engine) and its
 JSON sidecar <engine>.json (runtime and version, GPU or compute capabilities, precision plan,
@@ -91,9 +94,7 @@ TensorRT's parser or builder failed.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m export.trt", __doc__, EPILOG)
-    parser.add_argument(
-        "--onnx", default=None, help="exported ONNX (default: the one export.onnx wrote last, see below)"
-    )
+    add_model_argument(parser, "--onnx", "to build (default: the one export.onnx wrote last, see below)")
     parser.add_argument(
         "--out", default=None, help="engine file to write (default: beside the ONNX); the mixed ONNX goes beside it"
     )
@@ -156,10 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {PLAN_VERSIONS[TENSORRT]} for tensorrt, {PLAN_VERSIONS[TENSORRT_RTX]} for tensorrt-rtx); "
         "an installed runtime always uses its own",
     )
-    target.add_argument(
+    add_list_argument(
+        target,
         "--compute-capabilities",
+        "CC,...",
+        example="8.6,8.9",
         default=None,
-        metavar="CC,...",
         help="TensorRT-RTX: GPUs to build for, e.g. 8.6,8.9 (default: TensorRT-RTX's own, 8.0/8.6/8.9/12.0; "
         "7.5 must be named)",
     )
@@ -174,8 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--timing-cache", default=None, help="timing cache file, read and updated (TensorRT; TensorRT-RTX has none)"
     )
-    build.add_argument(
-        "--plugins", action="append", default=[], metavar="LIB.so", help="plugin library to load (repeatable)"
+    add_list_argument(
+        build,
+        "--plugins",
+        "LIB.so,...",
+        example="libidle_scatter.so",
+        default=[],
+        help="plugin libraries to load (comma-separated; the flag may also be repeated)",
     )
     check = parser.add_argument_group("reduced-precision check (ONNX Runtime, CPU, against the FP32 graph)")
     check.add_argument(
@@ -226,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         args.opt_level,
         args.timing_cache,
         list(args.plugins),
-        [cc.strip() for cc in args.compute_capabilities.split(",")] if args.compute_capabilities else [],
+        list(args.compute_capabilities or []),
     )
     # a Q/DQ graph given as it is (made where ModelOpt is installed) is checked like --int8 / --fp8
     quantized = (args.precision or read_metadata(given_or_last_export(args.onnx, "--onnx")).precision) in QUANTIZED

@@ -12,6 +12,12 @@ so in one line and exit 130 / 143. :func:`cli_parser` makes every
 command's parser, whose usage errors are one line as well, and :func:`progress` its progress
 bars, which stay off when stderr is not a terminal.
 
+One flag grammar for every command: lists are comma-separated (:func:`add_list_argument`; the old
+space-separated form still parses, with a one-line warning), the model is always ``--onnx``,
+``--engine`` or ``--ckpt`` (:func:`add_model_argument`, the same words in every ``--help``), and a
+renamed flag lives on as a hidden alias that warns (:func:`add_deprecated_alias`). A model file
+that does not exist is refused while the arguments parse, before anything heavy loads.
+
 This module imports nothing heavy: a command parses its arguments (and answers ``--help``)
 before torch, onnx or TensorRT load.
 """
@@ -25,8 +31,9 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ToolkitError
 from .failures import known_failure
@@ -169,10 +176,19 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (``error: ...; see <prog> --help``), exit 2."""
+    """argparse with one-line usage errors (``error: ...; see <prog> --help``), exit 2, that refuses a missing
+    model file (a flag of :func:`add_model_argument`) as soon as the arguments parse."""
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message}; see `{self.prog} --help`", EXIT_BAD_INPUT)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            flag = getattr(action, "model_flag", None)
+            if flag is not None:
+                check_model_file(flag, getattr(parsed, action.dest, None))
+        return parsed, extras
 
 
 def cli_parser(prog: str, doc: str | None, epilog: str) -> argparse.ArgumentParser:
@@ -191,3 +207,148 @@ def progress(iterable: Iterable[Any] | None = None, enabled: bool = True, **kwar
 
     show = enabled and sys.stderr.isatty()
     return tqdm(iterable, disable=not show, **kwargs)
+
+
+T = TypeVar("T")
+
+
+def parse_list(
+    values: Sequence[str] | str | None,
+    flag: str,
+    convert: Callable[[str], T],
+    example: str,
+    choices: Sequence[str] | None = None,
+) -> list[T] | None:
+    """``["1,8"]`` -> ``[1, 8]``; ``["1", "8"]`` too, with a one-line deprecation warning; a bad item is named."""
+    if values is None:
+        return None
+    tokens = [values] if isinstance(values, str) else list(values)
+    if len(tokens) > 1:
+        warn(
+            f"{flag} {' '.join(tokens)}: space-separated lists are deprecated and will be refused in a later "
+            f"release; write {flag} {','.join(tokens)}"
+        )
+    items = [item.strip() for token in tokens for item in token.split(",") if item.strip()]
+    if not items:
+        raise ToolkitError(f"{flag} is empty; write e.g. {flag} {example}")
+    if choices is not None:
+        unknown = [item for item in items if item not in choices]
+        if unknown:
+            raise ToolkitError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
+    converted = []
+    for item in items:
+        try:
+            converted.append(convert(item))
+        except ValueError:
+            raise ToolkitError(f"{flag}: cannot read {item!r}; write e.g. {flag} {example}") from None
+    return converted
+
+
+class ListAction(argparse.Action):
+    """A comma-separated list flag, converted by :func:`parse_list` as it parses; given twice, the lists join."""
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str,
+        convert: Callable[[str], Any] = str,
+        example: str = "a,b",
+        **kwargs: Any,
+    ) -> None:
+        self.convert, self.example = convert, example
+        self.item_choices = kwargs.pop("choices", None)
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None):
+        items = parse_list(values, option or self.option_strings[0], self.convert, self.example, self.item_choices)
+        current = getattr(namespace, self.dest, None)
+        given_before = current is not None and current is not self.default
+        setattr(namespace, self.dest, [*current, *items] if given_before else items)
+
+
+def add_list_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    metavar: str,
+    convert: Callable[[str], Any] = str,
+    example: str = "a,b",
+    **kwargs: Any,
+) -> None:
+    """A list flag written comma-separated (``--batch-sizes 1,8``), its items converted with ``convert`` (and
+    checked against ``choices``); the old space-separated form still parses, with a one-line warning."""
+    parser.add_argument(flag, action=ListAction, metavar=metavar, convert=convert, example=example, **kwargs)
+
+
+#: The model flags: the same meaning in every command (a command's help adds its default and its use).
+MODEL_FLAGS = {
+    "--onnx": "an ONNX file written by `python -m export.onnx`",
+    "--engine": "a TensorRT engine written by `python -m export.trt` (its .json sidecar beside it)",
+    "--ckpt": "an IdleViT checkpoint (.pth; 'demo': the bundled demo model)",
+}
+#: What to do about a missing model file, per flag.
+_MISSING = {
+    "--onnx": ("ONNX file", "export one with `python -m export.onnx`"),
+    "--engine": ("engine", "build one with `python -m export.trt`"),
+    "--ckpt": ("checkpoint", "pass a .pth file (or 'demo')"),
+}
+
+
+def check_model_file(flag: str, value: str | list[str] | None) -> None:
+    """A given ``--onnx`` / ``--engine`` / ``--ckpt`` (or each of a list) must be a file (``--ckpt demo`` is one);
+    any other ``flag`` (an old name for either) is judged by the file's suffix, ``.engine`` or an ONNX."""
+    for path in value if isinstance(value, list) else [value]:
+        if path is None or (flag == "--ckpt" and path == "demo"):
+            continue
+        if not Path(path).is_file():
+            what, fix = _MISSING[flag if flag in _MISSING else "--engine" if path.endswith(".engine") else "--onnx"]
+            state = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise ToolkitError(f"{what} {os.fspath(path)!r} {state}; {fix}")
+
+
+def add_model_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, extra: str, many: bool = False
+) -> None:
+    """``--onnx`` / ``--engine`` / ``--ckpt`` with their one meaning (:data:`MODEL_FLAGS`), then ``extra`` (the
+    command's default and use); ``many``: a comma-separated list of them. A missing file is refused as it parses."""
+    meaning = MODEL_FLAGS[flag]
+    if many:
+        help_text = f"{meaning}; several, comma-separated; {extra}"
+        action = parser.add_argument(flag, action=ListAction, metavar=f"{flag[2:].upper()},...", help=help_text)
+    else:
+        action = parser.add_argument(flag, default=None, metavar=flag[2:].upper(), help=f"{meaning}; {extra}")
+    action.model_flag = flag  # type: ignore[attr-defined]
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old flag name: stores like the new one and says, in one line, to write the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None):
+        warn(f"{option} is deprecated and will be refused in a later release; write {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str, **kwargs: Any
+) -> None:
+    """``old`` parses as ``new`` did (same ``dest``, ``type``), hidden from ``--help``, with a one-line warning;
+    ``model_file=True``: a model file, refused while parsing when it does not exist (as :func:`add_model_argument`)."""
+    kwargs.setdefault("dest", new.lstrip("-").replace("-", "_"))
+    model_file = kwargs.pop("model_file", False)
+    action = parser.add_argument(old, action=_DeprecatedAlias, new=new, help=argparse.SUPPRESS, **kwargs)
+    if model_file:
+        action.model_flag = old  # type: ignore[attr-defined]
+
+
+def positional_alias(old: str | None, new: str | None, flag: str) -> str | None:
+    """A model given the old way, as a positional argument: warned, and refused beside ``flag``."""
+    if old is None:
+        return new
+    if new is not None:
+        raise ToolkitError(f"two models given ({old} and {flag} {new}); pass one with {flag}")
+    warn(f"a positional model path is deprecated and will be refused in a later release; write {flag} {old}")
+    check_model_file(flag, old)
+    return old

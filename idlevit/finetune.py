@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import cli_parser, run_cli
+from .cli import check_model_file, cli_parser, run_cli
 from .configs import check_size_flag, list_archs
 from .errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError
 from .names import DIGITS
@@ -125,6 +125,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ToolkitError(f"--threads {args.threads} is not from 1 to {MAX_THREADS}")
     if not 0 <= args.workers <= MAX_THREADS:
         raise ToolkitError(f"--workers {args.workers} is not from 0 to {MAX_THREADS}")
+    for path in (args.init, args.teacher):
+        check_model_file("--ckpt", path)
     if args.recipe != "demo" and not args.out:
         raise ToolkitError("--out is required: the checkpoint to write (e.g. --out idlevit_digits.pth)")
 

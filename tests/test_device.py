@@ -186,9 +186,9 @@ def _predictions(stdout: str) -> list[str]:
 
 def check_infer_on_a_png_matches_the_pytorch_environment(device: Device, workstation: Path) -> None:
     with_torch = _predictions(
-        _workstation_run(workstation, "engines.infer", "--model", f"{DEMO}.onnx", "digit.png").stdout
+        _workstation_run(workstation, "engines.infer", "--onnx", f"{DEMO}.onnx", "digit.png").stdout
     )
-    here = _predictions(_ok(device.run("engines.infer", "--model", f"{DEMO}.onnx", "digit.png")))
+    here = _predictions(_ok(device.run("engines.infer", "--onnx", f"{DEMO}.onnx", "digit.png")))
     assert len(here) == 5 and here == with_torch
 
 
@@ -196,7 +196,7 @@ def check_infer_runs_an_engine_as_its_checked_graph_without_a_gpu(device: Device
     engine = device.folder / f"{DEMO}_fp16.engine"
     if not engine.is_file():
         _ok(device.run("export.trt", "--onnx", f"{DEMO}.onnx", "--fp16", "--runtime", "tensorrt-rtx"))
-    out = _ok(device.run("engines.infer", "--model", engine.name, "digit.png"))
+    out = _ok(device.run("engines.infer", "--engine", engine.name, "digit.png"))
     note = next(line for line in out.splitlines() if line.startswith("note: "))
     assert "needs a CUDA GPU" in note and f"running the graph it was built from instead, {DEMO}_fp16_mixed.onnx" in note
     assert len(_predictions(out)) == 5
@@ -219,7 +219,7 @@ def check_latency_and_profile_time_a_given_graph(device: Device) -> None:
     assert (device.folder / "latency" / "latency.json").is_file()
     error = _one_error_line(device.run("benchmarks.latency", *quick), EXIT_MISSING_DEPENDENCY)
     assert "--onnx X.onnx" in error and "pip install -e '.[torch]'" in error
-    assert "ScatterElements" in _ok(device.run("benchmarks.profile", "--onnx", f"{DEMO}.onnx", "--batch", "1"))
+    assert "ScatterElements" in _ok(device.run("benchmarks.profile", "--onnx", f"{DEMO}.onnx", "--batch-size", "1"))
 
 
 def test_device_side_without_pytorch(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -236,5 +236,5 @@ def test_device_side_without_pytorch(tmp_path_factory: pytest.TempPathFactory) -
     check_commands_that_need_torch_say_so(device)
     check_latency_and_profile_time_a_given_graph(device)
     # ---- to come with the package work -------------------------------------------------------------
-    # `engines.package` of the FP16 engine, then `engines.infer --model <package>/<engine>` with the
+    # `engines.package` of the FP16 engine, then `engines.infer --engine <package>/<engine>` with the
     # build folder removed: add it here, run with `device.run` like the checks above.

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from idlevit.cli import cli_parser, run_cli
+from idlevit.cli import add_model_argument, cli_parser, run_cli
 from idlevit.errors import (
     EXIT_BAD_INPUT,
     EXIT_MISSING_DEPENDENCY,
@@ -47,16 +47,12 @@ exit codes: {EXIT_OK} measured; {EXIT_BAD_INPUT} bad file, checkpoint, dataset o
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m validate.accuracy", __doc__, EPILOG)
     src = parser.add_argument_group("backends")
-    src.add_argument(
-        "--onnx",
-        default=None,
-        help="exported ONNX file, its metadata gives the schedule and mean/std (default: the last export here)",
-    )
-    src.add_argument(
+    add_model_argument(src, "--onnx", "its metadata gives the schedule and mean/std (default: the last export here)")
+    add_model_argument(
+        src,
         "--ckpt",
-        default=None,
-        help="checkpoint for the PyTorch row ('demo': the bundled demo; default: the one the ONNX metadata "
-        "records, if it is still there unchanged, else no PyTorch row)",
+        "for the PyTorch row (default: the one the ONNX metadata records, if it is still there unchanged, else no "
+        "PyTorch row)",
     )
     src.add_argument("--no-pytorch", action="store_true", help="leave out the PyTorch row")
     add_backend_arguments(src)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from idlevit.errors import ToolkitError
+from idlevit.cli import add_model_argument
 from idlevit.names import DIGITS
 
 #: ``--ort`` choices: one device, both, the best one here ("auto"), or no ONNX Runtime runner.
@@ -13,7 +13,7 @@ ORT_CHOICES = ("auto", "cpu", "cuda", "both", "none")
 
 def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
     """``--engine``, ``--ort`` and ``--threads``, as every command that runs backends takes them."""
-    group.add_argument("--engine", default=None, help="TensorRT engine built from the ONNX (needs TensorRT and a GPU)")
+    add_model_argument(group, "--engine", "built from the ONNX (needs TensorRT and a GPU)")
     group.add_argument(
         "--ort",
         choices=ORT_CHOICES,
@@ -35,13 +35,3 @@ def add_data_arguments(group: argparse._ArgumentGroup, split_help: str) -> None:
         "when present) (default digits)",
     )
     group.add_argument("--split", default="test", help=split_help)
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ToolkitError(f"cannot read batch sizes {text!r}; write e.g. '1,8'") from None
-    if not sizes or any(size < 1 for size in sizes):
-        raise ToolkitError(f"batch sizes {text!r} must be integers >= 1, e.g. '1,8'")
-    return sizes

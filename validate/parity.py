@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from idlevit.cli import cli_parser, run_cli
+from idlevit.cli import add_list_argument, add_model_argument, cli_parser, run_cli
 from idlevit.configs import check_batch
 from idlevit.errors import (
     EXIT_BAD_INPUT,
@@ -39,7 +39,7 @@ from idlevit.errors import (
 from idlevit.fileio import refuse_overwriting_inputs
 from idlevit.state import given_or_last_export
 
-from .options import add_backend_arguments, add_data_arguments, parse_batch_sizes
+from .options import add_backend_arguments, add_data_arguments
 from .presets import PRESETS, THRESHOLD_FIELDS, threshold_flag
 
 EPILOG = f"""
@@ -73,17 +73,12 @@ THRESHOLD_HELP = {
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("python -m validate.parity", __doc__, EPILOG)
     src = parser.add_argument_group("what to compare")
-    src.add_argument(
+    add_model_argument(
+        src,
         "--ckpt",
-        default=None,
-        help="checkpoint the ONNX was exported from ('demo': the bundled demo; default: the one its metadata "
-        "records, if it is still there unchanged)",
+        "the one the ONNX was exported from (default: the one its metadata records, if it is still there unchanged)",
     )
-    src.add_argument(
-        "--onnx",
-        default=None,
-        help="exported ONNX file, its metadata gives the schedule and data config (default: the last export here)",
-    )
+    add_model_argument(src, "--onnx", "its metadata gives the schedule and data config (default: the last export here)")
     src.add_argument(
         "--reference-onnx",
         default=None,
@@ -100,9 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-images", type=int, default=16, help="real images, spread evenly over the split; 0: none (default 16)"
     )
     data.add_argument("--random-batches", type=int, default=2, help="seeded random batches per batch size (default 2)")
-    data.add_argument(
-        "--batch-sizes", type=parse_batch_sizes, default=[1, 8], help="comma-separated batch sizes (default 1,8)"
-    )
+    add_list_argument(data, "--batch-sizes", "B,...", int, "1,8", default=[1, 8], help="batch sizes (default 1,8)")
     data.add_argument("--seed", type=int, default=0, help="seed of the random batches (default 0)")
     limits = parser.add_argument_group("thresholds (defaults: see below)")
     limits.add_argument(

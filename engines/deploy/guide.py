@@ -245,7 +245,7 @@ it, on an RTX GPU. With this toolkit and TensorRT-RTX installed (the toolkit's `
 package folder:
 
 ```bash
-python -m engines.infer --model {layout.engine} --labels {layout.labels} photo.jpg
+python -m engines.infer --engine {layout.engine} --labels {layout.labels} photo.jpg
 ```
 
 Keep `{layout.engine_sidecar}` (its sidecar) beside it; without a usable GPU `engines.infer` runs
@@ -258,8 +258,8 @@ and says so.
         f"`{layout.onnx}` on the device. Build it"
     )
     packaged = (
-        f"\n\nFor a Triton entry and a DeepStream config, package the ONNX: `python -m engines.package {layout.onnx}` "
-        "writes them, with this line."
+        "\n\nFor a Triton entry and a DeepStream config, package the ONNX: "
+        f"`python -m engines.package --onnx {layout.onnx}` writes them, with this line."
     )
     return [runs, _device_build(source, layout, why) + packaged]
 

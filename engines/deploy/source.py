@@ -139,20 +139,18 @@ def _source_onnx(engine: Path, sidecar: EngineSidecar, given: str | os.PathLike[
     if given:
         graph = Path(given)
         if not graph.is_file():
-            raise ToolkitError(
-                f"--source-onnx {os.fspath(graph)!r} does not exist; pass the ONNX the engine was built from"
-            )
+            raise ToolkitError(f"--onnx {os.fspath(graph)!r} does not exist; pass the ONNX the engine was built from")
     else:
         found = sidecar.find_graph("source_onnx", sidecar_path(engine))
         if found is None:
             raise ToolkitError(
-                f"the ONNX {engine.name} was built from ({sidecar.source_onnx}) is not here; pass it with --source-onnx"
+                f"the ONNX {engine.name} was built from ({sidecar.source_onnx}) is not here; pass it with --onnx"
             )
         graph = found
     if sha256_file(graph) != sidecar.source_onnx_sha256:
         raise ToolkitError(
             f"{os.fspath(graph)!r} is not the ONNX {engine.name} was built from (its sha256 differs from the "
-            "sidecar's source_onnx_sha256); pass that ONNX with --source-onnx"
+            "sidecar's source_onnx_sha256); pass that ONNX with --onnx"
         )
     return graph
 
@@ -212,7 +210,7 @@ def read_source(
     ``model`` None: the ONNX ``python -m export.onnx`` wrote last here. ``precision`` is the one
     the device engine will be built with (an ONNX's default: its own); an engine's is fixed.
     """
-    path = given_or_last_export(model, "MODEL (the .onnx or .engine to package)")
+    path = given_or_last_export(model, "--onnx")
     where = os.fspath(path)
     if path.is_dir():
         raise ToolkitError(f"{where!r} is a folder; pass an exported .onnx or an engine with its .json sidecar")
@@ -225,7 +223,7 @@ def read_source(
         )
     if path.suffix == ".onnx":
         if source_onnx:
-            raise ToolkitError("--source-onnx is for an engine (the ONNX it was built from); drop it for an ONNX")
+            raise ToolkitError("a source ONNX is for an engine (the ONNX it was built from); drop it for an ONNX")
         meta = read_metadata(path)
         if not meta.batch and not 1 <= max_batch <= MAX_BATCH:
             raise ToolkitError(f"--max-batch {max_batch} must be >= 1 and <= {MAX_BATCH}")

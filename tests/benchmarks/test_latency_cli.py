@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.options import parse_list
 from engines.compatibility import current_gpu
 from export.engine import export_engine
 from export.exporter import export_onnx, optimize_file
+from idlevit.cli import parse_list
 from idlevit.errors import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, ToolkitError
 
 from ..conftest import make_model
@@ -80,12 +80,15 @@ def test_own_models_without_torch_exit_3_in_one_line(tmp_path: Path) -> None:
 
 
 def test_profile_takes_onnx_without_torch_and_warns_about_the_old_form(graphs: dict[str, Path], tmp_path: Path) -> None:
-    result = run_without_torch("benchmarks.profile", "--onnx", str(graphs["idle_ort"]), "--batch", "1", cwd=tmp_path)
+    result = run_without_torch(
+        "benchmarks.profile", "--onnx", str(graphs["idle_ort"]), "--batch-size", "1", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "Attention" in result.stdout and result.stderr == ""
     old = run_without_torch("benchmarks.profile", str(graphs["idle"]), "--batch", "1", "--runs", "1", cwd=tmp_path)
-    assert old.returncode == 0 and old.stderr.startswith("warning: a positional ONNX path is deprecated")
-    assert old.stderr.count("\n") == 1 and "ScatterElements" in old.stdout
+    assert old.returncode == 0 and old.stderr.startswith("warning: --batch is deprecated"), old.stderr
+    assert "warning: a positional model path is deprecated" in old.stderr
+    assert old.stderr.count("\n") == 2 and "ScatterElements" in old.stdout
 
 
 @pytest.mark.parametrize(
@@ -93,7 +96,7 @@ def test_profile_takes_onnx_without_torch_and_warns_about_the_old_form(graphs: d
     [
         (("--onnx", "missing.onnx"), "'missing.onnx' does not exist"),
         (("--ckpt", "missing.pth"), "checkpoint 'missing.pth' does not exist"),
-        (("--onnx", "x.onnx", "--keep-rates", "0.5"), "--keep-rates shape the toolkit's own models"),
+        (("--onnx", str(ROOT / "README.md"), "--keep-rates", "0.5"), "--keep-rates shape the toolkit's own models"),
         (("--batch-sizes", "1,x"), "--batch-sizes: cannot read 'x'"),
         (("--graphs", "dynamo,fastest"), "--graphs: unknown fastest"),
         (("--backends", "onnxruntime-gpu"), "--backends: unknown onnxruntime-gpu"),

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.harness import DENSE, format_table, run_benchmark
 from benchmarks.latency import build_parser as latency_parser
-from benchmarks.latency import parse_precisions
+from benchmarks.latency import with_fp32
 from benchmarks.quantization import build_parser
 from benchmarks.sweep import PlanRow, SweepResult, Targets, choose_default, markdown, run_sweep, write
 from engines.plan import DEFAULT_QUANT_PLAN, QUANT_PLANS
@@ -113,9 +113,11 @@ def test_latency_times_int8_beside_fp32(tmp_path: Path) -> None:
 
 
 def test_latency_precisions_flag() -> None:
-    assert parse_precisions("int8") == ["fp32", "int8"] and parse_precisions("fp32,fp8") == ["fp32", "fp8"]
+    parse = latency_parser().parse_args
+    assert with_fp32(parse(["--precisions", "int8"]).precisions) == ["fp32", "int8"]
+    assert with_fp32(parse(["--precisions", "fp32,fp8"]).precisions) == ["fp32", "fp8"]
     with pytest.raises(ToolkitError, match="choose from fp32, int8, fp8"):
-        parse_precisions("fp16")
+        parse(["--precisions", "fp16"])
     assert "--precisions" in latency_parser().format_help()
     with pytest.raises(ToolkitError, match="timed on ONNX Runtime"):
         run_benchmark("deit_tiny", [0.7], [1], ["pytorch"], precisions=["int8"], progress=False)

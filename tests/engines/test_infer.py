@@ -52,7 +52,7 @@ def test_preprocessing_is_the_eval_transform_of_the_metadata(tiny_onnx: Path, im
 def test_top5_matches_the_pytorch_reference(
     tiny_onnx: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([str(p) for p in images] + ["--model", str(tiny_onnx), "--batch", "1"]) == 0
+    assert main([str(p) for p in images] + ["--onnx", str(tiny_onnx), "--batch-size", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     model = make_model("deit_tiny", img_size=64, patch_size=8, num_classes=10)  # the exported model
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_engine_that_cannot_run_falls_back_to_the_graph_it_was_built_from(
     assert backend == f"ONNX Runtime (CPU) on {tiny_mixed.name}"
     assert fallback is not None and "needs a CUDA GPU" in fallback and str(tiny_mixed) in fallback
 
-    assert main([str(images[0]), "--model", str(engine)]) == 0
+    assert main([str(images[0]), "--engine", str(engine)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"note: {fallback}"
     assert out[1].startswith(f"ONNX Runtime (CPU) on {tiny_mixed.name}: deit_tiny IdleViT, 64 px")
@@ -128,7 +128,7 @@ def test_fallback_refuses_a_replaced_graph_or_engine(tiny_onnx: Path, images: li
     replaced.doc_string = "another graph under the same name"
     onnx.save(replaced, graph)
     with pytest.raises(ToolkitError, match="is not the graph demo_fp32.engine was built from") as refused:
-        main([str(images[0]), "--model", str(engine)])
+        main([str(images[0]), "--engine", str(engine)])
     assert refused.value.exit_code == 2 and not isinstance(refused.value, MissingDependencyError)
     shutil.copy(tiny_onnx, graph)
     engine.write_bytes(b"another engine")
@@ -139,4 +139,4 @@ def test_fallback_refuses_a_replaced_graph_or_engine(tiny_onnx: Path, images: li
 
 def test_missing_image_is_a_one_line_error(tiny_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(ToolkitError, match="does not exist"):
-        main([str(tmp_path / "missing.jpg"), "--model", str(tiny_onnx)])
+        main([str(tmp_path / "missing.jpg"), "--onnx", str(tiny_onnx)])

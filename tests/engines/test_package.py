@@ -180,7 +180,7 @@ def test_deepstream_preprocessing_matches_timm_normalisation(tiny_onnx: Path) ->
 
 
 def test_unequal_std_is_reported_with_its_error_and_the_fix(onnx_package: Path, tiny_onnx: Path, tmp_path, capsys):
-    code, out, _ = run([str(tiny_onnx), "--out", str(tmp_path / "deploy")], capsys)
+    code, out, _ = run(["--onnx", str(tiny_onnx), "--out", str(tmp_path / "deploy")], capsys)
     assert code == 0
     for text in (out, (tmp_path / "deploy" / "DEPLOY.md").read_text()):
         assert "off by up to 1.3% per channel" in text and "--fold-normalization" in text
@@ -198,7 +198,7 @@ def _with_meta(tiny_onnx: Path, path: Path, **fields) -> Path:
 
 def test_folded_normalization_gets_an_exact_deepstream_input(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     folded = _with_meta(tiny_onnx, tmp_path / "folded.onnx", folded_normalization=True)
-    code, out, _ = run([str(folded), "--out", str(tmp_path / "deploy")], capsys)
+    code, out, _ = run(["--onnx", str(folded), "--out", str(tmp_path / "deploy")], capsys)
     assert code == 0 and "approximate" not in out
     props = ds_props(tmp_path / "deploy")
     assert float(props["net-scale-factor"]) == 1.0
@@ -252,7 +252,7 @@ def test_rtx_engine_package_holds_what_runs_it_and_says_what_the_others_need(
     assert (rtx_package / rtx_engine.name).read_bytes() == rtx_engine.read_bytes()
     assert (rtx_package / "tiny.onnx").read_bytes() == tiny_onnx.read_bytes()
     text = (rtx_package / "DEPLOY.md").read_text()
-    assert f"python -m engines.infer --model {rtx_engine.name}" in text
+    assert f"python -m engines.infer --engine {rtx_engine.name}" in text
     assert "Triton (`tensorrt_plan`), DeepStream (nvinfer) and Jetson" in text and "trtexec --onnx=tiny.onnx" in text
     assert "--saveEngine=tiny_fp32.plan" in text and "fp32_fp32" not in text  # the engine's stem is the model's
     assert_deploy_paths_exist(rtx_package)
@@ -293,7 +293,7 @@ def test_int8_engine_gets_network_mode_1(tiny_onnx: Path, tmp_path: Path) -> Non
 
 def test_fp8_engine_gets_no_deepstream_config_and_says_why(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     engine = fake_engine(tmp_path, tiny_onnx, "fp8", name="tiny_fp8.engine")
-    code, out, _ = run([str(engine), "--out", str(tmp_path / "deploy")], capsys)
+    code, out, _ = run(["--engine", str(engine), "--out", str(tmp_path / "deploy")], capsys)
     assert code == 0 and not (tmp_path / "deploy" / "deepstream").exists()
     config, _ = parse_triton(tmp_path / "deploy" / "triton" / "tiny_fp8" / "config.pbtxt")
     assert config.platform == "tensorrt_plan"
@@ -328,21 +328,21 @@ def test_help_loads_neither_onnx_nor_torch() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
-    assert "[MODEL]" in result.stdout and "--source-onnx" in result.stdout and "--force" in result.stdout
+    assert "--engine" in result.stdout and "--onnx" in result.stdout and "--force" in result.stdout
 
 
-def test_the_engine_source_onnx_is_named_by_source_onnx(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
+def test_the_engine_source_onnx_is_named_by_onnx(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     engine = fake_engine(tmp_path, tiny_onnx, "fp16")
     moved = tmp_path / "elsewhere.onnx"
     shutil.copy(tiny_onnx, moved)
     sidecar = sidecar_path(engine)
     sidecar.write_text(sidecar.read_text().replace(str(tiny_onnx), "/gone/tiny.onnx"))
-    code, _, err = run([str(engine), "--out", str(tmp_path / "a")], capsys)
-    assert code == 2 and "--source-onnx" in err
-    code, _, _ = run([str(engine), "--source-onnx", str(moved), "--out", str(tmp_path / "b")], capsys)
+    code, _, err = run(["--engine", str(engine), "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "pass it with --onnx" in err
+    code, _, _ = run(["--engine", str(engine), "--onnx", str(moved), "--out", str(tmp_path / "b")], capsys)
     assert code == 0 and (tmp_path / "b" / "elsewhere.onnx").read_bytes() == tiny_onnx.read_bytes()
-    code, _, err = run([str(tiny_onnx), "--source-onnx", str(moved), "--out", str(tmp_path / "c")], capsys)
-    assert code == 2 and "for an engine" in err
+    code, _, err = run([str(engine), "--source-onnx", str(moved), "--out", str(tmp_path / "c")], capsys)
+    assert code == 0 and err.count("warning:") == 2 and "write --engine" in err and "write --onnx" in err
 
 
 def test_labels_file_names_the_classes(tiny_onnx: Path, tmp_path: Path) -> None:
@@ -373,7 +373,7 @@ def test_an_fp16_package_runs_its_fallback_after_the_build_folder_is_gone(
     tiny_onnx: Path, tiny_mixed: Path, tmp_path: Path, capsys
 ) -> None:
     """An FP16 TensorRT-RTX engine (built here, from its mixed-precision graph), packaged, then its build folder
-    deleted: ``engines.infer --model pkg/<engine>`` from another folder cannot run the engine on this CPU and runs
+    deleted: ``engines.infer --engine pkg/<engine>`` from another folder cannot run the engine on this CPU and runs
     the graph it was built from, which the package carries and its sidecar names relative to itself."""
     build = tmp_path / "build"
     build.mkdir()
@@ -385,7 +385,7 @@ def test_an_fp16_package_runs_its_fallback_after_the_build_folder_is_gone(
     engine = build / "tiny_fp16.engine"
     build_engine(mixed, source, plan, BuildOptions(1, 2, 4, optimization_level=0), engine, echo=lambda _: None)
     package = tmp_path / "pkg"
-    code, out, err = run([str(engine), "--out", str(package)], capsys)
+    code, out, err = run(["--engine", str(engine), "--out", str(package)], capsys)
     assert code == 0, err
     shutil.rmtree(build)
 
@@ -404,8 +404,8 @@ def test_an_fp16_package_runs_its_fallback_after_the_build_folder_is_gone(
     elsewhere.mkdir()
     image = elsewhere / "x.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(image)
-    fallback = run_module("engines.infer", "--model", f"../pkg/{engine.name}", "x.png", cwd=elsewhere)
-    direct = run_module("engines.infer", "--model", "../pkg/tiny_fp16_mixed.onnx", "x.png", cwd=elsewhere)
+    fallback = run_module("engines.infer", "--engine", f"../pkg/{engine.name}", "x.png", cwd=elsewhere)
+    direct = run_module("engines.infer", "--onnx", "../pkg/tiny_fp16_mixed.onnx", "x.png", cwd=elsewhere)
     assert fallback.returncode == 0 and direct.returncode == 0, fallback.stderr + direct.stderr
     lines = fallback.stdout.splitlines()
     assert lines[0].startswith("note: ") and "tiny_fp16_mixed.onnx" in lines[0] and "ONNX Runtime" in lines[0]

@@ -33,7 +33,7 @@ def model(tiny_onnx: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def package(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     out = tmp_path / "deploy"
-    code, _, err = run([str(model), "--out", str(out)], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(out)], capsys)
     assert code == 0, err
     return out
 
@@ -43,14 +43,14 @@ def test_a_non_empty_folder_is_refused_without_force(model: Path, tmp_path: Path
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("my notes\n")
-    code, _, err = run([str(model), "--out", str(out)], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(out)], capsys)
     assert code == 2 and "--force" in one_line_error(err)
     assert snapshot(out) == {"notes.txt": b"my notes\n"}
 
 
 def test_a_second_run_without_force_changes_nothing(package: Path, model: Path, capsys) -> None:
     before = snapshot(package)
-    code, _, err = run([str(model), "--out", str(package)], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(package)], capsys)
     assert code == 2 and "not empty" in one_line_error(err)
     assert snapshot(package) == before
 
@@ -61,7 +61,7 @@ def test_force_replaces_only_unedited_files_of_the_earlier_package(package: Path
     config.write_text(edited)
     (package / "notes.txt").write_text("mine\n")  # foreign, and not a file the package writes
     stale_guide = (package / "DEPLOY.md").read_text()
-    code, out, _ = run([str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
+    code, out, _ = run(["--onnx", str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
     assert code == 0
     assert config.read_text() == edited  # the edit survives
     assert (package / "notes.txt").read_text() == "mine\n"
@@ -70,7 +70,7 @@ def test_force_replaces_only_unedited_files_of_the_earlier_package(package: Path
     assert "replaced  DEPLOY.md" in out and "notes.txt" not in out
     manifest = json.loads((package / MANIFEST).read_text())["files"]
     assert "triton/tiny/config.pbtxt" not in manifest  # the user's now: kept on every later run too
-    code, out, _ = run([str(model), "--out", str(package), "--force"], capsys)
+    code, out, _ = run(["--onnx", str(model), "--out", str(package), "--force"], capsys)
     assert code == 0 and config.read_text() == edited
     assert "kept      triton/tiny/config.pbtxt (not written by engines.package" in out
 
@@ -81,7 +81,7 @@ def test_force_keeps_a_foreign_file_where_the_package_would_write(package: Path,
     del manifest["files"]["deepstream/labels.txt"]  # as if the user had put it there
     (package / MANIFEST).write_text(json.dumps(manifest))
     labels.write_text("cat;dog\n")
-    code, stdout, _ = run([str(model), "--out", str(package), "--force"], capsys)
+    code, stdout, _ = run(["--onnx", str(model), "--out", str(package), "--force"], capsys)
     assert code == 0 and labels.read_text() == "cat;dog\n"
     assert "kept      deepstream/labels.txt (not written by engines.package" in stdout
     assert (package / "triton" / "tiny" / "config.pbtxt").is_file()
@@ -94,17 +94,18 @@ def test_force_never_writes_into_a_folder_that_holds_no_package(model: Path, tmp
     (out / "deepstream").mkdir(parents=True)
     (out / "deepstream" / "labels.txt").write_text("cat;dog\n")
     inode = out.stat().st_ino
-    code, _, err = run([str(model), "--out", str(out), "--force"], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(out), "--force"], capsys)
     assert code == 2 and "holds no package" in one_line_error(err)
     assert snapshot(out) == {"deepstream/labels.txt": b"cat;dog\n"} and out.stat().st_ino == inode
-    code, _, err = run([str(model), "--out", str(tmp_path), "--force"], capsys)  # the folder of the input itself
+    # the folder of the input itself
+    code, _, err = run(["--onnx", str(model), "--out", str(tmp_path), "--force"], capsys)
     assert code == 2 and "holds no package" in one_line_error(err)
 
 
 def test_force_removes_what_the_earlier_package_no_longer_has(package: Path, model: Path, capsys) -> None:
     old_entry = package / "triton" / "tiny"
     (old_entry / "labels.txt").write_text("edited\n")
-    code, out, _ = run([str(model), "--out", str(package), "--force", "--name", "renamed"], capsys)
+    code, out, _ = run(["--onnx", str(model), "--out", str(package), "--force", "--name", "renamed"], capsys)
     assert code == 0
     assert (package / "triton" / "renamed" / "config.pbtxt").is_file()
     assert not (old_entry / "config.pbtxt").exists() and not (old_entry / "1").exists()
@@ -131,7 +132,7 @@ def _fail_at_the_third_file(monkeypatch: pytest.MonkeyPatch, error: BaseExceptio
 def test_an_interrupted_first_run_leaves_nothing(model: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     written = _fail_at_the_third_file(monkeypatch, KeyboardInterrupt())
     out = tmp_path / "new" / "deploy"
-    code, _, err = run([str(model), "--out", str(out)], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(out)], capsys)
     assert code == 130 and len(written) == 2 and one_line_error(err) == "error: interrupted (Ctrl-C)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]  # no package, no hidden folder, no parent
 
@@ -146,7 +147,7 @@ def test_an_interrupted_or_failed_forced_run_leaves_the_earlier_package(
     before = snapshot(package)
     beside = sorted(p.name for p in package.parent.iterdir())
     _fail_at_the_third_file(monkeypatch, error)
-    code, _, err = run([str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
     assert code == (130 if isinstance(error, KeyboardInterrupt) else 2) and one_line_error(err)
     assert snapshot(package) == before and sorted(p.name for p in package.parent.iterdir()) == beside
 
@@ -159,7 +160,7 @@ def test_a_forced_run_replaces_the_folder_whole(package: Path, model: Path, caps
     (package / "link.txt").symlink_to("notes.txt")
     inode = (package / "notes.txt").stat().st_ino
     beside = sorted(p.name for p in package.parent.iterdir())
-    code, out, _ = run([str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
+    code, out, _ = run(["--onnx", str(model), "--out", str(package), "--force", "--max-batch", "4"], capsys)
     assert code == 0, out
     assert (package / "notes.txt").stat().st_ino == inode and (package / "mine").is_dir()
     assert (package / "link.txt").is_symlink() and os.readlink(package / "link.txt") == "notes.txt"
@@ -177,7 +178,7 @@ def test_removing_stale_files_never_follows_a_link_out(package: Path, model: Pat
     manifest = json.loads((package / MANIFEST).read_text())
     manifest["files"]["old/victim.txt"] = sha256_file(outside / "victim.txt")
     (package / MANIFEST).write_text(json.dumps(manifest))
-    code, out, _ = run([str(model), "--out", str(package), "--force"], capsys)
+    code, out, _ = run(["--onnx", str(model), "--out", str(package), "--force"], capsys)
     assert code == 0 and (outside / "victim.txt").read_text() == "keep me\n"
     assert (package / "old").is_symlink() and "kept      old/victim.txt" in out
 
@@ -186,7 +187,7 @@ def test_an_input_the_earlier_package_wrote_is_not_removed(package: Path, model:
     """Packaging the earlier package's own ONNX into it under another name would drop (remove) the input."""
     inside = package / "triton" / "tiny" / "1" / "model.onnx"
     before = snapshot(package)
-    code, _, err = run([str(inside), "--out", str(package), "--force", "--name", "other"], capsys)
+    code, _, err = run(["--onnx", str(inside), "--out", str(package), "--force", "--name", "other"], capsys)
     assert code == 2 and "is an input of this run" in one_line_error(err)
     assert snapshot(package) == before
 
@@ -196,7 +197,7 @@ def test_a_linked_folder_does_not_lead_writes_outside(package: Path, model: Path
     outside.mkdir()
     shutil.rmtree(package / "triton")
     (package / "triton").symlink_to(outside, target_is_directory=True)
-    code, stdout, _ = run([str(model), "--out", str(package), "--force"], capsys)
+    code, stdout, _ = run(["--onnx", str(model), "--out", str(package), "--force"], capsys)
     assert code == 0 and list(outside.iterdir()) == []
     assert "kept      triton/tiny/config.pbtxt (not written by engines.package" in stdout
     assert (package / "triton").is_symlink() and (package / "deepstream" / "config_infer_idlevit.txt").is_file()
@@ -208,27 +209,27 @@ def test_a_manifest_cannot_point_outside_the_package(package: Path, model: Path,
     manifest = json.loads((package / MANIFEST).read_text())
     manifest["files"]["../victim.txt"] = manifest["files"]["DEPLOY.md"]
     (package / MANIFEST).write_text(json.dumps(manifest))
-    code, _, err = run([str(model), "--out", str(package), "--force"], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(package), "--force"], capsys)
     assert code == 2 and "manifest" in one_line_error(err)
     assert victim.read_text() == "keep me\n"
 
 
 def test_a_corrupt_manifest_is_one_line(package: Path, model: Path, capsys) -> None:
     (package / MANIFEST).write_text("{not json")
-    code, _, err = run([str(model), "--out", str(package), "--force"], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(package), "--force"], capsys)
     assert code == 2 and "manifest" in one_line_error(err)
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", ".", "a\\b", "", "tiny model"])
 def test_name_is_a_plain_name(name: str, model: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "deep" / "er" / "deploy"
-    code, _, err = run([str(model), "--out", str(out), "--name", name], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(out), "--name", name], capsys)
     assert code == 2 and "--name" in one_line_error(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]  # nothing written anywhere
 
 
 def test_a_dotted_name_is_fine(model: Path, tmp_path: Path, capsys) -> None:
-    code, _, _ = run([str(model), "--out", str(tmp_path / "d"), "--name", "idlevit_deit-s.r0.7"], capsys)
+    code, _, _ = run(["--onnx", str(model), "--out", str(tmp_path / "d"), "--name", "idlevit_deit-s.r0.7"], capsys)
     assert code == 0 and (tmp_path / "d" / "triton" / "idlevit_deit-s.r0.7" / "config.pbtxt").is_file()
 
 
@@ -240,7 +241,7 @@ def test_no_input_is_overwritten(tiny_onnx: Path, tmp_path: Path, capsys) -> Non
     engine = fake_engine(folder, onnx_path, "fp16")
     before = snapshot(folder)
     # the engine's package would copy tiny.onnx to <out>/tiny.onnx: here that is the input itself
-    code, _, err = run([str(engine), "--out", str(folder), "--force"], capsys)
+    code, _, err = run(["--engine", str(engine), "--out", str(folder), "--force"], capsys)
     assert code == 2 and "inputs are never overwritten" in one_line_error(err)
     assert snapshot(folder) == before
 
@@ -286,7 +287,7 @@ def _sidecar_edit(engine: Path, edit) -> None:
 def test_a_broken_sidecar_is_one_line(edit, expected: str, tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     engine = fake_engine(tmp_path, tiny_onnx, "fp16")
     _sidecar_edit(engine, edit)
-    code, _, err = run([str(engine), "--out", str(tmp_path / "deploy")], capsys)
+    code, _, err = run(["--engine", str(engine), "--out", str(tmp_path / "deploy")], capsys)
     assert code == 2 and expected in one_line_error(err)
     assert not (tmp_path / "deploy").exists()
 
@@ -294,7 +295,7 @@ def test_a_broken_sidecar_is_one_line(edit, expected: str, tiny_onnx: Path, tmp_
 def test_an_engine_without_its_sidecar_is_one_line(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     engine = fake_engine(tmp_path, tiny_onnx, "fp16")
     sidecar_path(engine).unlink()
-    code, _, err = run([str(engine), "--out", str(tmp_path / "deploy")], capsys)
+    code, _, err = run(["--engine", str(engine), "--out", str(tmp_path / "deploy")], capsys)
     assert code == 2 and "sidecar" in one_line_error(err)
 
 
@@ -322,7 +323,7 @@ def test_missing_foreign_and_wrong_models_are_one_line(tmp_path: Path, capsys) -
         ".": "is a folder",
     }
     for name, expected in cases.items():
-        code, _, err = run([str(tmp_path / name), "--out", str(tmp_path / "deploy")], capsys)
+        code, _, err = run(["--onnx", str(tmp_path / name), "--out", str(tmp_path / "deploy")], capsys)
         assert code == 2 and expected in one_line_error(err), (name, err)
     assert not (tmp_path / "deploy").exists()
 
@@ -345,7 +346,7 @@ def test_a_bad_labels_file_is_one_line(content, expected: str, model: Path, tmp_
         labels.mkdir()
     elif content is not None:
         labels.write_bytes(content)
-    code, _, err = run([str(model), "--out", str(tmp_path / "deploy"), "--labels", str(labels)], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(tmp_path / "deploy"), "--labels", str(labels)], capsys)
     assert code == 2 and expected in one_line_error(err)
     assert not (tmp_path / "deploy").exists()
 
@@ -353,9 +354,9 @@ def test_a_bad_labels_file_is_one_line(content, expected: str, model: Path, tmp_
 def test_an_unwritable_folder_is_one_line(model: Path, tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    code, _, err = run([str(model), "--out", str(blocker / "deploy")], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(blocker / "deploy")], capsys)
     assert code == 2 and "writable" in one_line_error(err)
-    code, _, err = run([str(model), "--out", str(blocker)], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(blocker)], capsys)
     assert code == 2 and "is a file" in one_line_error(err)
 
 
@@ -367,18 +368,18 @@ def test_an_unwritable_folder_is_one_line(model: Path, tmp_path: Path, capsys) -
         (["--ds-batch-size", "64"], "exceeds the model's largest batch 32"),
         (["--plugin-lib", "x.so"], "--plugin-lib is for graphs"),
         (["--precision", "int4"], "invalid choice"),
-        (["--onnx", "x.onnx"], "unrecognized arguments"),
+        (["--model", "x.onnx"], "unrecognized arguments"),
     ],
 )
 def test_bad_flags_are_one_line(flags: list[str], expected: str, model: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = run([str(model), "--out", str(tmp_path / "deploy"), *flags], capsys)
+    code, _, err = run(["--onnx", str(model), "--out", str(tmp_path / "deploy"), *flags], capsys)
     assert code == 2 and expected in one_line_error(err)
     assert not (tmp_path / "deploy").exists()
 
 
 def test_an_engine_keeps_its_precision(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     engine = fake_engine(tmp_path, tiny_onnx, "fp16")
-    code, _, err = run([str(engine), "--out", str(tmp_path / "d"), "--precision", "fp32"], capsys)
+    code, _, err = run(["--engine", str(engine), "--out", str(tmp_path / "d"), "--precision", "fp32"], capsys)
     assert code == 2 and "is a fp16 engine" in one_line_error(err)
-    code, _, err = run([str(engine), "--out", str(tmp_path / "d"), "--ds-batch-size", "9"], capsys)
+    code, _, err = run(["--engine", str(engine), "--out", str(tmp_path / "d"), "--ds-batch-size", "9"], capsys)
     assert code == 2 and "largest batch 8" in one_line_error(err)

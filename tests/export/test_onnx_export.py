@@ -316,7 +316,7 @@ def test_cli_help_explains_every_flag() -> None:
         "--img-size",
         "--exporter",
         "--opset",
-        "--batch",
+        "--static-batch",
         "--with-indices",
         "--out",
         "--random-init",

@@ -352,3 +352,14 @@ def test_fp8_where_onnx_runtime_cannot_run_it_says_so_and_checks_what_it_can(
     notes = [line for line in stdout.splitlines() if "cannot run FP8 Q/DQ on the CPU" in line]
     assert len(notes) == 1 and "the scoring path carries no Q/DQ" in notes[0]
     assert (tmp_path / "tiny_fp8.onnx").is_file() and "reduced: top-1 agreement" not in stdout
+
+
+@pytest.mark.skipif(not ASSETS, reason="the bundled demo checkpoint (idlevit/assets/*.pth) is not built yet")
+def test_demo_fp16_build_says_at_most_15_lines(demo: Path, tmp_path: Path) -> None:
+    """Quiet by default: third-party chatter stays off the terminal, the command's own lines remain (with TensorRT
+    or without, where it stops at the printed command)."""
+    result = run_trt("--onnx", str(demo), "--fp16", "--out", str(tmp_path / "demo_fp16.engine"), cwd=tmp_path)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode in (0, EXIT_MISSING_DEPENDENCY), result.stdout + result.stderr
+    assert len(lines) <= 15, "\n".join(lines)
+    assert any(line.startswith("equivalent command:") for line in lines)

@@ -454,7 +454,7 @@ CORRUPT_FILES = [
     Case(
         "onnx-truncated",
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_BAD_INPUT,
         "not an ONNX model",
         steps(truncated("m.onnx", "onnx", 300_000), image_file("x.png", Image.fromarray)),
@@ -486,7 +486,7 @@ CORRUPT_FILES = [
     Case(
         "sidecar-not-json",
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "is not JSON",
         steps(fake_engine("e.engine", raw='{"engine": "e.engine", '), image_file("x.png", Image.fromarray)),
@@ -494,7 +494,7 @@ CORRUPT_FILES = [
     Case(
         "sidecar-missing",
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "is missing",
         steps(write_bytes("e.engine", b"serialized engine"), image_file("x.png", Image.fromarray)),
@@ -518,7 +518,7 @@ CORRUPT_FILES += [
     Case(
         "onnx-external-data-missing",
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_BAD_INPUT,
         "keeps its weights in 'm.onnx.data', which is not beside it",
         steps(onnx_external("m.onnx", keep_data=False), image_file("x.png", Image.fromarray)),
@@ -545,7 +545,7 @@ BAD_FIELDS = [
     Case(
         "metadata-img-size-not-the-graphs",
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_BAD_INPUT,
         "images has shape (batch, 3, 32, 32), but the metadata (img_size 64",
         steps(onnx_with_metadata("m.onnx", img_size="64"), image_file("x.png", Image.fromarray)),
@@ -561,7 +561,7 @@ BAD_FIELDS = [
     Case(
         "onnx-input-renamed",
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_BAD_INPUT,
         "its inputs are ['pixels'], not 'images'",
         steps(onnx_input_renamed("m.onnx", "pixels"), image_file("x.png", Image.fromarray)),
@@ -583,7 +583,7 @@ BAD_FIELDS = [
         "engines.infer",
         ("x.png",),
         EXIT_BAD_INPUT,
-        "no --model given and no ONNX exported here yet",
+        "no --onnx or --engine given and no ONNX exported here yet",
         steps(
             folder(".idlevit"),
             write_bytes(".idlevit/last_export.json", b'{"onnx": "' + b"a" * 1000 + b'.onnx"}'),
@@ -593,7 +593,7 @@ BAD_FIELDS = [
     Case(
         "metadata-not-json",
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_BAD_INPUT,
         "metadata field idlevit.keep_tokens is not JSON",
         steps(onnx_with_metadata("m.onnx", keep_tokens="[44, 44"), image_file("x.png", Image.fromarray)),
@@ -601,7 +601,7 @@ BAD_FIELDS = [
     Case(
         "metadata-wrong-type",
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_BAD_INPUT,
         "field img_size is '32', not an integer",
         steps(onnx_with_metadata("m.onnx", img_size='"32"'), image_file("x.png", Image.fromarray)),
@@ -609,7 +609,7 @@ BAD_FIELDS = [
     Case(
         "metadata-std-zero",
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_BAD_INPUT,
         "data_config std is [0, 0, 0]",
         steps(onnx_with_metadata("m.onnx", std="[0, 0, 0]"), image_file("x.png", Image.fromarray)),
@@ -617,7 +617,7 @@ BAD_FIELDS = [
     Case(
         "metadata-absent",
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_BAD_INPUT,
         "carries no IdleViT metadata",
         steps(onnx_without_metadata("m.onnx"), image_file("x.png", Image.fromarray)),
@@ -625,7 +625,7 @@ BAD_FIELDS = [
     Case(
         "sidecar-idlevit-is-text",
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "field idlevit is 'abc', not an object",
         steps(fake_engine("e.engine", idlevit="abc"), image_file("x.png", Image.fromarray)),
@@ -633,7 +633,7 @@ BAD_FIELDS = [
     Case(
         "sidecar-idlevit-field-mistyped",
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "field keep_tokens is 'x', not a list of integers",
         steps(fake_engine_meta("e.engine", keep_tokens="x"), image_file("x.png", Image.fromarray)),
@@ -641,7 +641,7 @@ BAD_FIELDS = [
     Case(
         "sidecar-profiles-text",
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "field profiles is 'x', not a list of objects",
         steps(fake_engine("e.engine", profiles="x"), image_file("x.png", Image.fromarray)),
@@ -649,7 +649,7 @@ BAD_FIELDS = [
     Case(
         "sidecar-field-missing",
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "lacks the field(s) source_onnx",
         steps(fake_engine("e.engine", source_onnx=_DROP), image_file("x.png", Image.fromarray)),
@@ -657,7 +657,7 @@ BAD_FIELDS = [
     Case(
         "sidecar-is-a-list",
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "is a list, not an object",
         steps(fake_engine("e.engine", raw="[1, 2]"), image_file("x.png", Image.fromarray)),
@@ -665,7 +665,7 @@ BAD_FIELDS = [
     Case(
         "sidecar-other-format",
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "has format 2, not 1",
         steps(fake_engine("e.engine", format=2), image_file("x.png", Image.fromarray)),
@@ -803,7 +803,7 @@ OUTPUT_ERRORS += [
     Case(
         "infer-no-file-may-be-written",  # real: classifying reads only, so it needs no file written at all
         "engines.infer",
-        ("--model", "m.onnx", "x.png"),
+        ("--onnx", "m.onnx", "x.png"),
         EXIT_OK,
         make=steps(onnx_as("m.onnx"), image_file("x.png", Image.fromarray)),
         stderr_lines=0,
@@ -824,7 +824,7 @@ BAD_IMAGES = [
     Case(
         "image-truncated",
         "engines.infer",
-        ("--model", "m.onnx", "cut.png"),
+        ("--onnx", "m.onnx", "cut.png"),
         EXIT_BAD_INPUT,
         "cannot read image 'cut.png'",
         steps(
@@ -836,7 +836,7 @@ BAD_IMAGES = [
     Case(
         "image-is-text",
         "engines.infer",
-        ("--model", "m.onnx", "notes.png"),
+        ("--onnx", "m.onnx", "notes.png"),
         EXIT_BAD_INPUT,
         "cannot read image 'notes.png'",
         steps(onnx_as("m.onnx"), write_bytes("notes.png", b"not an image\n")),
@@ -844,7 +844,7 @@ BAD_IMAGES = [
     Case(
         "image-decompression-bomb",
         "engines.infer",
-        ("--model", "m.onnx", "bomb.png"),
+        ("--onnx", "m.onnx", "bomb.png"),
         EXIT_BAD_INPUT,
         "too large to decode safely",
         steps(onnx_as("m.onnx"), write_bytes("bomb.png", png_claiming(20000, 20000))),
@@ -852,7 +852,7 @@ BAD_IMAGES = [
     Case(
         "image-float-out-of-range",
         "engines.infer",
-        ("--model", "m.onnx", "f.tif"),
+        ("--onnx", "m.onnx", "f.tif"),
         EXIT_BAD_INPUT,
         "has float pixels from 0 to ",
         steps(onnx_as("m.onnx"), image_file("f.tif", lambda g: Image.fromarray(g.astype(np.float32), "F"))),
@@ -991,25 +991,28 @@ BAD_FLAGS = [
         ("--ckpt", "demo", "--onnx", "m.onnx", "--fast"),
         EXIT_BAD_INPUT,
         "unrecognized arguments",
+        onnx_as("m.onnx"),
     ),
     Case(
         "batch-sizes-zero",
         "validate.parity",
         ("--ckpt", "demo", "--onnx", "m.onnx", "--batch-sizes", "0"),
         EXIT_BAD_INPUT,
-        "must be integers >= 1",
+        "is not a batch size from 1 to",
+        onnx_as("m.onnx"),
     ),
     Case(
         "infer-top-zero",
         "engines.infer",
-        ("--model", "m.onnx", "--top", "0", "x.png"),
+        ("--onnx", "m.onnx", "--top", "0", "x.png"),
         EXIT_BAD_INPUT,
-        "--top and --batch must be >= 1",
+        "--top and --batch-size must be >= 1",
+        onnx_as("m.onnx"),
     ),
     Case(
         "package-name-escapes-the-folder",
         "engines.package",
-        ("m.onnx", "--name", "../../escaped"),
+        ("--onnx", "m.onnx", "--name", "../../escaped"),
         EXIT_BAD_INPUT,
         "--name",
         onnx_as("m.onnx"),
@@ -1017,7 +1020,7 @@ BAD_FLAGS = [
     Case(
         "package-over-an-existing-package",
         "engines.package",
-        ("m.onnx", "--out", "pkg"),
+        ("--onnx", "m.onnx", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "--force",
         steps(onnx_as("m.onnx"), folder("pkg/triton"), write_bytes("pkg/DEPLOY.md", b"an earlier package\n")),
@@ -1113,7 +1116,7 @@ BAD_FLAGS += [
     Case(
         "package-max-batch-beyond-any-profile",
         "engines.package",
-        ("m.onnx", "--max-batch", "1000000000"),
+        ("--onnx", "m.onnx", "--max-batch", "1000000000"),
         EXIT_BAD_INPUT,
         "--max-batch 1000000000 must be >= 1 and <= 65536",
         onnx_as("m.onnx"),
@@ -1121,9 +1124,9 @@ BAD_FLAGS += [
     Case(
         "export-batch-beyond-any-memory",
         "export.onnx",
-        ("--batch", "1000000000", *EXPORT),
+        ("--static-batch", "1000000000", *EXPORT),
         EXIT_BAD_INPUT,
-        "--batch 1000000000 is not a batch size from 1 to",
+        "--static-batch 1000000000 is not a batch size from 1 to",
     ),
 ]
 
@@ -1261,7 +1264,7 @@ TRUSTED = [
     Case(
         "infer-fallback-to-a-replaced-graph",  # no GPU here: the fallback must check the graph's sha256
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "sha256",
         steps(
@@ -1273,7 +1276,7 @@ TRUSTED = [
     Case(
         "infer-fallback-for-a-changed-engine",  # the engine is not the one its sidecar describes
         "engines.infer",
-        ("--model", "e.engine", "x.png"),
+        ("--engine", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "sha256",
         steps(
@@ -1294,7 +1297,7 @@ PACKAGES = [
     Case(
         "package-stale-removal-through-a-link",  # the same package; the link and the file outside kept
         "engines.package",
-        ("m.onnx", "--out", "pkg", "--force"),
+        ("--onnx", "m.onnx", "--out", "pkg", "--force"),
         EXIT_OK,
         stderr_lines=0,
         make=steps(onnx_as("m.onnx"), earlier_package("pkg"), stale_entry_through_a_link),
@@ -1303,7 +1306,7 @@ PACKAGES = [
     Case(
         "package-force-into-a-folder-that-holds-no-package",  # the working folder: refused, untouched
         "engines.package",
-        ("m.onnx", "--out", ".", "--force"),
+        ("--onnx", "m.onnx", "--out", ".", "--force"),
         EXIT_BAD_INPUT,
         "holds no package",
         steps(onnx_as("m.onnx"), folder("data"), write_bytes("data/notes.txt", b"mine\n")),
@@ -1311,7 +1314,7 @@ PACKAGES = [
     Case(
         "package-sidecar-without-engine-sha256",
         "engines.package",
-        ("e.engine", "--out", "pkg"),
+        ("--engine", "e.engine", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "field engine_sha256 is '', not a sha256",
         fake_engine("e.engine", engine_sha256=""),
@@ -1319,7 +1322,7 @@ PACKAGES = [
     Case(
         "package-zero-byte-engine",
         "engines.package",
-        ("e.engine", "--out", "pkg"),
+        ("--engine", "e.engine", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "is empty (0 bytes)",
         steps(fake_engine("e.engine"), write_bytes("e.engine", b""), lambda s, a: _resign(s / "e.engine")),
@@ -1327,7 +1330,7 @@ PACKAGES = [
     Case(
         "package-profile-max-batch-1e30",
         "engines.package",
-        ("e.engine", "--out", "pkg"),
+        ("--engine", "e.engine", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "or a batch above 65536",
         fake_engine("e.engine", profiles=[{"images": PROFILE | {"max": [10**30, 3, 32, 32]}}]),
@@ -1335,7 +1338,7 @@ PACKAGES = [
     Case(
         "package-profile-min-above-opt-above-max",
         "engines.package",
-        ("e.engine", "--out", "pkg"),
+        ("--engine", "e.engine", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "is not min <= opt <= max in every dim",
         fake_engine(
@@ -1345,7 +1348,7 @@ PACKAGES = [
     Case(
         "package-profile-not-the-models-images",
         "engines.package",
-        ("e.engine", "--out", "pkg"),
+        ("--engine", "e.engine", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "profile's min shape [1, 3, 64, 64] is not (batch, 3, 32, 32)",
         fake_engine("e.engine", profiles=[{"images": {k: [v[0], 3, 64, 64] for k, v in PROFILE.items()}}]),
@@ -1353,7 +1356,7 @@ PACKAGES = [
     Case(
         "package-plugin-path-escapes",
         "engines.package",
-        ("e.engine", "--out", "pkg"),
+        ("--engine", "e.engine", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "plugin file '../../../lib.so' is not a plain file name",
         fake_engine("e.engine", plugins=[{"file": "../../../lib.so", "sha256": "0" * 64}]),
@@ -1361,7 +1364,7 @@ PACKAGES = [
     Case(
         "package-built-from-graph-missing",  # the sidecar's onnx (what TensorRT parsed) is not the source and gone
         "engines.package",
-        ("e.engine", "--out", "pkg"),
+        ("--engine", "e.engine", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "the graph TensorRT parsed for e.engine (gone_fp16_mixed.onnx, for fp32) is not here",
         fake_engine("e.engine", onnx="gone_fp16_mixed.onnx", onnx_sha256="ab" * 32),
@@ -1369,7 +1372,7 @@ PACKAGES = [
     Case(
         "package-external-data-onnx",  # the data file travels with the graph, where the graph says it is
         "engines.package",
-        ("m.onnx", "--out", "pkg"),
+        ("--onnx", "m.onnx", "--out", "pkg"),
         EXIT_OK,
         stderr_lines=0,
         make=onnx_external("m.onnx"),
@@ -1378,7 +1381,7 @@ PACKAGES = [
     Case(
         "package-external-data-missing",
         "engines.package",
-        ("m.onnx", "--out", "pkg"),
+        ("--onnx", "m.onnx", "--out", "pkg"),
         EXIT_BAD_INPUT,
         "keeps its weights in 'm.onnx.data', which is not beside it",
         onnx_external("m.onnx", keep_data=False),
@@ -1386,7 +1389,7 @@ PACKAGES = [
     Case(
         "package-sigterm-while-writing",  # real SIGTERM in the middle of a file: no pkg/, no hidden folder
         "engines.package",
-        ("m.onnx", "--out", "pkg"),
+        ("--onnx", "m.onnx", "--out", "pkg"),
         EXIT_SIGTERM,
         "terminated (SIGTERM)",
         onnx_as("m.onnx"),
@@ -1395,7 +1398,7 @@ PACKAGES = [
     Case(
         "package-ctrl-c-while-replacing",  # real SIGINT during a --force run: the earlier package as it was
         "engines.package",
-        ("m.onnx", "--out", "pkg", "--force", "--max-batch", "4"),
+        ("--onnx", "m.onnx", "--out", "pkg", "--force", "--max-batch", "4"),
         EXIT_SIGINT,
         "interrupted (Ctrl-C)",
         steps(onnx_as("m.onnx"), earlier_package("pkg")),
@@ -1404,7 +1407,7 @@ PACKAGES = [
     Case(
         "package-disk-full-while-replacing",  # faked ENOSPC: the earlier package as it was
         "engines.package",
-        ("m.onnx", "--out", "pkg", "--force", "--max-batch", "4"),
+        ("--onnx", "m.onnx", "--out", "pkg", "--force", "--max-batch", "4"),
         EXIT_BAD_INPUT,
         "No space left on device",
         steps(onnx_as("m.onnx"), earlier_package("pkg")),
@@ -1413,7 +1416,7 @@ PACKAGES = [
     Case(
         "package-file-size-limit",  # real: RLIMIT_FSIZE of 1 MB against a 6 MB graph
         "engines.package",
-        ("m.onnx", "--out", "new/pkg"),
+        ("--onnx", "m.onnx", "--out", "new/pkg"),
         EXIT_BAD_INPUT,
         "File too large",
         onnx_as("m.onnx"),
@@ -1422,7 +1425,7 @@ PACKAGES = [
     Case(
         "package-name-too-long",
         "engines.package",
-        ("m.onnx", "--out", "pkg", "--name", "n" * 300),
+        ("--onnx", "m.onnx", "--out", "pkg", "--name", "n" * 300),
         EXIT_BAD_INPUT,
         "--name is 300 characters long",
         onnx_as("m.onnx"),
@@ -1550,7 +1553,7 @@ def encodings_classified(assets: Assets, tmp_path_factory: pytest.TempPathFactor
     case = Case(
         "encodings",
         "engines.infer",
-        ("--model", "m.onnx", "--top", "1", "rgb8.png", *names),
+        ("--onnx", "m.onnx", "--top", "1", "rgb8.png", *names),
         EXIT_OK,
         stderr_lines=0,
         make=steps(onnx_as("m.onnx"), image_file("rgb8.png", lambda g: Image.fromarray(rgb(g))), *makers),
@@ -1601,7 +1604,7 @@ def test_a_signal_while_the_command_is_still_importing(signum: int, code: int, s
     Image.fromarray(assets.digit).save(scratch / "x.png")
     marker = scratch.parent / "imported"
     fault = {"pause_after_import": "idlevit.cli", "marker": str(marker)}
-    run_signalled("engines.infer", ["--model", "m.onnx", "x.png"], scratch, fault, marker, signum, code, settle=0)
+    run_signalled("engines.infer", ["--onnx", "m.onnx", "x.png"], scratch, fault, marker, signum, code, settle=0)
 
 
 def test_sigterm_during_a_tensorrt_build(scratch: Path, assets: Assets) -> None:

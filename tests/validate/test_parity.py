@@ -186,7 +186,7 @@ def test_bad_inputs_exit_2(digits_ckpt: Path, digits_onnx: Path, tmp_path: Path)
         parity.main(["--ckpt", str(tmp_path / "five_classes.pth"), "--onnx", str(digits_onnx), *FAST])
     assert wrong.value.exit_code == EXIT_BAD_INPUT
 
-    with pytest.raises(ToolkitError, match="batch sizes"):
+    with pytest.raises(ToolkitError, match="--batch-sizes: batch 0 is not a batch size"):
         parity.main(["--ckpt", str(digits_ckpt), "--onnx", str(digits_onnx), "--batch-sizes", "0,2"])
 
 
