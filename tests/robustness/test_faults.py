@@ -48,7 +48,7 @@ from idlevit.errors import (
 from idlevit.fileio import sha256_file
 from idlevit.metadata import read_metadata
 
-from .harness import Assets, Case, command_env, one_line, param, run_case, run_signalled
+from .harness import DROP, Assets, Case, command_env, fake_engine, one_line, param, run_case, run_signalled
 
 EXPORT = ("--quiet", "--no-verify", "--exporter", "torchscript")  # the faster exporter: the faults are elsewhere
 PARITY = ("--num-images", "0", "--random-batches", "1", "--batch-sizes", "1", "--ort", "cpu", "--quiet")
@@ -215,45 +215,6 @@ def onnx_without_metadata(name: str) -> Make:
         onnx.save(model, scratch / name)
 
     return make
-
-
-def fake_engine(name: str, raw: str | None = None, **changes: object) -> Make:
-    """An engine file and its sidecar as export.trt writes them (the engine's bytes are a stand-in: every
-    case is refused at the sidecar, before an engine is deserialised), built from ``demo.onnx``."""
-
-    def make(scratch: Path, assets: Assets) -> None:
-        onnx_path = scratch / "demo.onnx"
-        if not onnx_path.exists():
-            shutil.copyfile(assets.onnx, onnx_path)
-        digest = sha256_file(onnx_path)
-        (scratch / name).write_bytes(b"serialized engine")
-        sidecar = dict(
-            engine=name,
-            engine_sha256=sha256_file(scratch / name),
-            runtime="tensorrt",
-            runtime_version="10.3.0",
-            gpu=None,
-            compute_capabilities=["8.7"],
-            precision_plan={"precision": "fp32"},
-            profiles=[{"images": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}}],
-            builder={},
-            plugins=[],
-            onnx="demo.onnx",
-            onnx_sha256=digest,
-            source_onnx="demo.onnx",
-            source_onnx_sha256=digest,
-            idlevit=asdict(read_metadata(onnx_path)),
-            format=1,
-        )
-        sidecar.update(changes)
-        for key in [k for k, v in changes.items() if v is _DROP]:
-            del sidecar[key]
-        (scratch / (name + ".json")).write_text(raw if raw is not None else json.dumps(sidecar))
-
-    return make
-
-
-_DROP = object()
 
 
 def _resign(engine: Path) -> None:
@@ -652,7 +613,7 @@ BAD_FIELDS = [
         ("--model", "e.engine", "x.png"),
         EXIT_BAD_INPUT,
         "lacks the field(s) source_onnx",
-        steps(fake_engine("e.engine", source_onnx=_DROP), image_file("x.png", Image.fromarray)),
+        steps(fake_engine("e.engine", source_onnx=DROP), image_file("x.png", Image.fromarray)),
     ),
     Case(
         "sidecar-is-a-list",
