@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from idlevit.cli import warn
+from idlevit.cli import check_flag_value, warn
 from idlevit.errors import ToolkitError
 
 T = TypeVar("T")
@@ -62,4 +62,5 @@ def parse_list(
             converted.append(convert(item))
         except ValueError:
             raise ToolkitError(f"{flag}: cannot read {item!r}; write e.g. {flag} {example}") from None
+    check_flag_value(flag, converted)
     return converted
