@@ -209,6 +209,9 @@ class _Parser(argparse.ArgumentParser):
             if not action.option_strings or value is None or value is action.default:
                 continue
             flag = action.option_strings[0]
+            one_text = isinstance(action, argparse._StoreAction) and action.nargs is None and action.type is None
+            if one_text and isinstance(value, list):  # argparse's `--flag=--`: an empty list, not the text
+                self.error(f"argument {flag}: expected one argument")
             try:
                 check_flag_value(flag, value)
                 check = KIND_CHECKS.get(action.dest)
