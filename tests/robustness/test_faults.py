@@ -943,7 +943,7 @@ BAD_FLAGS = [
         "export.onnx",
         ("--idle-layers", "3,4", "--keep-ratios", "0.5,nan", *EXPORT),
         EXIT_BAD_INPUT,
-        "keep ratios [nan] are outside (0, 1]",
+        "--keep-ratios nan is not a finite number",
     ),
     Case("opset-unsupported", "export.onnx", ("--opset", "99", *EXPORT), EXIT_BAD_INPUT, "invalid choice"),
     Case(
@@ -1024,7 +1024,7 @@ BAD_FLAGS += [
         "validate.parity",
         ("--ckpt", "demo", "--onnx", "m.onnx", "--seed", str(2**40), *PARITY),
         EXIT_BAD_INPUT,
-        "--seed 1099511627776 is not in 0..",
+        "--seed 1099511627776 is not a whole number from 0 to",
         onnx_as("m.onnx"),
     ),
     Case(
@@ -1032,7 +1032,7 @@ BAD_FLAGS += [
         "validate.parity",
         ("--ckpt", "demo", "--onnx", "m.onnx", "--num-images", "0", "--batch-sizes", "1,1000000000", "--ort", "cpu"),
         EXIT_BAD_INPUT,
-        "batch 1000000000 is not a batch size from 1 to",
+        "1000000000 is not a batch size from 1 to",
         onnx_as("m.onnx"),
     ),
     Case(
@@ -1047,7 +1047,7 @@ BAD_FLAGS += [
         "export.onnx",
         ("--random-init", "--arch", "deit_micro", "--img-size", "-8", *EXPORT),
         EXIT_BAD_INPUT,
-        "--img-size -8 is not a size in pixels",
+        "--img-size -8 is not a whole number from 0 to",
     ),
     Case(
         "export-img-size-not-whole-patches",
@@ -1130,7 +1130,7 @@ BAD_FLAGS += [
         "idlevit.finetune",
         ("--teacher", "t.pth", "--lr", "nan", "--out", "s.pth", *FINETUNE),
         EXIT_BAD_INPUT,
-        "--lr nan is not a finite number > 0",
+        "--lr nan is not a finite number",
         ckpt_as("t.pth"),
     ),
     Case(
@@ -1138,14 +1138,14 @@ BAD_FLAGS += [
         "idlevit.finetune",
         ("--dense", "--batch-size", "0", "--out", "s.pth", *FINETUNE),
         EXIT_BAD_INPUT,
-        "--batch-size 0 is not an integer from 1 to",
+        "--batch-size 0 is not a batch size from 1 to",
     ),
     Case(
         "finetune-weight-decay-infinite",
         "idlevit.finetune",
         ("--dense", "--weight-decay", "inf", "--out", "s.pth", *FINETUNE),
         EXIT_BAD_INPUT,
-        "--weight-decay inf is not a finite number >= 0",
+        "--weight-decay inf is not a finite number",
     ),
     Case(
         "finetune-threads-zero",
