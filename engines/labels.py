@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from idlevit.errors import ToolkitError
+from idlevit.fileio import read_text
 
 
 def read_labels(path: str | os.PathLike[str] | None) -> list[str] | None:
@@ -15,7 +15,7 @@ def read_labels(path: str | os.PathLike[str] | None) -> list[str] | None:
         return None
     where = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first name
+        text = read_text(path)
     except IsADirectoryError:
         raise ToolkitError(f"--labels {where} is a folder; pass a text file with one class name per line") from None
     except OSError as err:
@@ -26,6 +26,8 @@ def read_labels(path: str | os.PathLike[str] | None) -> list[str] | None:
         raise ToolkitError(
             f"--labels {where} is not UTF-8 text (byte {err.start}); pass a text file with one class name per line"
         ) from None
+    except ValueError as err:
+        raise ToolkitError(f"--labels {where} is {err}; pass a text file with one class name per line") from None
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ToolkitError(f"--labels {where} holds no class names; write one class name per line")

@@ -25,6 +25,7 @@ before torch, onnx or TensorRT load.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from .configs import check_batch, check_threads
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ToolkitError
 from .failures import known_failure
 
@@ -175,9 +177,58 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     sys.exit(code or EXIT_OK)
 
 
+#: Largest whole number any flag takes (a count, a size, a seed, a layer): anything above is a typo, refused before
+#: it overflows a C integer or sizes an allocation; flags with a tighter range check it where they are read.
+MAX_FLAG_INT = 2**31 - 1
+
+
+def check_flag_value(flag: str, value: Any) -> None:
+    """The range every number a flag gives takes, lists included: whole numbers in 0..:data:`MAX_FLAG_INT`,
+    other numbers finite (a NaN makes every comparison false: a check that silently never fails)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if isinstance(item, int) and not 0 <= item <= MAX_FLAG_INT:
+            raise ToolkitError(f"{flag} {item} is not a whole number from 0 to {MAX_FLAG_INT}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ToolkitError(f"{flag} {item} is not a finite number")
+
+
+#: Flags that hold one kind of value in every command, checked by that kind's one validator as the arguments parse
+#: (a new command's ``--threads`` is checked without a line of its own): thread and worker counts, the batch size
+#: of a run (profile bounds are checked with the profile: engines.builder, engines.deploy).
+KIND_CHECKS: dict[str, Callable[[str, int], int]] = {
+    **dict.fromkeys(("threads", "workers"), check_threads),
+    **dict.fromkeys(("batch", "batch_size", "batch_sizes"), check_batch),
+}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (``error: ...; see <prog> --help``), exit 2, that refuses a missing
     model file (a flag of :func:`add_model_argument`) as soon as the arguments parse."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Parsed as argparse does; then every number a flag gave in range (:func:`check_flag_value`, and
+        :data:`KIND_CHECKS` by the flag's kind): a bad one is a usage error naming the flag."""
+        parsed = super().parse_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            if not action.option_strings or value is None or value is action.default:
+                continue
+            flag = action.option_strings[0]
+            one_text = isinstance(action, argparse._StoreAction) and action.nargs is None and action.type is None
+            if one_text and isinstance(value, list):  # argparse's `--flag=--`: an empty list, not the text
+                self.error(f"argument {flag}: expected one argument")
+            try:
+                check_flag_value(flag, value)
+                check = KIND_CHECKS.get(action.dest)
+                for item in value if isinstance(value, (list, tuple)) else [value]:
+                    if check is not None and isinstance(item, int):
+                        check(flag, item)
+            except ToolkitError as err:
+                self.error(str(err))
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message}; see `{self.prog} --help`", EXIT_BAD_INPUT)

@@ -25,6 +25,17 @@ MAX_IMG_SIZE = 4096
 #: Largest batch any flag or record may name: far above what a ViT runs at once (TensorRT profiles, Triton's
 #: max_batch_size, parity batches), low enough that a mistyped batch is refused before it is allocated.
 MAX_BATCH = 65536
+#: Most CPU threads (or data loader workers) any flag may ask for: far above the cores of any machine this runs on,
+#: low enough that a mistyped count is refused before a thread pool of that size is made.
+MAX_THREADS = 1024
+
+
+def check_threads(flag: str, value: int, low: int = 0) -> int:
+    """A thread or worker count from a flag (``--threads``, ``--workers``): an integer in ``low``..:data:`MAX_THREADS`
+    (``--threads 0``: the runtime's own choice, where a command allows it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_THREADS:
+        raise ToolkitError(f"{flag} {shown(value)} is not from {low} to {MAX_THREADS} (a count of CPU threads)")
+    return value
 
 
 def check_batch(flag: str, value: int, low: int = 1) -> int:

@@ -22,6 +22,20 @@ from typing import IO
 from .errors import ToolkitError
 
 PathLike = str | os.PathLike[str]
+#: Largest text file read whole (labels, engine sidecars, package manifests): far above any the toolkit writes or a
+#: class list needs, low enough that a wrong file, or a device that never ends (``/dev/zero``), is refused unread.
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+
+
+def read_text(path: PathLike, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of ``path`` (a byte-order mark dropped), read whole when it is at most ``limit`` bytes; a
+    longer file or stream raises ``ValueError`` naming the limit (as a file that is not UTF-8 does), an unreadable
+    one ``OSError``."""
+    with open(path, "rb") as handle:
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"longer than {limit // (1024 * 1024)} MiB")
+    return raw.decode("utf-8-sig")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from .cli import check_model_file, cli_parser, run_cli
-from .configs import check_size_flag, list_archs
+from .configs import check_size_flag, check_threads, list_archs
 from .errors import EXIT_BAD_INPUT, EXIT_OK, ToolkitError
 from .names import DIGITS
 from .recipe import (
@@ -111,20 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Most CPU threads or loader workers a run may ask for.
-MAX_THREADS = 1024
-
-
 def check_flags(args: argparse.Namespace) -> None:
     """Every flag's value, before torch loads: the optimisation settings (:class:`~idlevit.recipe.TrainConfig`
-    checks its own), sizes, threads and workers."""
+    checks its own), sizes and threads (workers: the parser)."""
     train_config(args, DENSE_RECIPE if args.dense else STUDENT_RECIPE)
     check_size_flag("--img-size", args.img_size)
     check_size_flag("--patch-size", args.patch_size)
-    if not 1 <= args.threads <= MAX_THREADS:
-        raise ToolkitError(f"--threads {args.threads} is not from 1 to {MAX_THREADS}")
-    if not 0 <= args.workers <= MAX_THREADS:
-        raise ToolkitError(f"--workers {args.workers} is not from 0 to {MAX_THREADS}")
+    check_threads("--threads", args.threads, low=1)  # the parser checks 0..; training needs a thread
     for path in (args.init, args.teacher):
         check_model_file("--ckpt", path)
     if args.recipe != "demo" and not args.out:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .configs import MAX_BATCH
 from .errors import ToolkitError, shown
-from .fileio import atomic_write, find_recorded_file, sha256_file
+from .fileio import atomic_write, find_recorded_file, read_text, sha256_file
 from .metadata import ExportMetadata
 from .records import record_from_dict
 
@@ -87,7 +87,7 @@ class EngineSidecar:
         """Read and check a sidecar: every field of its type (named when not), the IdleViT metadata whole."""
         where = f"engine sidecar {os.fspath(path)!r}"
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(read_text(path))
         except FileNotFoundError:
             raise ToolkitError(f"{where} is missing; {REBUILD}") from None
         except OSError as err:

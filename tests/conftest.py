@@ -117,3 +117,19 @@ class FileProgress:
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or a run without workers) reports
         config.pluginmanager.register(FileProgress(config), "idlevit-file-progress")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """``fuzz: <test> seed=<s> examples=<n>`` for every fuzz test that ran (tests/fuzz records them)."""
+    lines = sorted(
+        f"fuzz: {report.nodeid.split('::', 1)[-1]} {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for key, value in getattr(report, "user_properties", ())
+        if key == "fuzz"
+    )
+    if lines:
+        terminalreporter.write_sep("-", "fuzz seeds and example counts")
+        for line in lines:
+            terminalreporter.write_line(line)

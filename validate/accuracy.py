@@ -34,7 +34,7 @@ from idlevit.errors import (
 from idlevit.fileio import atomic_write, refuse_overwriting_inputs
 from idlevit.state import given_or_last_export
 
-from .options import add_backend_arguments, add_data_arguments
+from .options import add_backend_arguments, add_data_arguments, report_paths
 
 EPILOG = f"""
 images/s counts backend inference time only (no data loading), leaving out the first batch (warm-up).
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"note: no PyTorch row: {err}")
     if args.report:
-        json_path, md_path = Path(args.report), Path(args.report).with_suffix(".md")
-        if json_path == md_path:
-            raise ToolkitError(
-                f"--report {json_path} would put the JSON and the Markdown table in one file; end it in .json"
-            )
+        json_path, md_path = report_paths(Path(args.report))
         engine_sidecar = Path(args.engine).with_name(Path(args.engine).name + ".json") if args.engine else None
         refuse_overwriting_inputs([json_path, md_path], [onnx_path, ckpt, args.engine, engine_sidecar])
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from idlevit.cli import add_model_argument
+from idlevit.errors import ToolkitError
 from idlevit.names import DIGITS
 
 #: ``--ort`` choices: one device, both, the best one here ("auto"), or no ONNX Runtime runner.
@@ -35,3 +37,17 @@ def add_data_arguments(group: argparse._ArgumentGroup, split_help: str) -> None:
         "when present) (default digits)",
     )
     group.add_argument("--split", default="test", help=split_help)
+
+
+def report_paths(json_path: Path) -> tuple[Path, Path]:
+    """The JSON report ``--report`` names and the Markdown beside it (``.md``): a file name that is neither the
+    other nor no name at all (``.``, ``/``, ``..``)."""
+    if json_path.name in ("", ".", ".."):
+        raise ToolkitError(f"--report {json_path} names a folder, not a file; give a file name ending in .json")
+    md_path = json_path.with_suffix(".md")
+    if json_path == md_path:
+        raise ToolkitError(
+            f"--report {json_path} would put the JSON and the Markdown report in one file; end it in .json"
+        )
+    return json_path, md_path
+

@@ -39,7 +39,7 @@ from idlevit.errors import (
 from idlevit.fileio import refuse_overwriting_inputs
 from idlevit.state import given_or_last_export
 
-from .options import add_backend_arguments, add_data_arguments
+from .options import add_backend_arguments, add_data_arguments, report_paths
 from .presets import PRESETS, THRESHOLD_FIELDS, threshold_flag
 
 EPILOG = f"""
@@ -132,12 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_flags(args)
     onnx_path = given_or_last_export(args.onnx, "--onnx")
-    json_path = Path(args.report) if args.report else onnx_path.with_suffix(".parity.json")
-    md_path = json_path.with_suffix(".md")
-    if json_path == md_path:
-        raise ToolkitError(
-            f"--report {json_path} would put the JSON and the Markdown report in one file; end it in .json"
-        )
+    json_path, md_path = report_paths(Path(args.report) if args.report else onnx_path.with_suffix(".parity.json"))
     from .inputs import InputSpec  # lazy: onnx and Polygraphy load after the arguments parse
     from .sources import reference_checkpoint, reference_graph  # lazy: as above
 

@@ -20,7 +20,7 @@ import onnx
 
 from idlevit.configs import MAX_BATCH
 from idlevit.errors import ToolkitError
-from idlevit.fileio import sha256_file
+from idlevit.fileio import read_text, sha256_file
 from idlevit.metadata import ExportMetadata, load_onnx, read_metadata
 from idlevit.names import IMAGES, kept_indices_name
 from idlevit.sidecar import REBUILD, SHA256, EngineSidecar, sidecar_path
@@ -105,7 +105,7 @@ def read_sidecar(engine: Path) -> tuple[EngineSidecar, dict]:
     sidecar = EngineSidecar.read(path)
     if sidecar.runtime not in RUNTIMES:
         raise ToolkitError(f"{where}: runtime {sidecar.runtime!r} is not one of {', '.join(RUNTIMES)}; {REBUILD}")
-    return sidecar, json.loads(path.read_text(encoding="utf-8"))
+    return sidecar, json.loads(read_text(path))
 
 
 def _profile(sidecar: EngineSidecar, meta: ExportMetadata, where: str) -> tuple[int, int, int]:

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import idlevit
 from idlevit.errors import ToolkitError, shown
-from idlevit.fileio import missing_parents, refuse_overwriting_inputs, sha256_file, signals_deferred
+from idlevit.fileio import missing_parents, read_text, refuse_overwriting_inputs, sha256_file, signals_deferred
 from idlevit.metadata import external_data_files, load_onnx
 from idlevit.names import package_dir_name
 
@@ -122,7 +122,7 @@ def read_manifest(root: Path) -> dict[str, list[str]]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ToolkitError(f"package manifest {where!r} is unreadable ({shown(err, 80)}); {fix}") from None
     files = data.get("files") if isinstance(data, dict) else None

@@ -20,12 +20,14 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ from typing import Any
 import pytest
 
 from idlevit.checkpoint import DEMO_CHECKPOINT
+from idlevit.fileio import sha256_file
+from idlevit.metadata import read_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).resolve().parent / "faults"
@@ -45,6 +49,66 @@ class Assets:
     onnx: Path  # the bundled demo exported with --no-verify (dynamic batch, no index outputs)
     ckpt: Path  # a copy of the bundled demo checkpoint
     digit: Any  # a real digits test scan at 32 px, 8-bit grey (numpy uint8, 32 x 32)
+
+
+def make_assets(folder: Path) -> Assets:
+    """The files cases copy (see :class:`Assets`), made in ``folder`` and left read-only: a case that writes onto
+    one fails loudly, here too."""
+    import numpy as np  # lazy: the exporter and the digits load only where assets are made
+
+    from export.exporter import export_checkpoint
+    from idlevit.data import digits_split
+
+    onnx = folder / "demo.onnx"
+    export_checkpoint("demo", out=onnx, verify=False, progress=False, exporter="torchscript")
+    ckpt = folder / "demo.pth"
+    shutil.copyfile(DEMO_CHECKPOINT, ckpt)
+    images, _ = digits_split("test", 32)
+    digit = np.round(images[0, 0].numpy() * 255).astype(np.uint8)
+    for path in (onnx, ckpt):
+        path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    return Assets(onnx=onnx, ckpt=ckpt, digit=digit)
+
+
+#: A :func:`fake_engine` change that leaves the field out of the sidecar.
+DROP = object()
+
+
+def fake_engine(name: str, raw: str | None = None, **changes: object) -> Callable[[Path, Assets], None]:
+    """An engine file and its sidecar as export.trt writes them (the engine's bytes are a stand-in: every
+    case is refused at the sidecar, before an engine is deserialised), built from ``demo.onnx``; a change
+    of ``DROP`` leaves that field out."""
+
+    def make(scratch: Path, assets: Assets) -> None:
+        onnx_path = scratch / "demo.onnx"
+        if not onnx_path.exists():
+            shutil.copyfile(assets.onnx, onnx_path)
+        digest = sha256_file(onnx_path)
+        (scratch / name).write_bytes(b"serialized engine")
+        sidecar = dict(
+            engine=name,
+            engine_sha256=sha256_file(scratch / name),
+            runtime="tensorrt",
+            runtime_version="10.3.0",
+            gpu=None,
+            compute_capabilities=["8.7"],
+            precision_plan={"precision": "fp32"},
+            profiles=[{"images": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}}],
+            builder={},
+            plugins=[],
+            onnx="demo.onnx",
+            onnx_sha256=digest,
+            source_onnx="demo.onnx",
+            source_onnx_sha256=digest,
+            idlevit=asdict(read_metadata(onnx_path)),
+            format=1,
+        )
+        sidecar.update(changes)
+        for key in [k for k, v in changes.items() if v is DROP]:
+            del sidecar[key]
+        (scratch / (name + ".json")).write_text(raw if raw is not None else json.dumps(sidecar))
+
+    return make
 
 
 @dataclass(frozen=True)
