@@ -50,4 +50,3 @@ def report_paths(json_path: Path) -> tuple[Path, Path]:
             f"--report {json_path} would put the JSON and the Markdown report in one file; end it in .json"
         )
     return json_path, md_path
-
