@@ -104,11 +104,16 @@ def evaluate_accuracy(
     return list(rows.values())
 
 
+def _speed(row: AccuracyRow) -> str:
+    """images/s, or why there is none: the first batch is warm-up, so data that fits in one batch times nothing."""
+    return f"{row.images_per_s:.1f}" if row.seconds else "n/a (one batch: warm-up only)"
+
+
 def markdown(rows: list[AccuracyRow], batch_size: int) -> str:
     lines = [
         f"| backend | images | top-1 | top-5 | images/s (batch {batch_size}) |",
         "|---|---:|---:|---:|---:|",
-        *(f"| {r.backend} | {r.images} | {r.top1:.2%} | {r.top5:.2%} | {r.images_per_s:.1f} |" for r in rows),
+        *(f"| {r.backend} | {r.images} | {r.top1:.2%} | {r.top5:.2%} | {_speed(r)} |" for r in rows),
     ]
     return "\n".join(lines) + "\n"
 

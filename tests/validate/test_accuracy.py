@@ -57,3 +57,13 @@ def test_a_folder_with_other_classes_than_the_model_is_refused(digits_onnx: Path
     with pytest.raises(ToolkitError, match="has 9 classes but the model 10") as refused:
         accuracy.main(argv)
     assert refused.value.exit_code == 2
+
+
+def test_data_in_one_batch_reports_no_speed_rather_than_zero() -> None:
+    """The first batch is warm-up and untimed: one batch gives no images/s, and the table says why."""
+    from validate.evaluate import AccuracyRow, markdown
+
+    one_batch = AccuracyRow("onnxruntime-cpu", images=8, top1_correct=8, top5_correct=8)
+    timed = AccuracyRow("pytorch", images=64, top1_correct=60, top5_correct=64, timed_images=56, seconds=0.5)
+    table = markdown([one_batch, timed], batch_size=8)
+    assert "n/a (one batch: warm-up only)" in table and "| 112.0 |" in table and " 0.0 |" not in table
