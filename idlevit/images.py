@@ -308,6 +308,11 @@ def split_folder(root: str | os.PathLike[str], split: str) -> Path:
     return root
 
 
+def dataset_label(source: str | os.PathLike[str], split: str) -> str:
+    """What a report calls the data it read: ``digits:test``, or the folder :func:`split_folder` picks."""
+    return f"{DIGITS}:{split}" if str(source) == DIGITS else os.fspath(split_folder(source, split))
+
+
 def load_dataset(source: str | os.PathLike[str], split: str, config: Mapping[str, Any]) -> ImageSet:
     """Preprocessed (image, label) pairs of ``split`` from ``"digits"`` or an ImageFolder root.
 

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ckpt and args.no_pytorch:
         raise ToolkitError("--ckpt and --no-pytorch contradict each other; pass one")
     onnx_path = given_or_last_export(args.onnx, "--onnx")
+    from idlevit.images import dataset_label  # lazy: numpy and Pillow load after the arguments parse
+
     from .evaluate import markdown, measure_accuracy  # lazy: onnx and Polygraphy load after the arguments parse
     from .sources import reference_checkpoint  # lazy: as above
 
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
     )
     table = markdown(rows, args.batch_size)
-    print(f"accuracy on {args.data}:{args.split} ({meta.arch}, {images} images)")
+    print(f"accuracy on {dataset_label(args.data, args.split)} ({meta.arch}, {images} images)")
     print(table, end="")
     if args.report:
         setup = {

@@ -111,3 +111,12 @@ def test_folder_without_images_is_refused(tmp_path: Path) -> None:
 
 def _config() -> dict:
     return data_config(8, images.DIGITS_MEAN, images.DIGITS_STD, 1.0, "bilinear")
+
+
+def test_a_report_names_the_folder_it_read(tmp_path: Path) -> None:
+    from idlevit.images import dataset_label
+
+    (tmp_path / "val").mkdir()
+    assert dataset_label("digits", "test") == "digits:test"
+    assert dataset_label(tmp_path, "test") == str(tmp_path / "val")
+    assert dataset_label(tmp_path, "train") == str(tmp_path)
