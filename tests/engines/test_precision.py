@@ -88,7 +88,7 @@ def test_mixed_graph_keeps_the_plan(tiny_onnx: Path, tiny_mixed: Path) -> None:
     assert all(types[t.name] == onnx.TensorProto.FLOAT for t in [*mixed.graph.input, mixed.graph.output[0]])
     meta = read_metadata(tiny_mixed)
     assert meta.precision == FP16 and meta.extra["fp32_nodes"] == len(fp32_nodes)
-    assert meta.extra["source_onnx"] == str(tiny_onnx.resolve())
+    assert meta.extra["source_onnx"] == tiny_onnx.name  # by name: no path of the build machine
     assert meta.extra["source_onnx_sha256"] == sha256_file(tiny_onnx)
 
 
