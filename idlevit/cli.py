@@ -208,10 +208,18 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (``error: ...; see <prog> --help``), exit 2, that refuses a missing
     model file (a flag of :func:`add_model_argument`) as soon as the arguments parse."""
 
-    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
-        """Parsed as argparse does; then every number a flag gave in range (:func:`check_flag_value`, and
-        :data:`KIND_CHECKS` by the flag's kind): a bad one is a usage error naming the flag."""
-        parsed = super().parse_args(args, namespace)
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message}; see `{self.prog} --help`", EXIT_BAD_INPUT)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """Parsed as argparse does; then every model file present, and every number a flag gave in range
+        (:func:`check_flag_value`, and :data:`KIND_CHECKS` by the flag's kind): a bad one is a usage error naming
+        the flag. (``parse_args`` comes through here too.)"""
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            flag = getattr(action, "model_flag", None)
+            if flag is not None:
+                check_model_file(flag, getattr(parsed, action.dest, None))
         for action in self._actions:
             value = getattr(parsed, action.dest, None)
             if not action.option_strings or value is None or value is action.default:
@@ -228,17 +236,6 @@ class _Parser(argparse.ArgumentParser):
                         check(flag, item)
             except ToolkitError as err:
                 self.error(str(err))
-        return parsed
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message}; see `{self.prog} --help`", EXIT_BAD_INPUT)
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        for action in self._actions:
-            flag = getattr(action, "model_flag", None)
-            if flag is not None:
-                check_model_file(flag, getattr(parsed, action.dest, None))
         return parsed, extras
 
 
