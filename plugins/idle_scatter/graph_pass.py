@@ -31,11 +31,26 @@ _INDEX_TYPES = (np.int64, np.int32)
 
 
 @dataclass
-class _Match:
+class RowIndex:
+    """An idle layer's token index: its kept positions ``kept`` (B, K+1) expanded over all C channels."""
+
+    kept: gs.Tensor  # (B, K+1) int kept token positions
+    rows: gs.Tensor  # kept unsqueezed, (B, K+1, 1): the Expand's input
+    index: gs.Tensor  # rows expanded over the channels, (B, K+1, C): what GatherElements / ScatterElements read
+
+
+@dataclass
+class WriteBack:
+    """One idle layer's token write-back, matched: ``scatter`` writes ``updates`` into ``tokens`` at ``kept``."""
+
     scatter: gs.Node
-    tokens: gs.Tensor
-    kept: gs.Tensor
-    updates: gs.Tensor
+    tokens: gs.Tensor  # (B, N+1, C) float
+    updates: gs.Tensor  # (B, K+1, C)
+    row_index: RowIndex
+
+    @property
+    def kept(self) -> gs.Tensor:
+        return self.row_index.kept
 
 
 def _const_values(tensor: gs.Tensor) -> np.ndarray | None:
@@ -48,7 +63,7 @@ def _const_values(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
-def _dim(tensor: gs.Tensor, axis: int) -> int | None:
+def static_dim(tensor: gs.Tensor, axis: int) -> int | None:
     """Static size of ``tensor`` along ``axis``, or None when unknown or symbolic."""
     shape = tensor.shape
     if shape is None or axis >= len(shape) or not isinstance(shape[axis], (int, np.integer)):
@@ -73,16 +88,14 @@ def _unsqueeze_axes(node: gs.Node) -> list[int] | None:
     return None
 
 
-def _match(node: gs.Node) -> _Match | None:
-    """The write-back pattern ending in ``node``, when fusing it is provably equivalent."""
-    if node.op != "ScatterElements" or node.domain not in (None, "", "ai.onnx") or len(node.inputs) != 3:
-        return None
-    tokens, index, updates = node.inputs
-    if _rank(tokens) != 3 or not _dtype_in(tokens, _FLOATS):
-        return None
-    if int(node.attrs.get("axis", 0)) not in (1, -2) or node.attrs.get("reduction", "none") != "none":
-        return None
-    if len(index.inputs) != 1 or index.inputs[0].op != "Expand":
+def match_row_index(index: gs.Tensor, channels: int | None) -> RowIndex | None:
+    """``index`` as ``Expand(Unsqueeze(kept, axes=[-1]), [1|B, 1|K+1, C])`` over ``channels`` channels, else None.
+
+    Only kept[b, j] broadcast along the channels, over the full row width: no broadcast of the
+    batch or row axes, and as many channels as the tokens have (else a gather or scatter over it
+    would move part of each row).
+    """
+    if channels is None or len(index.inputs) != 1 or index.inputs[0].op != "Expand":
         return None
     expand = index.inputs[0]
     shape = _const_values(expand.inputs[1])
@@ -93,16 +106,25 @@ def _match(node: gs.Node) -> _Match | None:
     kept = unsqueeze.inputs[0]
     if _rank(kept) != 2 or not _dtype_in(kept, _INDEX_TYPES) or _unsqueeze_axes(unsqueeze) not in ([2], [-1]):
         return None
-    # The index must be kept[b, j] broadcast along channels only, over the full row width C:
-    # no broadcast of the batch/row axes, and as many channels as tokens has (else ScatterElements
-    # would write part of each row).
-    channels = _dim(tokens, 2)
-    if channels is None or int(shape[2]) != channels:
+    if int(shape[2]) != channels:
         return None
     for axis in (0, 1):
-        if int(shape[axis]) != 1 and int(shape[axis]) != _dim(kept, axis):
+        if int(shape[axis]) != 1 and int(shape[axis]) != static_dim(kept, axis):
             return None
-    return _Match(node, tokens, kept, updates)
+    return RowIndex(kept, unsq_out, index)
+
+
+def match_write_back(node: gs.Node) -> WriteBack | None:
+    """The write-back pattern ending in ``node``, when fusing it is provably equivalent."""
+    if node.op != "ScatterElements" or node.domain not in (None, "", "ai.onnx") or len(node.inputs) != 3:
+        return None
+    tokens, index, updates = node.inputs
+    if _rank(tokens) != 3 or not _dtype_in(tokens, _FLOATS):
+        return None
+    if int(node.attrs.get("axis", 0)) not in (1, -2) or node.attrs.get("reduction", "none") != "none":
+        return None
+    row_index = match_row_index(index, static_dim(tokens, 2))
+    return None if row_index is None else WriteBack(node, tokens, updates, row_index)
 
 
 def _finish(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
@@ -131,7 +153,7 @@ def fuse_idle_scatter(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     provably are left alone.
     """
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
-    matches = [m for m in (_match(node) for node in graph.nodes) if m is not None]
+    matches = [m for m in (match_write_back(node) for node in graph.nodes) if m is not None]
     for i, match in enumerate(matches):
         output = match.scatter.outputs[0]
         match.scatter.inputs.clear()
