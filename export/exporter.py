@@ -680,8 +680,7 @@ def export_checkpoint(
     )
     optimized = ""
     if optimize:
-        record = read_metadata(path).extra.get("optimization", {})
-        optimized = Optimization(record.get("tool", ""), record.get("fused", {})).summary()
+        optimized = Optimization.from_dict(read_metadata(path).extra.get("optimization", {})).summary()
     kind = graph_kind(with_indices, plugin, fold_normalization, optimized)
     return ExportResult(path, model, report, time.perf_counter() - started, kind, exporter)
 

@@ -255,10 +255,13 @@ def test_optimize_writes_a_checked_graph_for_onnxruntime_that_export_trt_refuses
     assert result.returncode == 0, result.stderr
     out = tmp_path / "idlevit_deit_micro_digits_ratio0.7_indices_ort.onnx"
     assert f"wrote {out.name}" in result.stdout
-    assert "optimised for ONNX Runtime only (12 Attention, 12 BiasGelu)" in result.stdout
+    done = "12 Attention, 12 BiasGelu, 9 idle layers' token moves as row copies, 17 ops on the class token only"
+    assert f"optimised for ONNX Runtime only ({done})" in result.stdout
     assert "kept-token agreement 100.00%" in result.stdout and "PASS" in result.stdout  # the export's own check
     meta = read_metadata(out)
     assert meta.optimized_for == "onnxruntime" and meta.extra["optimization"]["fused"]["Attention"] == 12
+    assert meta.extra["optimization"]["row_moves"] == 9  # the demo's idle layers 3..11
+    assert meta.extra["optimization"]["class_token_ops"] == 17  # the last block after its attention
     refused = run_module("export.trt", "--fp32", "--runtime", "tensorrt-rtx", cwd=tmp_path)  # the last export
     assert refused.returncode == EXIT_BAD_INPUT and refused.stderr.count("\n") == 1
     assert "optimised for onnxruntime only" in refused.stderr and "without --optimize" in refused.stderr
