@@ -41,9 +41,8 @@ from idlevit.names import reduced_graph_name
 from .plan import FP16, FP32, PRECISIONS, QUANTIZED, Method, PrecisionPlan
 from .target import Target
 
-#: Ops whose first input is the residual stream an idle layer reads and writes back (ScatterND:
-#: the graph optimised for ONNX Runtime, :func:`engines.optimize.move_rows`).
-_WRITE_BACK_OPS = ("ScatterElements", "IdleScatter", "ScatterND")
+#: Ops whose first input is the residual stream an idle layer reads and writes back.
+_WRITE_BACK_OPS = ("ScatterElements", "IdleScatter")
 ORT_INSTALL = "pip install onnxruntime (its wheel ships onnxruntime.transformers.float16)"
 
 

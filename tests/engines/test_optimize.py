@@ -152,10 +152,10 @@ def test_optimised_graph_keeps_the_scoring_path_and_skips_skip_layer_norm(plain:
 def test_a_fusion_that_touches_the_scoring_path_is_refused(plain: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A transformer fusion that rewrote an idle layer's norm1 (as SkipLayerNormalization would) stops the step."""
     real = optimize.transformer_fusions
+    scoring = set(scoring_path_nodes(onnx.load(plain)))
 
     def fusing_norm1(model: onnx.ModelProto, heads: int, width: int) -> onnx.ModelProto:
         result = real(model, heads, width)
-        scoring = set(scoring_path_nodes(result))
         norm1 = next(n for n in result.graph.node if n.op_type == "LayerNormalization" and n.name in scoring)
         norm1.op_type, norm1.domain = "SkipLayerNormalization", MS_DOMAIN  # what that fusion would write
         return result
