@@ -72,7 +72,7 @@ class Optimization:
     def summary(self) -> str:
         done = [f"{count} {op}" for op, count in sorted(self.fused.items())]
         done += [f"{self.row_moves} idle layers' token moves as row copies"] if self.row_moves else []
-        done += [f"{self.class_token_ops} ops on the class token only"] if self.class_token_ops else []
+        done += [f"{self.class_token_ops} ops narrowed to the class token"] if self.class_token_ops else []
         return (
             f"optimised for ONNX Runtime only ({', '.join(done) or 'nothing fused'}); TensorRT takes the plain export"
         )
@@ -290,7 +290,7 @@ def move_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     bit-identical.
     """
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
-    gathers: dict[str, list[tuple[gs.Node, RowIndex]]] = {}  # index name -> its row gathers
+    gathers: dict[str, list[gs.Node]] = {}  # index name -> its row gathers
     write_backs: dict[str, WriteBack] = {}
     indices: dict[str, RowIndex] = {}
     for node in list(graph.nodes):
@@ -302,7 +302,7 @@ def move_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if write_back:
             write_backs[row_index.index.name] = write_back
         else:
-            gathers.setdefault(row_index.index.name, []).append((node, row_index))
+            gathers.setdefault(row_index.index.name, []).append(node)
     batch_column: gs.Variable | None = None
     batch_grids: dict[int, gs.Variable] = {}  # K+1 -> (B, K+1, 1) batch numbers
     for name, row_index in indices.items():
@@ -318,7 +318,7 @@ def move_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         graph.nodes.append(
             gs.Node("Concat", f"{name}_rows_concat", {"axis": 2}, [batch_grids[kept], row_index.rows], [coordinates])
         )
-        for gather, _ in gathers.get(name, []):
+        for gather in gathers.get(name, []):
             data, output = gather.inputs[0], gather.outputs[0]
             gather.inputs.clear()
             gather.outputs.clear()

@@ -255,7 +255,7 @@ def test_optimize_writes_a_checked_graph_for_onnxruntime_that_export_trt_refuses
     assert result.returncode == 0, result.stderr
     out = tmp_path / "idlevit_deit_micro_digits_ratio0.7_indices_ort.onnx"
     assert f"wrote {out.name}" in result.stdout
-    done = "12 Attention, 12 BiasGelu, 9 idle layers' token moves as row copies, 17 ops on the class token only"
+    done = "12 Attention, 12 BiasGelu, 9 idle layers' token moves as row copies, 17 ops narrowed to the class token"
     assert f"optimised for ONNX Runtime only ({done})" in result.stdout
     assert "kept-token agreement 100.00%" in result.stdout and "PASS" in result.stdout  # the export's own check
     meta = read_metadata(out)
