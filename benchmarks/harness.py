@@ -625,7 +625,8 @@ def format_table(result: BenchResult) -> str:
     if result.flops:
         lines.append(
             "FLOPs ratio: the model's (reference forward, as published), the ceiling of the speed-up; graph FLOPs: "
-            "the exported graph's, which ranks tokens without projecting every key"
+            "the plain export's, which ranks tokens without projecting every key (the optimised graph also computes "
+            "only the class token after the last attention)"
         )
     width = max(len(label) for label in result.backends) + 1
     for batch in result.batch_sizes:
