@@ -375,7 +375,7 @@ def _perm(node: gs.Node | None) -> list[int] | None:
 
 
 def _head_split(tensor: gs.Tensor, perm: list[int]) -> tuple[gs.Node, gs.Tensor, tuple[int, int, int]] | None:
-    """``Transpose(Reshape(x, [-1, S, H, D]), perm)`` -> (its Reshape, x, (S, H, D)); None otherwise."""
+    """``Transpose(Reshape(x, [B, S, H, D]), perm)`` -> (its Reshape, x, (S, H, D)); None otherwise."""
     transpose = _single_producer(tensor, "Transpose")
     if transpose is None or _perm(transpose) != perm or len(transpose.outputs[0].outputs) != 1:
         return None
@@ -383,8 +383,8 @@ def _head_split(tensor: gs.Tensor, perm: list[int]) -> tuple[gs.Node, gs.Tensor,
     if reshape is None:
         return None
     shape = _constant(reshape.inputs[1])
-    if shape is None or shape.size != 4 or int(shape[0]) != -1 or len(reshape.outputs[0].outputs) != 1:
-        return None
+    if shape is None or shape.size != 4 or min(shape[1:]) < 1 or len(reshape.outputs[0].outputs) != 1:
+        return None  # the batch may be -1, 0 or a static size: with S, H and D fixed, any of them is the batch
     return reshape, reshape.inputs[0], (int(shape[1]), int(shape[2]), int(shape[3]))
 
 
@@ -449,7 +449,7 @@ def _attention_core(softmax: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray
     if flat is None:
         return None
     shape = _constant(flat.inputs[1])
-    if shape is None or [int(s) for s in shape] != [-1, tokens, heads * head_size]:
+    if shape is None or [int(s) for s in shape[1:]] != [tokens, heads * head_size]:
         return None
     projection = _qkv_projection(split)
     if projection is None or projection[1].shape[1] != 3 * heads * head_size:

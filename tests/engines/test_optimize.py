@@ -31,12 +31,12 @@ def _ops(model: onnx.ModelProto) -> collections.Counter[str]:
     return collections.Counter(node.op_type for node in model.graph.node)
 
 
-def _export(tmp_path: Path, name: str, arch: str = "deit_tiny", **kwargs) -> Path:
+def _export(tmp_path: Path, name: str, arch: str = "deit_tiny", batch: int | None = None, **kwargs) -> Path:
     """A small model, exported plain with its kept indices (4 blocks: a dense one, then 3 idle ones)."""
     options = dict(img_size=32, patch_size=8, num_classes=10, depth=4, idle_layers=[1, 2, 3])
     model = make_model(arch, **{**options, "keep_ratios": [0.7, 0.5, 0.3], **kwargs})
     path = tmp_path / f"{name}.onnx"
-    export_onnx(model, path, with_indices=True, verify_batch=0, progress=False)
+    export_onnx(model, path, batch=batch, with_indices=True, verify_batch=0, progress=False)
     return path
 
 
@@ -179,6 +179,18 @@ def test_lvvit_without_qkv_bias_fuses_with_a_zero_bias(tmp_path: Path) -> None:
     optimized, record = optimize_for_onnxruntime(onnx.load(plain))
     assert record.fused["Attention"] == 4
     images = np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    expected, got = _run(plain, tmp_path, images), _run(optimized, tmp_path, images)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-5)
+    for a, b in zip(expected[1:], got[1:], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_static_batch_graph_is_optimised_too(tmp_path: Path) -> None:
+    """``--static-batch`` writes the batch size into the head Reshapes; the Attention fusion takes it."""
+    plain = _export(tmp_path, "static", batch=2)
+    optimized, record = optimize_for_onnxruntime(onnx.load(plain))
+    assert record.fused["Attention"] == 4 and record.row_moves == 3
+    images = _images(4, 2)
     expected, got = _run(plain, tmp_path, images), _run(optimized, tmp_path, images)
     np.testing.assert_allclose(got[0], expected[0], atol=1e-5)
     for a, b in zip(expected[1:], got[1:], strict=True):
