@@ -46,6 +46,7 @@ import onnx_graphsurgeon as gs
 from idlevit.errors import MissingDependencyError, ToolkitError
 from plugins.idle_scatter.graph_pass import RowIndex, WriteBack, match_row_index, match_write_back, static_dim
 
+from .graphs import export_like, replace_uses
 from .precision import scoring_path_nodes
 
 #: What an optimised graph's metadata names as its only runtime.
@@ -127,16 +128,6 @@ def _rank(tensor: gs.Tensor) -> int | None:
 
 def _int64(tensor: gs.Tensor) -> bool:
     return tensor.dtype is not None and np.dtype(tensor.dtype) == np.int64
-
-
-def _export_like(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
-    """``graph`` cleaned, sorted and exported with ``source``'s IR version and metadata."""
-    graph.cleanup().toposort()
-    model = gs.export_onnx(graph)
-    model.ir_version = source.ir_version
-    del model.metadata_props[:]
-    model.metadata_props.extend(source.metadata_props)
-    return model
 
 
 # ---- step 1: only the class token after the last attention -------------------------------------
@@ -240,11 +231,7 @@ def _narrow_through(gather: gs.Node, graph: gs.Graph, class_index: gs.Constant) 
         producer.outputs[0] = narrowed
     for other in readers:  # every other class-token Gather of these tokens now reads the narrowed row
         if other is not gather and other.outputs:
-            old = other.outputs[0]
-            for reader in list(old.outputs):
-                for position, tensor in enumerate(list(reader.inputs)):
-                    if tensor is old:
-                        reader.inputs[position] = narrowed
+            replace_uses(other.outputs[0], narrowed)
             other.outputs.clear()
     return True
 
@@ -274,7 +261,7 @@ def narrow_to_class_token(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
                 count += 1
                 moved = True
                 break
-    return _export_like(graph, model), count
+    return export_like(graph, model), count
 
 
 # ---- step 2: token moves as row copies ----------------------------------------------------------
@@ -338,7 +325,7 @@ def move_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 outputs=[output],
             )
         )
-    return _export_like(graph, model), len(indices)
+    return export_like(graph, model), len(indices)
 
 
 def _batch_column(graph: gs.Graph, kept: gs.Tensor) -> gs.Variable:
@@ -485,7 +472,7 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             )
         )
         count += 1
-    fused = _export_like(graph, model)
+    fused = export_like(graph, model)
     _import_ms_domain(fused)
     return fused, count
 

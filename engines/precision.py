@@ -38,6 +38,7 @@ from idlevit.fileio import atomic_write, sha256_file
 from idlevit.metadata import load_onnx, read_metadata, write_metadata
 from idlevit.names import reduced_graph_name
 
+from .graphs import export_like, replace_uses
 from .plan import FP16, FP32, PRECISIONS, QUANTIZED, Method, PrecisionPlan
 from .target import Target
 
@@ -163,18 +164,9 @@ def drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
         source = first.inputs[0]
         if types.get(source.name) != onnx.TensorProto.FLOAT:
             continue
-        rounded = node.outputs[0]
-        for reader in list(rounded.outputs):
-            for i, tensor in enumerate(reader.inputs):
-                if tensor is rounded:
-                    reader.inputs[i] = source
+        replace_uses(node.outputs[0], source)
         node.outputs.clear()
-    graph.cleanup().toposort()
-    cleaned = gs.export_onnx(graph)
-    cleaned.ir_version = model.ir_version
-    del cleaned.metadata_props[:]
-    cleaned.metadata_props.extend(model.metadata_props)
-    return cleaned
+    return export_like(graph, model)
 
 
 def source_record(onnx_path: str | os.PathLike[str]) -> dict[str, str]:
