@@ -573,9 +573,9 @@ def optimize_for_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, O
     """
     import onnxruntime  # lazy: ONNX Runtime only when a graph is optimised for it
 
-    path = scoring_path_nodes(model) if any(node.op_type == "TopK" for node in model.graph.node) else []
-    before = scoring_path_signature(model, path)
     idle_layers = sum(node.op_type == "TopK" for node in model.graph.node)
+    path = scoring_path_nodes(model) if idle_layers else []  # the scoring path as the plain export has it
+    before = scoring_path_signature(model, path)
     narrowed, class_token_ops = narrow_to_class_token(model)
     moved, row_moves = move_rows(narrowed)
     if row_moves != idle_layers:
