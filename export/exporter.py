@@ -52,6 +52,9 @@ from validate.report import ParityReport
 
 from .contract import DEFAULT_EXPORTER, DEFAULT_OPSET, DYNAMO, FORBIDDEN_OPS, opset_problem
 
+#: ``--random-init`` weights: seeded, so two exports of one arch are one model (e.g. to compare exporters).
+RANDOM_INIT_SEED = 0
+
 #: Dimension name of the dynamic batch on every graph input and output.
 BATCH = "batch"
 
@@ -642,7 +645,9 @@ def export_checkpoint(
         if not arch:
             raise ToolkitError("--random-init needs --arch (one of: " + ", ".join(idlevit.list_archs()) + ")")
         overrides = {"img_size": img_size} if img_size else {}
-        model = idlevit.create_model(arch, **schedule, **overrides).eval()
+        with torch.random.fork_rng(devices=[]):  # the same weights on every run; the caller's RNG untouched
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = idlevit.create_model(arch, **schedule, **overrides).eval()
         ckpt_name, ckpt_sha = "random-init", ""
     else:
         ckpt_path = idlevit.resolve_checkpoint_path(ckpt)

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch", choices=list_archs(), help="architecture; default: read from the checkpoint (its shapes)"
     )
     src.add_argument(
-        "--random-init", action="store_true", help="no checkpoint: random weights of --arch (to try the pipeline)"
+        "--random-init",
+        action="store_true",
+        help="no checkpoint: random weights of --arch, the same on every run (to try the pipeline)",
     )
     sched = parser.add_argument_group("idle schedule (checkpoints store none)")
     add_schedule_arguments(sched)

@@ -19,7 +19,7 @@ from engines.ort import create_session
 from engines.precision import scoring_path_nodes
 from export import onnx as onnx_cli
 from export.contract import DEFAULT_OPSET, DYNAMO, EXPORTER_OPSETS, EXPORTERS, TORCHSCRIPT
-from export.exporter import FORBIDDEN_OPS, default_output_path, export_onnx
+from export.exporter import FORBIDDEN_OPS, default_output_path, export_checkpoint, export_onnx
 from idlevit.cli import run_cli
 from idlevit.errors import EXIT_BAD_INPUT, MissingDependencyError, ToolkitError
 from idlevit.metadata import read_metadata
@@ -222,6 +222,21 @@ def test_only_known_notes_are_silenced(tmp_path: Path, monkeypatch: pytest.Monke
         export_onnx(shallow_model(), tmp_path / "noted.onnx", exporter=exporter, verify_batch=0, progress=False)
     messages = {str(w.message) for w in caught}
     assert messages == {"a note nobody silences"}, messages
+
+
+def test_random_init_gives_the_same_weights_every_time(tmp_path: Path) -> None:
+    """Two --random-init exports of one arch are one model, whatever torch's RNG held (so exporters can be compared)."""
+    options = dict(arch="deit_micro", img_size=32, random_init=True, verify=False, progress=False)
+    torch.manual_seed(1234)
+    first = export_checkpoint(**options, out=tmp_path / "a.onnx").path
+    torch.manual_seed(4321)
+    second = export_checkpoint(**options, exporter="torchscript", out=tmp_path / "b.onnx").path
+    weights = [{t.name: numpy_helper.to_array(t) for t in onnx.load(p).graph.initializer} for p in (first, second)]
+    head = [next(w for name, w in each.items() if "head.weight" in name) for each in weights]
+    np.testing.assert_array_equal(head[0], head[1])
+    images = np.random.default_rng(5).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    logits = [create_session(p).run(None, {"images": images})[0] for p in (first, second)]
+    np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)
 
 
 def test_cli_random_init_writes_and_verifies(tmp_path: Path) -> None:
