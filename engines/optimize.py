@@ -44,7 +44,15 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from idlevit.errors import MissingDependencyError, ToolkitError
-from plugins.idle_scatter.graph_pass import RowIndex, WriteBack, match_row_index, match_write_back, static_dim
+from plugins.idle_scatter.graph_pass import (
+    RowIndex,
+    WriteBack,
+    dtype_in,
+    match_row_index,
+    match_write_back,
+    static_dim,
+    static_rank,
+)
 
 from .graphs import export_like, replace_uses
 from .precision import scoring_path_nodes
@@ -122,14 +130,6 @@ def _row_gather(node: gs.Node) -> RowIndex | None:
     return match_row_index(index, static_dim(data, 2))
 
 
-def _rank(tensor: gs.Tensor) -> int | None:
-    return None if tensor.shape is None else len(tensor.shape)
-
-
-def _int64(tensor: gs.Tensor) -> bool:
-    return tensor.dtype is not None and np.dtype(tensor.dtype) == np.int64
-
-
 # ---- step 1: only the class token after the last attention -------------------------------------
 #: Ops that act on each token row alone (the last axis), with the inputs that carry token rows.
 _UNARY_ROW_OPS = ("Erf", "Gelu", "Relu", "Sigmoid", "Tanh", "Sqrt", "Identity")
@@ -190,7 +190,7 @@ def _row_inputs(node: gs.Node, rank: int) -> list[int] | None:
         if value is not None:
             if value.ndim > 1 and any(d != 1 for d in value.shape[:-1]):
                 return None  # a constant that differs between tokens
-        elif _rank(tensor) == rank and static_dim(tensor, 1) not in (None, 1):
+        elif static_rank(tensor) == rank and static_dim(tensor, 1) not in (None, 1):
             if static_dim(tensor, 1) != static_dim(node.outputs[0], 1):
                 return None
             rows.append(position)
@@ -206,7 +206,7 @@ def _narrow_through(gather: gs.Node, graph: gs.Graph, class_index: gs.Constant) 
     if len(tokens.inputs) != 1 or tokens in graph.outputs or not all(map(_is_class_gather, readers)):
         return False
     producer = tokens.inputs[0]
-    rank = _rank(tokens) or 0
+    rank = static_rank(tokens) or 0
     write_back = match_write_back(producer)
     row_index = write_back.row_index if write_back else _row_gather(producer)
     if row_index is not None and _class_token_first(row_index.kept):
@@ -283,7 +283,7 @@ def move_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     for node in list(graph.nodes):
         write_back = match_write_back(node)
         row_index = write_back.row_index if write_back else _row_gather(node)
-        if row_index is None or not _int64(row_index.rows) or static_dim(row_index.rows, 1) is None:
+        if row_index is None or not dtype_in(row_index.rows, (np.int64,)) or static_dim(row_index.rows, 1) is None:
             continue  # a K that is not static, or int32 positions: the layer keeps its element moves
         indices.setdefault(row_index.index.name, row_index)
         if write_back:
@@ -529,17 +529,12 @@ def transformer_fusions(model: onnx.ModelProto, num_heads: int, hidden_size: int
 NodeSignature = tuple[str, str, tuple[str, ...], tuple[str, ...], str, tuple[str, ...]]
 
 
-def scoring_path_signature(model: onnx.ModelProto, names: list[str] | None = None) -> list[NodeSignature]:
-    """Every scoring-path node as (name, op, inputs, outputs, attributes, which path nodes feed it).
+def scoring_path_signature(model: onnx.ModelProto, names: list[str]) -> list[NodeSignature]:
+    """Every node of the scoring path ``names`` (found in the plain export) as it stands in ``model``.
 
-    ``names``: the scoring path found in the plain export (default: found in ``model``); equal
-    signatures before and after a rewrite mean that path is untouched and wired as it was (it
+    Equal signatures before and after a rewrite mean that path is untouched and wired as it was (it
     starts from the residual stream, whose producer, the write-back, may change).
     """
-    if names is None:
-        if not any(node.op_type == "TopK" for node in model.graph.node):
-            return []  # a dense graph (keep rate 1.0) selects no tokens
-        names = scoring_path_nodes(model)
     inside = set(names)
     producer = {output: node.name for node in model.graph.node for output in node.output if node.name in inside}
     nodes = {node.name: node for node in model.graph.node}

@@ -71,11 +71,13 @@ def static_dim(tensor: gs.Tensor, axis: int) -> int | None:
     return int(shape[axis])
 
 
-def _rank(tensor: gs.Tensor) -> int | None:
+def static_rank(tensor: gs.Tensor) -> int | None:
+    """Rank of ``tensor``, or None when its shape is unknown."""
     return None if tensor.shape is None else len(tensor.shape)
 
 
-def _dtype_in(tensor: gs.Tensor, allowed: tuple[type, ...]) -> bool:
+def dtype_in(tensor: gs.Tensor, allowed: tuple[type, ...]) -> bool:
+    """Whether ``tensor``'s (known) element type is one of ``allowed``."""
     return tensor.dtype is not None and np.dtype(tensor.dtype) in [np.dtype(t) for t in allowed]
 
 
@@ -104,7 +106,7 @@ def match_row_index(index: gs.Tensor, channels: int | None) -> RowIndex | None:
         return None
     unsqueeze = unsq_out.inputs[0]
     kept = unsqueeze.inputs[0]
-    if _rank(kept) != 2 or not _dtype_in(kept, _INDEX_TYPES) or _unsqueeze_axes(unsqueeze) not in ([2], [-1]):
+    if static_rank(kept) != 2 or not dtype_in(kept, _INDEX_TYPES) or _unsqueeze_axes(unsqueeze) not in ([2], [-1]):
         return None
     if int(shape[2]) != channels:
         return None
@@ -119,7 +121,7 @@ def match_write_back(node: gs.Node) -> WriteBack | None:
     if node.op != "ScatterElements" or node.domain not in (None, "", "ai.onnx") or len(node.inputs) != 3:
         return None
     tokens, index, updates = node.inputs
-    if _rank(tokens) != 3 or not _dtype_in(tokens, _FLOATS):
+    if static_rank(tokens) != 3 or not dtype_in(tokens, _FLOATS):
         return None
     if int(node.attrs.get("axis", 0)) not in (1, -2) or node.attrs.get("reduction", "none") != "none":
         return None
