@@ -13,11 +13,14 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from idlevit import names
+
 FP32, FP16, INT8, FP8 = "fp32", "fp16", "int8", "fp8"
 #: Precisions the plan knows (bf16 slots in here: one entry and one converter).
 PRECISIONS = (FP32, FP16, INT8, FP8)
-#: Precisions reached by explicit quantization (Q/DQ nodes written into the graph by ModelOpt).
-QUANTIZED = (INT8, FP8)
+#: Precisions reached by explicit quantization (Q/DQ nodes written into the graph by ModelOpt): the naming rule's
+#: list (their graphs are ``<stem>_int8.onnx`` / ``<stem>_fp8.onnx``), so plans and names cannot disagree.
+QUANTIZED = names.QUANTIZED
 
 
 class Method(str, Enum):
