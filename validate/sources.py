@@ -61,7 +61,7 @@ def recorded_fp32_graph(
     meta: ExportMetadata | None = None,
     fix: str = "pass --reference-onnx with the FP32 graph it was made from",
 ) -> Path:
-    """The FP32 graph a reduced-precision graph was made from, as its metadata records it (path and sha256).
+    """The FP32 graph a reduced-precision graph was made from, as its metadata records it (file name and sha256).
 
     Looked up by its name beside the reduced graph, then in the working directory (graphs written before
     names were recorded: at the recorded path first); used only when its sha256 is the recorded one.
