@@ -165,8 +165,9 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     the whole axis); each ``SplitToSequence`` read by ``SequenceAt`` becomes one ``Split``;
     Reshape shapes that copy the batch size from the input (Shape -> ... -> Concat) become
     constants with -1 (and ``allowzero`` goes where the shape holds no 0); chained Transposes
-    become one; GELU is written in the form ONNX Runtime fuses (:func:`_canonical_gelu`); dead
-    nodes go; nodes are sorted and every one gets a unique name (the precision
+    become one; GELU is written in the form ONNX Runtime fuses (:func:`_canonical_gelu`); operands
+    are put in one order (:func:`_canonical_operands`), so both exporters give ONNX Runtime the
+    same graph; dead nodes go; nodes are sorted and every one gets a unique name (the precision
     plan finds the scoring path by name); the batch axis of every input and output is named
     ``batch``; stale intermediate shapes are dropped (the check infers them again).
     """
@@ -179,6 +180,7 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
         _static_reshape_shapes(graph)
         _fuse_transposes(graph)
         _canonical_gelu(graph)
+        _canonical_operands(graph)
         graph.cleanup().fold_constants().cleanup().toposort()
     _name_nodes(graph)
     _name_batch_axis(graph)
@@ -369,6 +371,37 @@ def _canonical_gelu(graph: gs.Graph) -> None:
         halving = next(t for t in half.inputs if t is not added)
         half.inputs = [source, added]
         outer.inputs = [half.outputs[0], halving]
+
+
+#: Binary ops whose two inputs may swap places: the same numbers either way (IEEE + and * commute).
+COMMUTATIVE_OPS = frozenset({"Add", "Mul"})
+
+
+def _canonical_operands(graph: gs.Graph) -> None:
+    """One spelling of what the exporters spell two ways: the constant second, Flatten as Reshape, no trailing ''.
+
+    The TorchScript exporter writes a bias add as ``Add(bias, x)``, a ``Flatten`` where the dynamo
+    exporter writes ``Reshape(x, [-1, n])``, and an empty optional input at the end of ``Pad``;
+    the dynamo exporter ``Add(x, bias)``, the Reshape and nothing. Each pair computes the same
+    tensor; written one way, the two exports are node for node the same graph to ONNX Runtime.
+    """
+    for node in graph.nodes:
+        if node.op in COMMUTATIVE_OPS and len(node.inputs) == 2:
+            first, second = node.inputs
+            if isinstance(first, gs.Constant) and not isinstance(second, gs.Constant):
+                node.inputs = [second, first]
+        while node.inputs and isinstance(node.inputs[-1], gs.Variable) and not node.inputs[-1].name:
+            node.inputs.pop()  # an omitted optional input: its default, as if it were not written
+        if node.op == "Flatten" and len(node.inputs) == 1:
+            shape, axis = node.inputs[0].shape, int(node.attrs.get("axis", 1))
+            if shape is None or not 0 < axis < len(shape):
+                continue
+            tail = shape[axis:]
+            if not all(isinstance(d, (int, np.integer)) and d > 0 for d in tail):
+                continue  # a Reshape needs the flattened width as a constant
+            node.op, node.attrs = "Reshape", {}
+            width = int(np.prod([int(d) for d in tail]))
+            node.inputs.append(gs.Constant(f"{node.name or 'flatten'}_shape", np.array([-1, width], dtype=np.int64)))
 
 
 def _name_nodes(graph: gs.Graph) -> None:
