@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -22,3 +23,8 @@ def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
         for position, tensor in enumerate(list(reader.inputs)):
             if tensor is old:
                 reader.inputs[position] = new
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The values of a constant (initializer) tensor, or None for a computed one."""
+    return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None

@@ -54,7 +54,7 @@ from plugins.idle_scatter.graph_pass import (
     static_rank,
 )
 
-from .graphs import export_like, replace_uses
+from .graphs import constant_value, export_like, replace_uses
 from .precision import scoring_path_nodes
 
 #: What an optimised graph's metadata names as its only runtime.
@@ -116,10 +116,6 @@ class Optimization:
 _STANDARD_DOMAINS = (None, "", "ai.onnx")
 
 
-def _constant(tensor: gs.Tensor) -> np.ndarray | None:
-    return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
-
-
 def _row_gather(node: gs.Node) -> RowIndex | None:
     """``node`` as a GatherElements of whole (B, N, C) token rows at an idle layer's kept positions, else None."""
     if node.op != "GatherElements" or node.domain not in _STANDARD_DOMAINS or len(node.inputs) != 2:
@@ -142,7 +138,7 @@ def _is_class_gather(node: gs.Node) -> bool:
         return False
     if int(node.attrs.get("axis", 0)) != 1:
         return False
-    index = _constant(node.inputs[1])
+    index = constant_value(node.inputs[1])
     return index is not None and index.ndim == 0 and int(index) == 0 and bool(node.outputs)
 
 
@@ -159,7 +155,7 @@ def _class_token_first(kept: gs.Tensor) -> bool:
     if len(scores.inputs) != 1 or scores.inputs[0].op != "Add":
         return False
     for term in scores.inputs[0].inputs:
-        bias = _constant(term)
+        bias = constant_value(term)
         if bias is not None and bias.size > 1 and all(d == 1 for d in bias.shape[:-1]):
             flat = bias.reshape(-1)
             return bool(flat[0] == np.inf and np.isfinite(flat[1:]).all())
@@ -176,9 +172,9 @@ def _row_inputs(node: gs.Node, rank: int) -> list[int] | None:
         return None
     if node.op == "LayerNormalization":
         axis = int(node.attrs.get("axis", -1))
-        return [0] if axis in (-1, rank - 1) and all(_constant(t) is not None for t in node.inputs[1:]) else None
+        return [0] if axis in (-1, rank - 1) and all(constant_value(t) is not None for t in node.inputs[1:]) else None
     if node.op == "MatMul":
-        weight = _constant(node.inputs[1])
+        weight = constant_value(node.inputs[1])
         return [0] if weight is not None and weight.ndim == 2 else None
     if node.op in _UNARY_ROW_OPS:
         return [0]
@@ -186,7 +182,7 @@ def _row_inputs(node: gs.Node, rank: int) -> list[int] | None:
         return None
     rows = []
     for position, tensor in enumerate(node.inputs):
-        value = _constant(tensor)
+        value = constant_value(tensor)
         if value is not None:
             if value.ndim > 1 and any(d != 1 for d in value.shape[:-1]):
                 return None  # a constant that differs between tokens
@@ -369,7 +365,7 @@ def _head_split(tensor: gs.Tensor, perm: list[int]) -> tuple[gs.Node, gs.Tensor,
     reshape = _single_producer(transpose.inputs[0], "Reshape")
     if reshape is None:
         return None
-    shape = _constant(reshape.inputs[1])
+    shape = constant_value(reshape.inputs[1])
     if shape is None or shape.size != 4 or min(shape[1:]) < 1 or len(reshape.outputs[0].outputs) != 1:
         return None  # the batch may be -1, 0 or a static size: with S, H and D fixed, any of them is the batch
     return reshape, reshape.inputs[0], (int(shape[1]), int(shape[2]), int(shape[3]))
@@ -383,7 +379,7 @@ def _qkv_projection(split: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray] 
     bias = None
     add = _single_producer(source, "Add")
     if add is not None:
-        constants = [_constant(t) for t in add.inputs]
+        constants = [constant_value(t) for t in add.inputs]
         others = [t for t, c in zip(add.inputs, constants, strict=True) if c is None]
         bias = next((c for c in constants if c is not None), None)
         if bias is None or len(others) != 1 or len(others[0].outputs) != 1:
@@ -392,7 +388,7 @@ def _qkv_projection(split: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray] 
     matmul = _single_producer(source, "MatMul")
     if matmul is None:
         return None
-    weight = _constant(matmul.inputs[1])
+    weight = constant_value(matmul.inputs[1])
     if weight is None or weight.ndim != 2:
         return None
     bias = np.zeros(weight.shape[1], dtype=weight.dtype) if bias is None else bias.reshape(-1)
@@ -412,7 +408,7 @@ def _attention_core(softmax: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray
     scaled = _single_producer(scores.inputs[0], "Mul")
     if scaled is None:
         return None
-    factors = [_constant(t) for t in scaled.inputs]
+    factors = [constant_value(t) for t in scaled.inputs]
     scale = next((float(c.reshape(-1)[0]) for c in factors if c is not None and c.size == 1), None)
     queries = [t for t, c in zip(scaled.inputs, factors, strict=True) if c is None]
     if scale is None or len(queries) != 1:
@@ -426,7 +422,7 @@ def _attention_core(softmax: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray
     split = _single_producer(q[1], "Split")
     if split is None or [t.name for t in split.outputs] != [q[1].name, k[1].name, v[1].name]:
         return None
-    axis, sizes = int(split.attrs.get("axis", 0)), _constant(split.inputs[1]) if len(split.inputs) > 1 else None
+    axis, sizes = int(split.attrs.get("axis", 0)), constant_value(split.inputs[1]) if len(split.inputs) > 1 else None
     if axis not in (-1, 2) or sizes is None or [int(s) for s in sizes] != [heads * head_size] * 3:
         return None
     merge = _single_reader(context.outputs[0], "Transpose")
@@ -435,7 +431,7 @@ def _attention_core(softmax: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray
     flat = _single_reader(merge.outputs[0], "Reshape")
     if flat is None:
         return None
-    shape = _constant(flat.inputs[1])
+    shape = constant_value(flat.inputs[1])
     if shape is None or [int(s) for s in shape[1:]] != [tokens, heads * head_size]:
         return None
     projection = _qkv_projection(split)

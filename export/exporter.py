@@ -36,6 +36,7 @@ import torch
 from onnx_graphsurgeon.logger import G_LOGGER
 
 import idlevit
+from engines.graphs import constant_value, replace_uses
 from engines.optimize import ONNXRUNTIME, Optimization, optimize_for_onnxruntime
 from engines.plan import FP32
 from idlevit.cli import progress as progress_bar
@@ -201,12 +202,6 @@ def _graphsurgeon_errors_only() -> Iterator[None]:
         G_LOGGER.severity = previous
 
 
-def _constant(tensor: gs.Tensor) -> np.ndarray | None:
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    return None
-
-
 def _is_no_op(node: gs.Node) -> bool:
     """Identity, a Cast to its input's own dtype, or a Slice that keeps every element."""
     if node.op == "Identity":
@@ -215,8 +210,8 @@ def _is_no_op(node: gs.Node) -> bool:
     if node.op == "Cast" and source is not None and source.dtype is not None:
         return np.dtype(source.dtype) == onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))
     if node.op == "Slice" and len(node.inputs) >= 3:
-        starts, ends = _constant(node.inputs[1]), _constant(node.inputs[2])
-        steps = _constant(node.inputs[4]) if len(node.inputs) > 4 else np.ones(1, dtype=np.int64)
+        starts, ends = constant_value(node.inputs[1]), constant_value(node.inputs[2])
+        steps = constant_value(node.inputs[4]) if len(node.inputs) > 4 else np.ones(1, dtype=np.int64)
         whole = np.iinfo(np.int64).max // 2  # exporters write INT64_MAX (or close) for "to the end"
         return (
             starts is not None
@@ -227,14 +222,6 @@ def _is_no_op(node: gs.Node) -> bool:
     return False
 
 
-def _reroute(old: gs.Tensor, new: gs.Tensor) -> None:
-    """Every node that reads ``old`` reads ``new`` instead."""
-    for reader in list(old.outputs):
-        for i, tensor in enumerate(reader.inputs):
-            if tensor is old:
-                reader.inputs[i] = new
-
-
 def _drop_no_ops(graph: gs.Graph) -> None:
     """Route the readers of a no-op's output (:func:`_is_no_op`) to its input."""
     for node in graph.nodes:
@@ -243,7 +230,7 @@ def _drop_no_ops(graph: gs.Graph) -> None:
         source, out = node.inputs[0], node.outputs[0]
         if out in graph.outputs:
             continue
-        _reroute(out, source)
+        replace_uses(out, source)
         node.outputs = []
 
 
@@ -253,9 +240,9 @@ def _fuse_split_sequences(graph: gs.Graph) -> None:
         if node.op != "SplitToSequence" or len(node.inputs) != 2 or int(node.attrs.get("keepdims", 1)) != 1:
             continue
         data, split = node.inputs
-        sizes, axis = _constant(split), int(node.attrs.get("axis", 0))
+        sizes, axis = constant_value(split), int(node.attrs.get("axis", 0))
         readers = list(node.outputs[0].outputs)
-        positions = [_constant(reader.inputs[1]) if reader.op == "SequenceAt" else None for reader in readers]
+        positions = [constant_value(reader.inputs[1]) if reader.op == "SequenceAt" else None for reader in readers]
         if sizes is None or not readers or any(p is None or p.size != 1 for p in positions):
             continue
         if sizes.ndim == 0:  # equal chunks: the axis length must be known
@@ -291,7 +278,7 @@ def _static_reshape_shapes(graph: gs.Graph) -> None:
             continue
         values, unknown = [], 0
         for piece in concat.inputs:
-            known = _constant(piece)
+            known = constant_value(piece)
             if known is not None:
                 values += [int(v) for v in known.reshape(-1)]
             elif piece.shape is not None and len(piece.shape) == 1 and piece.shape[0] == 1:
@@ -304,7 +291,7 @@ def _static_reshape_shapes(graph: gs.Graph) -> None:
             continue
         node.inputs[1] = gs.Constant(f"{node.name or 'reshape'}_shape", np.array(values, dtype=np.int64))
     for node in graph.nodes:  # allowzero only matters for a 0 in the shape: drop it where none can be
-        shape = _constant(node.inputs[1]) if node.op == "Reshape" and len(node.inputs) == 2 else None
+        shape = constant_value(node.inputs[1]) if node.op == "Reshape" and len(node.inputs) == 2 else None
         if shape is not None and (shape != 0).all():
             node.attrs.pop("allowzero", None)
 
@@ -325,7 +312,7 @@ def _fuse_transposes(graph: gs.Graph) -> None:
         if out in graph.outputs or source in graph.inputs:
             node.inputs[0], node.attrs["perm"] = first.inputs[0], perm  # keep a node between graph I/O
             continue
-        _reroute(out, source)
+        replace_uses(out, source)
         node.outputs = []
 
 
@@ -334,7 +321,7 @@ def _scalar_input(node: gs.Node) -> tuple[float | None, gs.Tensor | None]:
     if len(node.inputs) != 2:
         return None, None
     for i, tensor in enumerate(node.inputs):
-        value = _constant(tensor)
+        value = constant_value(tensor)
         if value is not None and value.size == 1:
             return float(value.reshape(-1)[0]), node.inputs[1 - i]
     return None, None
