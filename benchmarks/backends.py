@@ -68,7 +68,7 @@ def _pytorch(model: Any, onnx_path: Path, threads: int, max_batch: int) -> BaseR
 
 def _onnxruntime(device: str) -> Callable[[Any, Path, int, int], BaseRunner]:
     def make(model: Any, onnx_path: Path, threads: int, max_batch: int) -> BaseRunner:
-        return ort_runner(onnx_path, device, threads, ort_options(), integer_kernels=True)
+        return ort_runner(onnx_path, device, threads, ort_options, integer_kernels=True)
 
     return make
 

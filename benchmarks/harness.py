@@ -11,8 +11,9 @@ Two ways in, one table out:
 * **Given files** (:func:`time_given`, no PyTorch): ONNX graphs on ONNX Runtime and engines on
   TensorRT, each as it is; a dense graph among them is the baseline of the others.
 
-Every configuration runs once per round, in a shuffled order (:func:`interleaved`), so machine
-noise hits all alike; every ratio is taken within a round and reported as the median over rounds
+Every configuration runs once per round, in a shuffled order, and every session is made anew
+in a shuffled order every few rounds (:func:`interleaved`), so machine noise and memory placement
+hit all alike; every ratio is taken within a round and reported as the median over rounds
 with its spread (min..max). A loaded machine (load average above the core count) or a spread above
 10% is reported as a warning: such ratios are less trustworthy.
 
@@ -23,8 +24,6 @@ against the same backend's FP32 dense model and FP32 IdleViT, measured in the sa
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from polygraphy.backend.base import BaseRunner
 
 from engines.plan import DEFAULT_QUANT_PLAN, FP8, FP32, INT8
 from idlevit.cli import progress as progress_bar
@@ -48,7 +48,6 @@ from idlevit.sidecar import EngineSidecar, sidecar_path
 from .backends import BACKENDS, ORT_BACKENDS, REFERENCE, default_threads, engine_runner
 from .options import DEFAULT_GRAPHS, DEFAULT_KEEP_RATES, DYNAMO_GRAPH, GRAPH_NAMES, OPTIMIZED_GRAPH, TORCHSCRIPT_GRAPH
 
-Runner = Callable[[dict[str, np.ndarray]], object]  # a runner's infer on a feed dict
 Key = tuple[str, float]  # (configuration label, keep rate)
 
 DENSE = 1.0  # keep rate of the dense model: every token kept, i.e. no idle layer
@@ -58,6 +57,8 @@ BENCH_PRECISIONS = (FP32, INT8, FP8)
 BENCH_CALIB_IMAGES = 32
 #: A ratio whose per-round spread ((max - min) / median) is above this is flagged as noisy.
 MAX_SPREAD = 0.10
+#: Rounds between rebuilds of every session and engine (see :func:`interleaved`).
+REBUILD_EVERY = 5
 NO_TORCH_TO_EXPORT = (
     "benchmarks.latency exports its own models with PyTorch, which is not installed here; time given graphs "
     "instead (--onnx X.onnx, --engine X.engine) or install the PyTorch side: pip install -e '.[torch]'"
@@ -123,15 +124,16 @@ class Timing:
 
 
 def interleaved(
-    runners: dict[Key, Runner],
+    runners: dict[Key, BaseRunner],
     batch: int,
     img_size: int,
     warmup: int,
     repeats: int,
     progress: bool = True,
     settle_s: float = 0.0,
+    rebuild_every: int = REBUILD_EVERY,
 ) -> dict[Key, Timing]:
-    """Time every runner ``repeats`` times on the same batch, round-robin.
+    """Time every runner ``repeats`` times on the same batch, round-robin; the runners come inactive.
 
     Each repeat runs every configuration once, in an order shuffled anew each round (seeded), so
     no configuration always follows the same neighbour (caches, frequency, neighbours' threads):
@@ -139,23 +141,48 @@ def interleaved(
     otherwise equal graphs. Every run starts after ``settle_s`` of sleep: each runtime keeps its own default threading
     (OpenMP's and ONNX Runtime's workers spin while they wait), and the pause lets the previous
     run's spinning threads go idle before the next run is timed.
+
+    Every ``rebuild_every`` rounds (and first) all runners are deactivated and activated again in a
+    new shuffled order, then warmed up ``warmup`` times each: ONNX Runtime sessions made earlier in
+    a process ran 1-2% slower than copies of the same file made later (not so with transparent huge
+    pages: it is where their memory landed), a bias no shuffling of runs removes. All runners are
+    inactive again on return, also when a run fails.
     """
+    if rebuild_every < 1:
+        raise ToolkitError(f"rebuild_every must be at least 1, not {rebuild_every}")
     images = np.random.default_rng(0).standard_normal((batch, 3, img_size, img_size), dtype=np.float32)
+    feed = {IMAGES: images}
     keys = list(runners)
-    for key in keys:
-        for _ in range(warmup):
-            time.sleep(settle_s)
-            runners[key]({IMAGES: images})
     timings = {key: Timing(key[0], key[1], batch) for key in keys}
     order = np.random.default_rng(batch)
-    for _ in progress_bar(range(repeats), enabled=progress, desc=f"batch {batch}", unit="round", leave=False):
-        for index in order.permutation(len(keys)):
-            key = keys[index]
-            time.sleep(settle_s)
-            start = time.perf_counter()
-            runners[key]({IMAGES: images})
-            timings[key].seconds.append(time.perf_counter() - start)
+    try:
+        for done in progress_bar(range(repeats), enabled=progress, desc=f"batch {batch}", unit="round", leave=False):
+            if done % rebuild_every == 0:
+                _rebuild(runners, [keys[i] for i in order.permutation(len(keys))])
+                for key in keys:
+                    for _ in range(warmup):
+                        time.sleep(settle_s)
+                        runners[key].infer(feed, check_inputs=False)
+            for index in order.permutation(len(keys)):
+                key = keys[index]
+                time.sleep(settle_s)
+                start = time.perf_counter()
+                runners[key].infer(feed, check_inputs=False)
+                timings[key].seconds.append(time.perf_counter() - start)
+    finally:
+        for runner in runners.values():
+            if runner.is_active:
+                runner.deactivate()
     return timings
+
+
+def _rebuild(runners: dict[Key, BaseRunner], order: list[Key]) -> None:
+    """Deactivate every runner, then activate them in ``order`` (their sessions and engines made anew)."""
+    for runner in runners.values():
+        if runner.is_active:
+            runner.deactivate()
+    for key in order:
+        runners[key].activate()
 
 
 def round_ratios(num: Timing, den: Timing) -> np.ndarray:
@@ -291,13 +318,13 @@ def run_benchmark(
     graph_flops = {str(r): count_flops(m, m.forward_export) for r, m in models.items()}
     cfg = models[DENSE].cfg
     needs_onnx = any(b != REFERENCE for b in usable)
-    with tempfile.TemporaryDirectory(prefix="idlevit-bench-") as tmp, contextlib.ExitStack() as active:
+    with tempfile.TemporaryDirectory(prefix="idlevit-bench-") as tmp:
         folder = Path(workdir or tmp)
         files = _export_graphs(models, graphs if needs_onnx else [], cfg.name, folder, progress, export_onnx)
         if quantized and any(b in ORT_BACKENDS for b in usable):  # Q/DQ graphs: more variants of the default export
             files.update(_quantize_all(files[DYNAMO_GRAPH], quantized, quant_plan, folder, progress))
         configs: list[Config] = []
-        runners: dict[Key, Runner] = {}
+        runners: dict[Key, BaseRunner] = {}
         for name in list(usable):
             variants = [*graphs, *quantized] if name in ORT_BACKENDS else [DYNAMO_GRAPH]
             try:
@@ -306,9 +333,7 @@ def run_benchmark(
                     label = graph_label(name, variant)
                     for rate, model in models.items():
                         path = files[variant][rate] if name != REFERENCE else Path()
-                        runners[label, rate] = _activated(
-                            active, BACKENDS[name].make(model, path, threads, max(batch_sizes))
-                        )
+                        runners[label, rate] = _checked(BACKENDS[name].make(model, path, threads, max(batch_sizes)))
                         other_graph = variant in graphs and variant != DYNAMO_GRAPH and DYNAMO_GRAPH in variants
                         made.append(
                             Config(
@@ -422,25 +447,24 @@ def time_given(
     if engines and (why := BACKENDS["tensorrt"].unavailable()):
         skipped["tensorrt"] = why
     configs: list[Config] = []
-    runners: dict[Key, Runner] = {}
-    with contextlib.ExitStack() as active:
-        for name in [b for b in asked if b not in skipped]:
-            for path, meta in graphs.items():
-                runner = BACKENDS[name].make(None, path, threads, max(batch_sizes))
-                configs.append(Config(f"{name} {path.name}", name, path.name, _keep_rate(meta)))
-                runners[configs[-1].key] = _activated(active, runner)
-        if "tensorrt" not in skipped:
-            for path, meta in engines.items():
-                configs.append(Config(f"tensorrt {path.name}", "tensorrt", path.name, _keep_rate(meta)))
-                runners[configs[-1].key] = _activated(active, engine_runner(path))
-        if not configs:
-            reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items() if k != REFERENCE)
-            raise MissingDependencyError(f"nothing given can run here: {reasons}")
-        configs = _with_dense_baselines(configs, {**graphs, **engines})
-        rows = []
-        for batch in batch_sizes:
-            timings = interleaved(runners, batch, metas[0].img_size, warmup, repeats, progress, settle_ms / 1e3)
-            rows += summarise(timings, configs, batch, {})
+    runners: dict[Key, BaseRunner] = {}
+    for name in [b for b in asked if b not in skipped]:
+        for path, meta in graphs.items():
+            runner = BACKENDS[name].make(None, path, threads, max(batch_sizes))
+            configs.append(Config(f"{name} {path.name}", name, path.name, _keep_rate(meta)))
+            runners[configs[-1].key] = _checked(runner)
+    if "tensorrt" not in skipped:
+        for path, meta in engines.items():
+            configs.append(Config(f"tensorrt {path.name}", "tensorrt", path.name, _keep_rate(meta)))
+            runners[configs[-1].key] = _checked(engine_runner(path))
+    if not configs:
+        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items() if k != REFERENCE)
+        raise MissingDependencyError(f"nothing given can run here: {reasons}")
+    configs = _with_dense_baselines(configs, {**graphs, **engines})
+    rows = []
+    for batch in batch_sizes:
+        timings = interleaved(runners, batch, metas[0].img_size, warmup, repeats, progress, settle_ms / 1e3)
+        rows += summarise(timings, configs, batch, {})
     first = metas[0]
     result = BenchResult(
         first.arch,
@@ -466,9 +490,11 @@ def time_given(
     return result
 
 
-def _activated(active: contextlib.ExitStack, runner: Any) -> Runner:
-    active.enter_context(runner)
-    return functools.partial(runner.infer, check_inputs=False)
+def _checked(runner: BaseRunner) -> BaseRunner:
+    """``runner``, activated once and deactivated: one that cannot run fails here, before any timing."""
+    with runner:
+        pass
+    return runner
 
 
 def _engine_metadata(path: Path) -> ExportMetadata:

@@ -2,8 +2,9 @@
 
 For one architecture and several keep rates (plus the dense model: keep rate 1.0, same
 weights, no idle layers) it times every backend usable here at several batch sizes,
-interleaved (every round runs every configuration once, in an order shuffled each round), so
-machine noise hits all configurations alike. ONNX Runtime times each graph asked for with
+interleaved (every round runs every configuration once, in an order shuffled each round, and
+every 5 rounds every session is made anew in a shuffled order), so machine noise and where a
+session's memory landed hit all configurations alike. ONNX Runtime times each graph asked for with
 ``--graphs``, dense and idle alike: the default export (dynamo), the TorchScript exporter's, and
 the default export optimised for ONNX Runtime (``export.onnx --optimize``). Per configuration it
 reports the time ratio IdleViT / dense of the same graph and against the fastest dense graph of

@@ -18,17 +18,13 @@ median of per-round ratios.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 import idlevit
 from engines.ort import ort_runner
@@ -216,23 +212,21 @@ def measure_speed(
         quantized, _ = quantize_onnx(paths[FP32_IDLEVIT], precision, plan, images=images, calibration=where)
         paths[plan] = write_quantized_onnx(quantized, folder / f"{arch}_{precision}_{plan}.onnx")
         seconds[plan] = time.perf_counter() - started
-    runners: dict[tuple[str, float], Callable[[dict[str, np.ndarray]], object]] = {}
+    runners = {
+        (name, 0.0): ort_runner(path, "cpu", threads, ort_options, name=name, integer_kernels=True)
+        for name, path in paths.items()
+    }
     vs_dense: dict[str, dict[str, float]] = {name: {} for name in paths}
     vs_idle: dict[str, dict[str, float]] = {name: {} for name in paths}
     median: dict[str, dict[str, float]] = {name: {} for name in paths}
-    with contextlib.ExitStack() as active:
-        for name, path in paths.items():
-            runner = ort_runner(path, "cpu", threads, ort_options(), name=name, integer_kernels=True)
-            active.enter_context(runner)
-            runners[name, 0.0] = functools.partial(runner.infer, check_inputs=False)
-        size = models[DENSE].cfg.img_size
-        for batch in batch_sizes:
-            timings = interleaved(runners, batch, size, warmup, repeats, progress, settle_ms / 1e3)
-            dense, idle = timings[FP32_DENSE, 0.0], timings[FP32_IDLEVIT, 0.0]
-            for (name, _), timing in timings.items():
-                vs_dense[name][str(batch)] = paired_ratio(timing, dense)
-                vs_idle[name][str(batch)] = paired_ratio(timing, idle)
-                median[name][str(batch)] = timing.median_ms
+    size = models[DENSE].cfg.img_size
+    for batch in batch_sizes:
+        timings = interleaved(runners, batch, size, warmup, repeats, progress, settle_ms / 1e3)
+        dense, idle = timings[FP32_DENSE, 0.0], timings[FP32_IDLEVIT, 0.0]
+        for (name, _), timing in timings.items():
+            vs_dense[name][str(batch)] = paired_ratio(timing, dense)
+            vs_idle[name][str(batch)] = paired_ratio(timing, idle)
+            median[name][str(batch)] = timing.median_ms
     return vs_dense, vs_idle, median, seconds
 
 

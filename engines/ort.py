@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import onnxruntime as ort
 from polygraphy.backend.onnxrt import OnnxrtRunner
@@ -77,15 +77,20 @@ def ort_runner(
     onnx_path: str | os.PathLike[str],
     device: str = "cpu",
     threads: int = 0,
-    options: ort.SessionOptions | None = None,
+    options: Callable[[], ort.SessionOptions] | None = None,
     name: str | None = None,
     integer_kernels: bool = False,
 ) -> OnnxrtRunner:
     """A Polygraphy runner over :func:`create_session` (so the plugin's custom op is registered).
 
-    Named ``onnxruntime-<device>`` unless ``name`` is given; the session is created when the
-    runner is activated. ``integer_kernels``: see :func:`create_session` (timings only).
+    Named ``onnxruntime-<device>`` unless ``name`` is given; a session is created each time the
+    runner is activated, from fresh base options made by ``options`` (create_session completes the
+    options it is given, and a custom-op library registered twice on one of them is refused).
+    ``integer_kernels``: see :func:`create_session` (timings only).
     """
     providers = providers_for(device)
-    session = lambda: create_session(onnx_path, providers, threads, options, integer_kernels)  # noqa: E731 - Polygraphy's loader
+
+    def session() -> ort.InferenceSession:  # Polygraphy's loader: called on every activation
+        return create_session(onnx_path, providers, threads, options() if options else None, integer_kernels)
+
     return OnnxrtRunner(session, name=name or f"onnxruntime-{device}")

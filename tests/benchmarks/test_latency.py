@@ -6,10 +6,14 @@ import json
 import math
 import os
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
 
 import idlevit
 from benchmarks.flops import count_flops
@@ -28,6 +32,7 @@ from benchmarks.harness import (
     summarise,
     write_json,
 )
+from idlevit.errors import ToolkitError
 
 #: IDLEVIT.md: FLOPs of IdleViT-DeiT-S relative to dense DeiT-S (paper, 224 px).
 PAPER_FLOPS_RATIO = {0.9: 0.914, 0.8: 0.791, 0.7: 0.688, 0.6: 0.600, 0.5: 0.529}
@@ -87,19 +92,41 @@ def test_models_share_the_same_weights() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class CallRunner(BaseRunner):
+    """A Polygraphy runner around a function of the feed: what ``interleaved`` times, with its activations logged."""
+
+    def __init__(self, name: str, run: Callable[[dict], None], log: list[tuple[str, str]]) -> None:
+        super().__init__(name=name)
+        self.run, self.log = run, log
+
+    def activate_impl(self) -> None:
+        self.log.append(("activate", self.name))
+
+    def deactivate_impl(self) -> None:
+        self.log.append(("deactivate", self.name))
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return TensorMetadata()
+
+    def infer_impl(self, feed_dict: dict) -> OrderedDict:
+        self.log.append(("run", self.name))
+        self.run(feed_dict)
+        return OrderedDict()
+
+
+def _sleeping_runners(names: dict[str, float], log: list[tuple[str, str]]) -> dict[tuple[str, float], CallRunner]:
+    def sleeper(seconds: float) -> Callable[[dict], None]:
+        return lambda feed: time.sleep(seconds)
+
+    return {(name, 1.0): CallRunner(name, sleeper(seconds), log) for name, seconds in names.items()}
+
+
 def test_interleaved_times_every_configuration_each_round_in_a_shuffled_order() -> None:
-    calls: list[str] = []
-
-    def sleeper(name: str, seconds: float):
-        def run(feed: dict) -> None:
-            calls.append(name)
-            time.sleep(seconds)
-
-        return run
-
+    log: list[tuple[str, str]] = []
     names = {"slow": 0.02, "fast": 0.01, "mid": 0.015}
-    runners = {(name, 1.0): sleeper(name, seconds) for name, seconds in names.items()}
-    timings = interleaved(runners, batch=1, img_size=8, warmup=1, repeats=8, progress=False)
+    runners = _sleeping_runners(names, log)
+    timings = interleaved(runners, batch=1, img_size=8, warmup=1, repeats=8, progress=False, rebuild_every=8)
+    calls = [name for what, name in log if what == "run"]
     assert calls[:3] == ["slow", "fast", "mid"]  # warm-up
     rounds = [calls[3 + 3 * i : 6 + 3 * i] for i in range(8)]
     assert all(sorted(r) == sorted(names) for r in rounds)  # every configuration once a round
@@ -108,6 +135,40 @@ def test_interleaved_times_every_configuration_each_round_in_a_shuffled_order() 
         assert len(before) >= 2, (name, rounds)
     assert 1.4 < paired_ratio(timings["slow", 1.0], timings["fast", 1.0]) < 2.6
     assert timings["fast", 1.0].median_ms >= 10 and timings["fast", 1.0].throughput <= 100
+
+
+def test_interleaved_rebuilds_every_runner_in_a_new_order_and_leaves_them_inactive() -> None:
+    """Sessions made earlier ran slower than the same file made later: the creation order must change."""
+    log: list[tuple[str, str]] = []
+    names = {f"graph{i}": 0.0 for i in range(5)}
+    runners = _sleeping_runners(names, log)
+    timings = interleaved(runners, batch=1, img_size=8, warmup=2, repeats=12, progress=False, rebuild_every=4)
+    assert all(len(t.seconds) == 12 for t in timings.values())
+    assert not any(runner.is_active for runner in runners.values())
+    activations = [name for what, name in log if what == "activate"]
+    orders = [tuple(activations[i : i + 5]) for i in range(0, len(activations), 5)]
+    assert len(orders) == 3 and all(sorted(order) == sorted(names) for order in orders)  # rounds 0, 4 and 8
+    assert len(set(orders)) >= 2, orders
+    for block in range(3):  # each block: every runner deactivated, activated, warmed up twice, then 4 rounds
+        first = [i for i, (what, _) in enumerate(log) if what == "activate"][5 * block]
+        runs = [name for what, name in log[first:] if what == "run"][: 2 * 5 + 4 * 5]
+        assert runs[:10] == [name for name in names for _ in range(2)]
+        assert sorted(runs[10:]) == sorted(list(names) * 4)
+
+
+def test_interleaved_leaves_every_runner_inactive_when_a_run_fails() -> None:
+    log: list[tuple[str, str]] = []
+
+    def fail(feed: dict) -> None:
+        raise RuntimeError("the runtime failed")
+
+    runners = _sleeping_runners({"ok": 0.0}, log)
+    runners["bad", 1.0] = CallRunner("bad", fail, log)
+    with pytest.raises(RuntimeError, match="the runtime failed"):
+        interleaved(runners, batch=1, img_size=8, warmup=1, repeats=3, progress=False)
+    assert not any(runner.is_active for runner in runners.values())
+    with pytest.raises(ToolkitError, match="rebuild_every"):
+        interleaved(runners, batch=1, img_size=8, warmup=1, repeats=3, progress=False, rebuild_every=0)
 
 
 def test_settle_pause_happens_before_each_run_and_outside_its_timing() -> None:
@@ -119,7 +180,8 @@ def test_settle_pause_happens_before_each_run_and_outside_its_timing() -> None:
         time.sleep(0.005)
         last[0] = time.perf_counter()
 
-    timings = interleaved({("m", 1.0): run}, batch=1, img_size=8, warmup=1, repeats=3, progress=False, settle_s=0.05)
+    runners = {("m", 1.0): CallRunner("m", run, [])}
+    timings = interleaved(runners, batch=1, img_size=8, warmup=1, repeats=3, progress=False, settle_s=0.05)
     assert len(gaps) == 4 and all(gap >= 0.05 for gap in gaps)  # warm-up included
     assert max(timings["m", 1.0].seconds) < 0.05
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.ort import create_session
+from engines.ort import create_session, ort_runner
 
 SCALE_X, SCALE_W = 0.05, 0.01
 
@@ -54,3 +55,29 @@ def test_a_qdq_graph_computes_the_quantized_arithmetic_exactly(tmp_path: Path) -
     x_int = np.clip(np.round(x / SCALE_X), -128, 127).astype(np.int64)
     expected = (x_int @ weights.astype(np.int64)) * (np.float64(np.float32(SCALE_X)) * np.float32(SCALE_W))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_ort_runner_with_base_options_runs_again_after_reactivation(tmp_path: Path) -> None:
+    """Benchmarks rebuild every session between rounds: each activation needs options of its own.
+
+    ``create_session`` completes the options it gets (config entries, the custom-op library), and
+    ONNX Runtime refuses a library registered twice on one options object.
+    """
+    rng = np.random.default_rng(1)
+    weights = rng.integers(-127, 128, size=(8, 3), dtype=np.int8)
+    _qdq_matmul(tmp_path / "qdq.onnx", weights)
+    made: list[ort.SessionOptions] = []
+
+    def options() -> ort.SessionOptions:
+        made.append(ort.SessionOptions())
+        made[-1].add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return made[-1]
+
+    runner = ort_runner(tmp_path / "qdq.onnx", "cpu", threads=1, options=options)
+    x = rng.uniform(-2, 2, size=(4, 8)).astype(np.float32)
+    outputs = []
+    for _ in range(3):
+        with runner:
+            outputs.append(runner.infer({"x": x})["y"])
+    assert len(made) == 3 and all(np.array_equal(out, outputs[0]) for out in outputs)
+    assert made[0].get_session_config_entry("session.intra_op.allow_spinning") == "0"
