@@ -145,7 +145,7 @@ def interleaved(
     Every ``rebuild_every`` rounds (and first) all runners are deactivated and activated again in a
     new shuffled order, then warmed up ``warmup`` times each: ONNX Runtime sessions made earlier in
     a process ran 1-2% slower than copies of the same file made later (not so with transparent huge
-    pages: it is where their memory landed), a bias no shuffling of runs removes. All runners are
+    pages, which points at where their memory landed), a bias no shuffling of runs removes. All runners are
     inactive again on return, also when a run fails.
     """
     if rebuild_every < 1:
