@@ -170,19 +170,21 @@ def interleaved(
                 runners[key].infer(feed, check_inputs=False)
                 timings[key].seconds.append(time.perf_counter() - start)
     finally:
-        for runner in runners.values():
-            if runner.is_active:
-                runner.deactivate()
+        _deactivate_all(runners)
     return timings
 
 
 def _rebuild(runners: dict[Key, BaseRunner], order: list[Key]) -> None:
     """Deactivate every runner, then activate them in ``order`` (their sessions and engines made anew)."""
+    _deactivate_all(runners)
+    for key in order:
+        runners[key].activate()
+
+
+def _deactivate_all(runners: dict[Key, BaseRunner]) -> None:
     for runner in runners.values():
         if runner.is_active:
             runner.deactivate()
-    for key in order:
-        runners[key].activate()
 
 
 def round_ratios(num: Timing, den: Timing) -> np.ndarray:

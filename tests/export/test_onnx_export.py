@@ -158,7 +158,7 @@ def test_the_clean_up_writes_operands_one_way() -> None:
     assert set(by_op) == {"Add", "Mul", "Reshape", "Pad"}
     constants = {t.name for t in cleaned.graph.initializer}
     assert by_op["Add"].input[1] in constants and by_op["Mul"].input[1] in constants
-    assert len(by_op["Pad"].input) == 2  # data and pads: the empty constant_value is gone
+    assert len(by_op["Pad"].input) == 2  # data and pads: the empty optional input is gone
     x = np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)
     before, after = (
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
